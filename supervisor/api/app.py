@@ -1,0 +1,62 @@
+"""The supervisor's Flask application factory.
+
+Long-lived collaborators (store, registry client, runtime) are built once per worker and kept
+in ``app.extensions``; request handlers get them from there, which keeps handlers plain functions
+and lets tests build an app around fakes.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+
+from flask import Flask, Response, jsonify, request
+
+from supervisor.api import errors, legacy
+from supervisor.reconciler import send_wake
+from supervisor.registry import Registry
+from supervisor.runtime import make_runtime
+from supervisor.runtime.base import Runtime
+from supervisor.settings import Settings
+from supervisor.store import Store
+
+
+def create_app(
+    settings: Settings | None = None,
+    store: Store | None = None,
+    registry: Registry | None = None,
+    runtime: Runtime | None = None,
+) -> Flask:
+    settings = settings or Settings()
+    app = Flask("modelserve")
+    app.config["MAX_CONTENT_LENGTH"] = 1 << 20
+    app.extensions["modelserve"] = {
+        "settings": settings,
+        "store": store or Store(settings.resolved_store_url),
+        "registry": registry or Registry(settings.resolved_tracking_uri),
+        "runtime": runtime or make_runtime(settings),
+    }
+    errors.register(app)
+    for prefix in legacy.PREFIXES:
+        app.register_blueprint(legacy.make_blueprint(prefix))
+
+    @app.get("/api/2.0/modelserve/health")
+    def health() -> Response:
+        return jsonify({"status": "ok"})
+
+    @app.post("/api/2.0/modelserve/webhook")
+    def webhook() -> Response:
+        """MLflow webhooks only speed the reconciler up; the body is not trusted for anything else."""
+        secret = settings.webhook_secret
+        if secret:
+            delivery = request.headers.get("X-MLflow-Delivery-Id", "")
+            stamp = request.headers.get("X-MLflow-Timestamp", "")
+            signed = f"{delivery}.{stamp}.".encode() + request.get_data()
+            want = "v1," + base64.b64encode(hmac.new(secret.encode(), signed, hashlib.sha256).digest()).decode()
+            if not hmac.compare_digest(want, request.headers.get("X-MLflow-Signature", "")):
+                raise errors.ApiError("UNAUTHENTICATED", "Bad webhook signature", 401)
+        send_wake(settings)
+        return jsonify({})
+
+    return app

@@ -1,0 +1,148 @@
+"""The legacy Databricks serving API ("Serving V1"), same paths and JSON as clients already send.
+
+Served both under ``/api/2.0/preview/mlflow/endpoints`` (REST clients) and under
+``/ajax-api/2.0/preview/mlflow/endpoints`` (what the Databricks UI called). Handlers only read
+the store and the runtime, or record an intent (enable/disable) and wake the reconciler: the
+reconciler alone changes what runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from supervisor.api.errors import ApiError
+from supervisor.deployer import build_log_path
+from supervisor.reconciler import send_wake
+from supervisor.registry import Registry, RegistryUnavailable
+from supervisor.runtime.base import Runtime
+from supervisor.settings import Settings
+from supervisor.status import endpoint_status, version_aliases, version_status
+from supervisor.store import MODEL_UPDATE, Store
+
+PREFIXES = ("/api/2.0/preview/mlflow/endpoints", "/ajax-api/2.0/preview/mlflow/endpoints")
+MAX_LOG_BYTES = 200_000
+
+
+def _ctx() -> tuple[Settings, Store, Registry, Runtime]:
+    ext = current_app.extensions["modelserve"]
+    return ext["settings"], ext["store"], ext["registry"], ext["runtime"]
+
+
+def _params() -> dict[str, Any]:
+    params: dict[str, Any] = dict(request.args.items())
+    if request.method in ("POST", "PUT", "PATCH") and request.data:
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            raise ApiError("MALFORMED_REQUEST", "The request body must be a JSON object")
+        params.update(body)
+    return params
+
+
+def _required(params: dict[str, Any], key: str) -> str:
+    value = params.get(key)
+    if isinstance(value, int) and not isinstance(value, bool) and key == "endpoint_version_name":
+        value = str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise ApiError("INVALID_PARAMETER_VALUE", f"Missing required parameter '{key}'")
+    return value
+
+
+def _model_exists(registry: Registry, name: str) -> bool:
+    try:
+        return registry.get_model(name) is not None
+    except RegistryUnavailable as exc:
+        raise ApiError("TEMPORARILY_UNAVAILABLE", f"The model registry is unreachable: {exc}") from exc
+
+
+def _served_model(params: dict[str, Any]) -> str:
+    """The model name, which must be served; else the error the legacy API gave."""
+    _, store, registry, _ = _ctx()
+    name = _required(params, "registered_model_name")
+    if store.is_enabled(name):
+        return name
+    try:
+        exists = registry.get_model(name) is not None
+    except RegistryUnavailable:
+        exists = True
+    if not exists:
+        raise ApiError("RESOURCE_DOES_NOT_EXIST", f"Registered model '{name}' does not exist")
+    raise ApiError("INVALID_PARAMETER_VALUE", f"Model serving is not enabled for registered model '{name}'")
+
+
+def make_blueprint(prefix: str) -> Blueprint:
+    bp = Blueprint(f"legacy{prefix.replace('/', '_')}", __name__, url_prefix=prefix)
+
+    @bp.post("/enable")
+    def enable() -> Response:
+        settings, store, registry, _ = _ctx()
+        params = _params()
+        if "registered_model_name" not in params and "experiment_id" in params:
+            raise ApiError("INVALID_PARAMETER_VALUE", "Serving by experiment_id is not supported; "
+                                                      "pass registered_model_name")
+        name = _required(params, "registered_model_name")
+        if not _model_exists(registry, name):
+            raise ApiError("RESOURCE_DOES_NOT_EXIST", f"Registered model '{name}' does not exist")
+        if store.enable(name):
+            store.add_event(name, MODEL_UPDATE, "Serving enabled")
+        send_wake(settings)
+        return jsonify({})
+
+    @bp.post("/disable")
+    def disable() -> Response:
+        settings, store, _, _ = _ctx()
+        name = _served_model(_params())
+        if store.disable(name):
+            store.add_event(name, MODEL_UPDATE, "Serving disabled")
+        send_wake(settings)
+        return jsonify({})
+
+    @bp.get("/get-status")
+    def get_status() -> Response:
+        _, store, _, runtime = _ctx()
+        name = _served_model(_params())
+        return jsonify({"endpoint_status": endpoint_status(store, runtime, name)})
+
+    @bp.get("/list")
+    def list_endpoints() -> Response:
+        _, store, _, runtime = _ctx()
+        return jsonify({"endpoints": [endpoint_status(store, runtime, m) for m in store.enabled_models()]})
+
+    @bp.get("/list-versions")
+    def list_versions() -> Response:
+        _, store, _, _ = _ctx()
+        name = _served_model(_params())
+        return jsonify({"endpoint_versions": [version_status(d) for d in store.deployments(name)]})
+
+    @bp.get("/list-version-aliases")
+    def list_version_aliases() -> Response:
+        _, store, _, _ = _ctx()
+        name = _served_model(_params())
+        return jsonify({"aliases": version_aliases(store, name)})
+
+    @bp.route("/get-version-logs", methods=["GET", "POST"])
+    def get_version_logs() -> Response:
+        settings, store, _, runtime = _ctx()
+        params = _params()
+        name = _served_model(params)
+        version = _required(params, "endpoint_version_name")
+        if store.deployment(name, version) is None:
+            raise ApiError("RESOURCE_DOES_NOT_EXIST", f"Version '{version}' of model '{name}' is not served")
+        build = build_log_path(settings, name, version)
+        text = build.read_text(errors="replace")[-MAX_LOG_BYTES:] if build.exists() else ""
+        served = runtime.version_log(name, version, MAX_LOG_BYTES)
+        logs = f"=== build ===\n{text}\n=== scoring server ===\n{served}"
+        return jsonify({"logs": logs})
+
+    @bp.get("/get-event-history")
+    def get_event_history() -> Response:
+        _, store, _, _ = _ctx()
+        params = _params()
+        name = _required(params, "registered_model_name")
+        found = store.events(name)
+        if not found:
+            _served_model(params)
+        return jsonify({"events": [e.to_json() for e in found]})
+
+    return bp

@@ -1,0 +1,294 @@
+"""``modelserve up`` / ``down``: start and stop the whole system on one machine.
+
+The launcher starts, in order, and waits for each to answer before the next: the MLflow tracking
+server (unless an external one is configured), the reconciler (one process, guarded by a file
+lock), the API under gunicorn, and Nginx, the gateway. It then watches them and restarts one
+that dies (with backoff), until Ctrl-C or ``modelserve down``. Model hosts are NOT its children:
+they run detached and keep serving while the supervisor restarts; ``down`` stops them explicitly.
+Every pid is written to ``run/up.json`` so ``down`` and ``status`` work from another terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from supervisor.gateway import Gateway
+from supervisor.runtime import make_runtime
+from supervisor.settings import Settings
+
+Echo = Callable[[str], None]
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    log: Path
+    health_url: str | None
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    not_before: float = 0.0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+
+
+def _wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return False
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status < 500:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.3)
+    return False
+
+
+def external_tracking_uri(settings: Settings) -> str:
+    """The tracking server to use instead of starting one; '' for the embedded one.
+
+    ``MLFLOW_TRACKING_URI`` counts only when it does not point at our own gateway: users are told
+    to set it to the gateway for registering and scoring, which must not stop ``up`` from
+    starting the server behind it."""
+    uri = settings.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri.startswith(("http://", "https://")):
+        return ""
+    own = {f"http://{settings.host}:{settings.port}", f"http://localhost:{settings.port}",
+           f"http://127.0.0.1:{settings.port}"}
+    return "" if uri.rstrip("/") in own else uri.rstrip("/")
+
+
+class Launcher:
+    def __init__(self, settings: Settings, echo: Echo = print) -> None:
+        self.settings = settings
+        self.echo = echo
+        self.children: list[Child] = []
+        self.external = external_tracking_uri(settings)
+        self.gateway = Gateway(settings, mlflow_upstream=self._mlflow_upstream())
+        self._stopping = False
+
+    def _mlflow_upstream(self) -> str:
+        if not self.external:
+            return f"127.0.0.1:{self.settings.mlflow_port}"
+        return self.external.split("://", 1)[1].split("/", 1)[0]
+
+    def _child_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({
+            "MODELSERVE_DATA_DIR": str(self.settings.data_dir),
+            "MODELSERVE_HOST": self.settings.host,
+            "MODELSERVE_PORT": str(self.settings.port),
+            "MODELSERVE_API_PORT": str(self.settings.api_port),
+            "MODELSERVE_MLFLOW_PORT": str(self.settings.mlflow_port),
+            "MODELSERVE_TRACKING_URI": self.external or f"http://127.0.0.1:{self.settings.mlflow_port}",
+            "PYTHONUNBUFFERED": "1",
+        })
+        # Our own processes talk to the tracking server directly, not through the gateway.
+        env.pop("MLFLOW_TRACKING_URI", None)
+        return env
+
+    def _children(self) -> list[Child]:
+        s = self.settings
+        bindir = Path(sys.executable).parent
+        out = []
+        if not self.external:
+            mlflow_dir = s.data_dir / "mlflow"
+            mlflow_dir.mkdir(parents=True, exist_ok=True)
+            out.append(Child(
+                "mlflow", [str(bindir / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(s.mlflow_port),
+                           "--backend-store-uri", f"sqlite:///{mlflow_dir / 'mlflow.db'}",
+                           "--artifacts-destination", str(mlflow_dir / "artifacts"),
+                           "--serve-artifacts", "--workers", "2"],
+                s.logs_dir / "mlflow.log", f"http://127.0.0.1:{s.mlflow_port}/health"))
+        out.append(Child("reconciler", [sys.executable, "-m", "supervisor.reconciler"],
+                         s.logs_dir / "reconciler.log", None))
+        out.append(Child(
+            "api", [str(bindir / "gunicorn"), "--workers", str(s.api_workers), "--bind", f"127.0.0.1:{s.api_port}",
+                    "--timeout", "60", "--graceful-timeout", "10", "supervisor.api.wsgi:app"],
+            s.logs_dir / "api.log", f"http://127.0.0.1:{s.api_port}/api/2.0/modelserve/health"))
+        return out
+
+    def _spawn(self, child: Child) -> None:
+        child.log.parent.mkdir(parents=True, exist_ok=True)
+        logf: IO[bytes] = open(child.log, "ab")  # noqa: SIM115 - handed to the child
+        child.proc = subprocess.Popen(child.argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                      env=self._child_env(), start_new_session=True)
+        logf.close()
+
+    def start(self) -> None:
+        s = self.settings
+        for d in (s.data_dir, s.logs_dir, s.run_dir, s.nginx_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        if shutil.which(s.nginx_bin) is None and not Path(s.nginx_bin).exists():
+            raise SystemExit(f"nginx not found ({s.nginx_bin}); install it (make setup does) and retry")
+        if self.external:
+            self.echo(f"using the MLflow tracking server at {self.external}")
+        self.children = self._children()
+        for child in self.children:
+            t0 = time.monotonic()
+            self.echo(f"starting {child.name} ... (log: {child.log})")
+            self._spawn(child)
+            if child.health_url and not _wait_http(child.health_url, 120, child.proc):
+                self.stop()
+                tail = child.log.read_text(errors="replace")[-3000:] if child.log.exists() else ""
+                raise SystemExit(f"{child.name} did not start; last lines of {child.log}:\n{tail}")
+            self.echo(f"  {child.name} ready in {time.monotonic() - t0:.1f} s")
+        self.echo("starting nginx (the gateway) ...")
+        self.gateway.start()
+        self._write_state()
+        self.echo(f"modelserve is up: gateway {s.gateway_url}\n"
+                  f"  export MLFLOW_TRACKING_URI={s.gateway_url}   # register, serve and score through it\n"
+                  f"  data in {s.data_dir}; logs in {s.logs_dir}")
+
+    def _write_state(self) -> None:
+        state = {
+            "launcher_pid": os.getpid(),
+            "children": {c.name: c.proc.pid for c in self.children if c.proc},
+            "gateway": self.settings.gateway_url,
+            "started": time.time(),
+        }
+        path = self.settings.run_dir / "up.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        os.replace(tmp, path)
+
+    def watch(self) -> None:
+        """Restart a supervisor process that died, until asked to stop."""
+        def _stop(*_: object) -> None:
+            self._stopping = True
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        while not self._stopping:
+            for child in self.children:
+                if child.proc is None or child.proc.poll() is None or self._stopping:
+                    continue
+                now = time.monotonic()
+                if now < child.not_before:
+                    continue
+                child.restarts += 1
+                self.echo(f"{child.name} exited with code {child.proc.returncode}; restarting "
+                          f"(restart {child.restarts})")
+                child.not_before = now + min(30.0, 2.0 ** child.restarts)
+                self._spawn(child)
+                self._write_state()
+            if not self.gateway.is_running() and not self._stopping:
+                self.echo("nginx is not running; starting it again")
+                try:
+                    self.gateway.start()
+                except Exception as exc:  # keep watching; report and retry on the next round
+                    self.echo(f"nginx failed to start: {exc}")
+            time.sleep(0.5)
+        self.stop()
+
+    def stop(self, stop_models: bool = True) -> None:
+        self.echo("stopping modelserve ...")
+        self.gateway.stop()
+        for child in reversed(self.children):
+            if child.proc and child.proc.poll() is None:
+                child.proc.terminate()
+        for child in reversed(self.children):
+            if child.proc:
+                try:
+                    child.proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    child.proc.kill()
+                    child.proc.wait()
+        if stop_models:
+            stop_model_hosts(self.settings)
+        (self.settings.run_dir / "up.json").unlink(missing_ok=True)
+        self.echo("modelserve stopped")
+
+
+def stop_model_hosts(settings: Settings) -> None:
+    runtime = make_runtime(settings)
+    for model in runtime.hosts():
+        runtime.stop_host(model)
+
+
+def read_state(settings: Settings) -> dict[str, object] | None:
+    path = settings.run_dir / "up.json"
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+def down(settings: Settings, echo: Echo = print, timeout: float = 60.0) -> bool:
+    """Stop a running ``modelserve up`` (started in any terminal). False when none was running."""
+    state = read_state(settings)
+    pid = int(state["launcher_pid"]) if state else 0  # type: ignore[call-overload]
+    if not pid or not _pid_alive(pid):
+        # No launcher: clean up whatever it left behind (a crash, a kill -9).
+        for child_pid in (state or {}).get("children", {}).values():  # type: ignore[attr-defined]
+            if _pid_alive(int(child_pid)):
+                os.killpg(int(child_pid), signal.SIGTERM)
+        Gateway(settings).stop()
+        stop_model_hosts(settings)
+        (settings.run_dir / "up.json").unlink(missing_ok=True)
+        echo("modelserve was not running")
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _pid_alive(pid):
+        time.sleep(0.2)
+    if _pid_alive(pid):
+        os.kill(pid, signal.SIGKILL)
+    echo("modelserve stopped")
+    return True
+
+
+def up_detached(settings: Settings, echo: Echo = print, timeout: float = 300.0) -> None:
+    """Start the launcher in the background and return once the gateway answers."""
+    state = read_state(settings)
+    if state and _pid_alive(int(state["launcher_pid"])):  # type: ignore[call-overload]
+        echo(f"modelserve is already running (gateway {state['gateway']})")
+        return
+    settings.logs_dir.mkdir(parents=True, exist_ok=True)
+    log = settings.logs_dir / "launcher.log"
+    with open(log, "ab") as logf:
+        proc = subprocess.Popen([sys.executable, "-m", "supervisor.cli", "up"], stdout=logf,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                env=dict(os.environ, MODELSERVE_DATA_DIR=str(settings.data_dir)))
+    echo(f"starting in the background (log: {log}) ...")
+    offset = 0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace")
+        for line in text[offset:].splitlines():
+            echo("  " + line)
+        offset = len(text)
+        if proc.poll() is not None:
+            raise SystemExit(f"modelserve failed to start (exit {proc.returncode}); see {log}")
+        if read_state(settings) and _wait_http(f"{settings.gateway_url}/api/2.0/modelserve/health", 0.5):
+            echo(f"modelserve is up: {settings.gateway_url} (stop it with: modelserve down)")
+            return
+        time.sleep(0.5)
+    raise SystemExit(f"modelserve did not come up within {timeout:.0f} s; see {log}")

@@ -1,0 +1,142 @@
+"""The reconciler's plan: what to deploy, remove, relabel and stop, computed without any I/O.
+
+Like docker-compose's convergence planner, the difference between the desired state (enabled
+models x non-archived registry versions) and the recorded state (deployments in the store, hosts
+the runtime knows) is computed here as plain data and executed elsewhere. That keeps the rules
+in one place and testable with hand-made inputs, and lets the executor order its steps for
+zero downtime (routes before processes on the way out, processes before routes on the way in).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from supervisor.registry import RegistryModel, RegistryVersion
+from supervisor.routing import ModelRoutes, VersionRoute
+from supervisor.store import FAILED, LAUNCHING, PENDING, READY, Deployment
+
+STAGES = ("Staging", "Production")
+
+
+@dataclass(frozen=True)
+class Relabel:
+    model: str
+    version: str
+    stage: str
+    aliases: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    stop: tuple[str, ...] = ()  # models whose host and deployments go entirely
+    deploy: tuple[tuple[str, RegistryVersion], ...] = ()  # new versions to build and start
+    remove: tuple[tuple[str, str], ...] = ()  # (model, version) archived or deleted
+    relabel: tuple[Relabel, ...] = ()  # stage or alias moved
+    ensure_host: tuple[str, ...] = ()  # enabled models whose host must exist
+    skipped: tuple[str, ...] = field(default=())  # enabled models the registry did not answer for
+
+    @property
+    def empty(self) -> bool:
+        return not (self.stop or self.deploy or self.remove or self.relabel)
+
+
+def compute_plan(
+    enabled: Iterable[str],
+    registry: Mapping[str, RegistryModel | None],
+    deployments: Mapping[str, Sequence[Deployment]],
+    hosts: Iterable[str],
+    in_flight: Iterable[tuple[str, str]] = (),
+) -> Plan:
+    """``registry`` has an entry for every enabled model it answered for: a model, or None when
+    the registry says the model does not exist (all its versions go). Enabled models without an
+    entry were unreachable: they are left exactly as they are."""
+    enabled_set = set(enabled)
+    busy = set(in_flight)
+    stop = sorted((set(hosts) | set(deployments)) - enabled_set)
+    deploy: list[tuple[str, RegistryVersion]] = []
+    remove: list[tuple[str, str]] = []
+    relabel: list[Relabel] = []
+    skipped: list[str] = []
+    for model in sorted(enabled_set):
+        if model not in registry:
+            skipped.append(model)
+            continue
+        rm = registry[model]
+        wanted = {v.version: v for v in (rm.servable() if rm else ())}
+        have = {d.version: d for d in deployments.get(model, ())}
+        for version, rv in wanted.items():
+            d = have.get(version)
+            # A deployment left PENDING/LAUNCHING with nobody working on it was cut short by a
+            # restart of the reconciler: it is deployed again (every step of a deploy is idempotent).
+            unfinished = d is not None and d.state in (PENDING, LAUNCHING)
+            if (d is None or unfinished) and (model, version) not in busy:
+                deploy.append((model, rv))
+            if d is None:
+                continue
+            if d.stage != rv.stage or tuple(sorted(d.aliases)) != tuple(sorted(rv.aliases)):
+                relabel.append(Relabel(model, version, rv.stage, tuple(sorted(rv.aliases))))
+        remove.extend((model, version) for version in sorted(have) if version not in wanted)
+    ensure = sorted(enabled_set - set(skipped))
+    return Plan(
+        stop=tuple(stop),
+        deploy=tuple(deploy),
+        remove=tuple(remove),
+        relabel=tuple(relabel),
+        ensure_host=tuple(ensure),
+        skipped=tuple(skipped),
+    )
+
+
+def _newest(deps: Iterable[Deployment]) -> Deployment | None:
+    ordered = sorted(deps, key=lambda d: int(d.version) if d.version.isdigit() else -1)
+    return ordered[-1] if ordered else None
+
+
+def stage_targets(deps: Sequence[Deployment]) -> dict[str, Deployment]:
+    """Stage -> the version its URI serves: the newest READY version in that stage, so a stage
+    move never sends traffic to a version that cannot answer yet; while none is ready, the newest
+    pending one (its URI then answers 503 with Retry-After)."""
+    out: dict[str, Deployment] = {}
+    for stage in STAGES:
+        in_stage = [d for d in deps if d.stage == stage and d.state != FAILED]
+        chosen = _newest(d for d in in_stage if d.state == READY) or _newest(in_stage)
+        if chosen is not None:
+            out[stage] = chosen
+    return out
+
+
+def alias_targets(deps: Sequence[Deployment]) -> dict[str, Deployment]:
+    return {alias: d for d in deps if d.state != FAILED for alias in d.aliases}
+
+
+def model_routes(
+    model: str, deps: Sequence[Deployment], address: Callable[[Deployment], tuple[str, int]]
+) -> ModelRoutes:
+    """The routing table of one model from its recorded deployments."""
+    versions = []
+    for d in deps:
+        if d.state == READY and d.port:
+            versions.append(VersionRoute(d.version, "ready", address(d)))
+        elif d.state in (PENDING, LAUNCHING) or (d.state == READY and not d.port):
+            versions.append(VersionRoute(d.version, "pending", None))
+    routed = {v.version for v in versions}
+    stages = tuple((s, d.version) for s, d in stage_targets(deps).items() if d.version in routed)
+    aliases = tuple(sorted((a, d.version) for a, d in alias_targets(deps).items() if d.version in routed))
+    return ModelRoutes(name=model, versions=tuple(versions), stages=stages, aliases=aliases)
+
+
+def endpoint_state(deps: Sequence[Deployment], host_alive: bool, host_error: str | None = None) -> tuple[str, str]:
+    """ENDPOINT_STATE_* and a message, from the versions' states and the host's liveness."""
+    if host_error:
+        return "ENDPOINT_STATE_FAILED", host_error
+    states = [d.state for d in deps]
+    if not host_alive:
+        return "ENDPOINT_STATE_PENDING", "Starting the model's serving host"
+    if any(s in (PENDING, LAUNCHING) for s in states):
+        return "ENDPOINT_STATE_PENDING", "Deploying model versions"
+    if states and all(s == FAILED for s in states):
+        return "ENDPOINT_STATE_FAILED", "Every model version failed to deploy"
+    if not states:
+        return "ENDPOINT_STATE_READY", "Serving is enabled; the model has no active version"
+    return "ENDPOINT_STATE_READY", ""

@@ -1,0 +1,298 @@
+"""The reconciler: exactly one process that keeps what is served equal to the registry.
+
+It runs a tick on an APScheduler interval (a few seconds) and at once when woken: by the API on
+enable/disable and by MLflow webhooks, through a datagram on a Unix socket (a lost wake-up only
+delays work to the next tick, it never loses it, because the tick always re-reads everything).
+An exclusive file lock guarantees a single reconciler however the system is started.
+Each tick: read store + registry, compute the plan (``plan.py``, pure), then execute it in an
+order that keeps serving: routes go before processes on the way out, processes are healthy
+before routes point at them on the way in. Slow deploys run in a thread pool.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from supervisor.deployer import Deployer, launches
+from supervisor.gateway import Gateway
+from supervisor.plan import Plan, compute_plan, model_routes
+from supervisor.registry import Registry, RegistryModel, RegistryUnavailable
+from supervisor.runtime import make_runtime
+from supervisor.runtime.base import Runtime
+from supervisor.settings import Settings
+from supervisor.store import ENDPOINT_UPDATED, MODEL_UPDATE, PENDING, VERSION_UPDATE, Deployment, Store
+
+log = logging.getLogger("modelserve.reconciler")
+
+REGISTRY_ERROR_KEY = "registry_error"
+HOST_BACKOFF_MAX = 30.0
+
+
+def send_wake(settings: Settings) -> None:
+    """Ask the reconciler for a tick now; never fails (the schedule is the fallback)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.sendto(b"wake", str(settings.wake_socket))
+    except OSError:
+        pass
+
+
+class Reconciler:
+    def __init__(self, settings: Settings, store: Store | None = None, runtime: Runtime | None = None,
+                 registry: Registry | None = None, gateway: Gateway | None = None) -> None:
+        self.settings = settings
+        self.store = store or Store(settings.resolved_store_url)
+        self.runtime = runtime or make_runtime(settings)
+        self.registry = registry or Registry(settings.resolved_tracking_uri)
+        self.gateway = gateway or Gateway(settings)
+        self._host_locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._tick_lock = threading.Lock()
+        self._in_flight: set[tuple[str, str]] = set()
+        self._in_flight_lock = threading.Lock()
+        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="deploy")
+        self.deployer = Deployer(settings, self.store, self.registry, self.runtime, self.host_lock, self.wake)
+        self.scheduler: BackgroundScheduler | None = None
+        self._applied: dict[str, tuple[Any, ...]] = {}  # model -> launches last given to its host
+        self._seen_restarts: dict[tuple[str, str], int] = {}
+        self._host_failures: dict[str, tuple[int, float]] = {}  # model -> (count, not before)
+        self._rejected_reported: set[str] = set()
+
+    def host_lock(self, model: str) -> threading.Lock:
+        return self._host_locks[model]
+
+    def wake(self) -> None:
+        if self.scheduler is not None:
+            # Fails only while the scheduler shuts down; the wake-up is then moot.
+            with contextlib.suppress(Exception):
+                self.scheduler.modify_job("reconcile", next_run_time=datetime.now(self.scheduler.timezone))
+
+    # --- one tick ------------------------------------------------------------------------
+    def tick(self) -> Plan:
+        with self._tick_lock:
+            return self._tick()
+
+    def _tick(self) -> Plan:
+        enabled = self.store.enabled_models()
+        answered = self._read_registry(enabled)
+        deps = self._deployments_by_model()
+        with self._in_flight_lock:
+            busy = set(self._in_flight)
+        plan = compute_plan(enabled, answered, deps, self.runtime.hosts(), busy)
+        self._apply(plan)
+        self._supervise_hosts(plan.ensure_host)
+        self._render_routes(enabled)
+        return plan
+
+    def _deployments_by_model(self) -> dict[str, list[Deployment]]:
+        out: dict[str, list[Deployment]] = defaultdict(list)
+        for d in self.store.deployments():
+            out[d.model].append(d)
+        return out
+
+    def _read_registry(self, enabled: list[str]) -> dict[str, RegistryModel | None]:
+        answered: dict[str, RegistryModel | None] = {}
+        error: str | None = None
+        for model in enabled:
+            try:
+                answered[model] = self.registry.get_model(model)
+            except RegistryUnavailable as exc:
+                error = str(exc).splitlines()[0][:500] if str(exc) else "unreachable"
+            except Exception as exc:  # a 4xx we did not expect: skip this model, keep the rest
+                log.warning("registry error for %r: %s", model, exc)
+        previous = self.store.get_meta(REGISTRY_ERROR_KEY)
+        if error and not previous:
+            for model in enabled:
+                self.store.add_event(model, MODEL_UPDATE,
+                                     f"Model registry unreachable; serving continues unchanged: {error}")
+        elif previous and not error and answered:
+            for model in enabled:
+                self.store.add_event(model, MODEL_UPDATE, "Model registry reachable again; catching up")
+        if bool(error) != bool(previous) or (error and not answered):
+            self.store.set_meta(REGISTRY_ERROR_KEY, f"{int(time.time() * 1000)} {error}" if error else None)
+        return answered
+
+    def _apply(self, plan: Plan) -> None:
+        for model in plan.stop:
+            self._stop_model(model)
+        for r in plan.relabel:
+            old = self.store.deployment(r.model, r.version)
+            self.store.upsert_deployment(r.model, r.version, stage=r.stage, aliases=list(r.aliases))
+            if old is not None and old.stage != r.stage:
+                self.store.add_event(r.model, ENDPOINT_UPDATED,
+                                     f"Version {r.version} moved from stage {old.stage} to {r.stage}", r.version)
+            if old is not None and sorted(old.aliases) != sorted(r.aliases):
+                shown = ", ".join("@" + a for a in r.aliases) or "none"
+                self.store.add_event(r.model, ENDPOINT_UPDATED, f"Version {r.version} aliases: {shown}", r.version)
+        if plan.remove:
+            for model, version in plan.remove:
+                self.store.delete_deployment(model, version)
+                self.store.add_event(model, VERSION_UPDATE,
+                                     f"Version {version} removed (archived or deleted in the registry)", version)
+            # Routes first, so no request is sent to a process about to stop.
+            self._render_routes(self.store.enabled_models())
+        for model, rv in plan.deploy:
+            existing = self.store.deployment(model, rv.version)
+            if existing is None:
+                self.store.upsert_deployment(model, rv.version, state=PENDING, state_message="Queued for deployment",
+                                             stage=rv.stage, aliases=list(rv.aliases))
+                self.store.add_event(model, VERSION_UPDATE, f"Version {rv.version} is pending deployment", rv.version)
+            with self._in_flight_lock:
+                self._in_flight.add((model, rv.version))
+            self.pool.submit(self._run_deploy, model, rv)
+
+    def _run_deploy(self, model: str, rv: Any) -> None:
+        try:
+            self.deployer.deploy(model, rv)
+        finally:
+            with self._in_flight_lock:
+                self._in_flight.discard((model, rv.version))
+
+    def _stop_model(self, model: str) -> None:
+        self.store.delete_deployments(model)
+        self._render_routes(self.store.enabled_models())
+        with self.host_lock(model):
+            self.runtime.stop_host(model)
+        self._applied.pop(model, None)
+        self.store.add_event(model, MODEL_UPDATE, "Serving stopped: the model host and its routes were removed")
+
+    # --- hosts ---------------------------------------------------------------------------
+    def _supervise_hosts(self, models: tuple[str, ...]) -> None:
+        for model in models:
+            if not self.store.is_enabled(model):
+                continue
+            with self.host_lock(model):
+                self._supervise_host(model)
+
+    def _supervise_host(self, model: str) -> None:
+        wanted = launches(self.store, model)
+        key = tuple(sorted((v.version, str(v.python), str(v.model_dir), v.port) for v in wanted))
+        state = self.runtime.host_state(model)
+        if state is None or not state.alive:
+            count, not_before = self._host_failures.get(model, (0, 0.0))
+            if time.monotonic() < not_before:
+                return
+            self.runtime.apply_host(model, wanted)
+            self._applied[model] = key
+            if state is None:
+                self.store.add_event(model, MODEL_UPDATE, "Model host started")
+            else:
+                count += 1
+                delay = min(HOST_BACKOFF_MAX, 2.0 ** (count - 1))
+                self._host_failures[model] = (count, time.monotonic() + delay)
+                self.store.add_event(model, MODEL_UPDATE,
+                                     f"Model host exited unexpectedly ({state.reason or 'no reason known'}); "
+                                     f"restarted it (restart {count})")
+            return
+        if self._applied.get(model) != key:
+            self.runtime.apply_host(model, wanted)
+            self._applied[model] = key
+        count, _ = self._host_failures.get(model, (0, 0.0))
+        if count:
+            self._host_failures[model] = (count, 0.0)
+        for version, proc in state.versions.items():
+            seen = self._seen_restarts.get((model, version))
+            self._seen_restarts[(model, version)] = proc.restarts
+            if seen is not None and proc.restarts > seen:
+                self.store.add_event(model, VERSION_UPDATE,
+                                     f"Scoring server of version {version} {proc.last_exit or 'exited'}; "
+                                     f"restarted by the model host (restart {proc.restarts})", version)
+
+    # --- routes --------------------------------------------------------------------------
+    def _render_routes(self, enabled: list[str]) -> None:
+        deps = self._deployments_by_model()
+        tables = [
+            model_routes(m, deps.get(m, []), lambda d: self.runtime.address(d.model, d.version, d.port or 0))
+            for m in enabled
+        ]
+        result = self.gateway.apply_routes(tables)
+        for name in result.rejected:
+            if name not in self._rejected_reported:
+                self._rejected_reported.add(name)
+                self.store.add_event(name, MODEL_UPDATE,
+                                     "This model name cannot be routed (it holds control characters); "
+                                     "its versions are not reachable through the gateway")
+
+    # --- process entry -------------------------------------------------------------------
+    def run_forever(self) -> None:
+        self.scheduler = BackgroundScheduler()
+        self.scheduler.add_job(self._safe_tick, "interval", seconds=self.settings.reconcile_interval,
+                               id="reconcile", max_instances=1, coalesce=True,
+                               next_run_time=datetime.now())
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        threading.Thread(target=self._listen_for_wakes, args=(stop,), daemon=True).start()
+        self.scheduler.start()
+        log.info("reconciler running (every %.1f s, runtime %s)", self.settings.reconcile_interval, self.runtime.name)
+        stop.wait()
+        log.info("reconciler stopping; model hosts keep serving")
+        self.scheduler.shutdown(wait=False)
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def _safe_tick(self) -> None:
+        try:
+            self.tick()
+        except Exception:
+            log.exception("reconcile tick failed; retrying at the next tick")
+
+    def _listen_for_wakes(self, stop: threading.Event) -> None:
+        path = self.settings.wake_socket
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            path.unlink()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.bind(str(path))
+            s.settimeout(1.0)
+            while not stop.is_set():
+                try:
+                    s.recv(64)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                self.wake()
+
+
+def _single_instance(settings: Settings) -> Any:
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    fh = open(settings.run_dir / "reconciler.lock", "a+")  # noqa: SIM115 - held for the process lifetime
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        sys.stderr.write("another reconciler is already running for this data dir; exiting\n")
+        raise SystemExit(1) from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(str(os.getpid()))
+    fh.flush()
+    return fh
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings()
+    lock = _single_instance(settings)
+    try:
+        Reconciler(settings).run_forever()
+    finally:
+        lock.close()
+        Path(settings.wake_socket).unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,18 @@
+"""Runtimes: where a model's versions run. One interface (``base.Runtime``), two engines."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from supervisor.runtime.base import Runtime
+    from supervisor.settings import Settings
+
+
+def make_runtime(settings: Settings) -> Runtime:
+    """The runtime named by ``settings.runtime``."""
+    if settings.runtime == "process":
+        from supervisor.runtime.process import ProcessRuntime
+
+        return ProcessRuntime(settings)
+    raise ValueError(f"unknown runtime {settings.runtime!r} (known: process)")

@@ -1,0 +1,65 @@
+"""The runtime interface: one model = one host ("cluster") running one scoring server per version.
+
+The reconciler only speaks this interface, so the process runtime (a detached local model host
+per model) and the docker runtime (a container per model) are interchangeable. The interface is
+declarative: ``apply_host`` is told the whole wanted version set of a model and makes it so,
+idempotently; nothing here remembers what it started beyond what it can find again on disk
+(process) or in container labels (docker), so a restarted supervisor adopts what runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class VersionLaunch:
+    """Everything needed to run one version's scoring server."""
+
+    version: str
+    python: Path  # the version environment's python executable
+    model_dir: Path  # local copy of the version's MLflow model directory
+    port: int  # port the scoring server listens on (inside the host)
+    env_hash: str
+
+
+@dataclass
+class VersionProcess:
+    version: str
+    running: bool
+    pid: int | None = None
+    restarts: int = 0  # restarts done by the model host since the host started
+    last_exit: str | None = None  # human reason of the last exit, e.g. "killed by SIGKILL"
+
+
+@dataclass
+class HostState:
+    model: str
+    alive: bool
+    pid: int | None = None
+    versions: dict[str, VersionProcess] = field(default_factory=dict)
+    reason: str | None = None  # why it is not alive, when known
+
+
+class Runtime(Protocol):
+    name: str
+
+    def apply_host(self, model: str, versions: list[VersionLaunch]) -> None:
+        """Make the model's host run exactly ``versions`` (start it if absent or dead)."""
+
+    def stop_host(self, model: str) -> None:
+        """Stop the model's host and every scoring server in it; forget its state."""
+
+    def host_state(self, model: str) -> HostState | None:
+        """Current state of the model's host, or None when no host was ever started/adopted."""
+
+    def hosts(self) -> list[str]:
+        """Names of models that have a host (running or dead) this runtime knows about."""
+
+    def address(self, model: str, version: str, port: int) -> tuple[str, int]:
+        """The address Nginx uses to reach that version's scoring server."""
+
+    def version_log(self, model: str, version: str, max_bytes: int = 200_000) -> str:
+        """The tail of that version's scoring server output."""

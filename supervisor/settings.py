@@ -1,0 +1,87 @@
+"""All configuration in one pydantic class, read from ``MODELSERVE_*`` environment variables.
+
+Every process of the system (launcher, API workers, reconciler) builds its own ``Settings()``
+from the same environment, so the launcher only has to export variables to its children.
+Derived paths are properties, never separate settings, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MODELSERVE_", extra="ignore")
+
+    data_dir: Path = Field(default=Path.home() / ".modelserve")
+    # The single gateway every user talks to.
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # Internal ports, bound on 127.0.0.1 only; Nginx fronts them.
+    api_port: int = 8081
+    mlflow_port: int = 8082
+    # Scoring servers get ports from this range, one per version, kept stable in the store.
+    port_range_start: int = 20000
+    port_range_end: int = 29999
+    # MLflow tracking server; empty means "start the embedded one" (see launcher).
+    tracking_uri: str = ""
+    store_url: str = ""  # SQLAlchemy URL; empty means SQLite under data_dir
+    runtime: str = "process"
+    reconcile_interval: float = 3.0
+    api_workers: int = 2
+    health_timeout: float = 180.0
+    build_timeout: float = 900.0
+    max_body_mb: int = 16
+    nginx_bin: str = "nginx"
+    nginx_templates: Path = REPO_ROOT / "nginx"
+    webhook_secret: str = ""  # HMAC secret of the MLflow webhook that wakes the reconciler
+    uv_bin: str = ""  # empty: the uv installed beside this Python, else from PATH
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def resolved_tracking_uri(self) -> str:
+        return self.tracking_uri or f"http://127.0.0.1:{self.mlflow_port}"
+
+    @property
+    def resolved_store_url(self) -> str:
+        return self.store_url or f"sqlite:///{self.data_dir / 'modelserve.db'}"
+
+    @property
+    def envs_dir(self) -> Path:
+        return self.data_dir / "envs"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def hosts_dir(self) -> Path:
+        return self.data_dir / "hosts"
+
+    @property
+    def nginx_dir(self) -> Path:
+        return self.data_dir / "nginx"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.data_dir / "run"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def wake_socket(self) -> Path:
+        return self.run_dir / "reconciler.sock"

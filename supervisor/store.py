@@ -1,0 +1,284 @@
+"""The supervisor's durable memory: enabled models, per-version deployments, events, settings.
+
+Everything that must survive a restart of every process lives here, never only in memory.
+SQLAlchemy Core keeps it portable: SQLite (WAL, busy timeout, so several API workers and the
+reconciler can share one file) by default, any SQLAlchemy URL otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    and_,
+    create_engine,
+    delete,
+    event,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.types import BigInteger
+
+metadata = MetaData()
+
+served_models = Table(
+    "served_models",
+    metadata,
+    Column("name", String(512), primary_key=True),
+    Column("enabled_at", BigInteger, nullable=False),
+)
+
+deployments = Table(
+    "deployments",
+    metadata,
+    Column("model", String(512), primary_key=True),
+    Column("version", String(64), primary_key=True),
+    Column("state", String(32), nullable=False),
+    Column("state_message", Text, nullable=False, default=""),
+    Column("port", Integer, nullable=True, unique=True),
+    Column("env_hash", String(64), nullable=True),
+    Column("python", Text, nullable=True),
+    Column("model_dir", Text, nullable=True),
+    Column("stage", String(32), nullable=False, default="None"),
+    Column("aliases", Text, nullable=False, default="[]"),
+    Column("updated", BigInteger, nullable=False),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("model", String(512), nullable=False, index=True),
+    Column("timestamp", BigInteger, nullable=False),
+    Column("event_type", String(32), nullable=False),
+    Column("version", String(64), nullable=True),
+    Column("message", Text, nullable=False),
+    Column("internal", Boolean, nullable=False, default=False),
+)
+
+meta = Table(
+    "meta",
+    metadata,
+    Column("key", String(128), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+# Version states, as the legacy API names them.
+PENDING = "VERSION_STATE_PENDING"
+LAUNCHING = "VERSION_STATE_LAUNCHING"
+READY = "VERSION_STATE_READY"
+FAILED = "VERSION_STATE_FAILED"
+
+MODEL_UPDATE = "MODEL_UPDATE"
+VERSION_UPDATE = "VERSION_UPDATE"
+ENDPOINT_UPDATED = "ENDPOINT_UPDATED"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class Deployment:
+    model: str
+    version: str
+    state: str
+    state_message: str = ""
+    port: int | None = None
+    env_hash: str | None = None
+    python: str | None = None
+    model_dir: str | None = None
+    stage: str = "None"
+    aliases: list[str] = field(default_factory=list)
+    updated: int = 0
+
+
+@dataclass(frozen=True)
+class Event:
+    model: str
+    timestamp: int
+    event_type: str
+    message: str
+    version: str | None = None
+    internal: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"timestamp": self.timestamp, "event_type": self.event_type, "message": self.message}
+        if self.version is not None:
+            out["endpoint_version_name"] = self.version
+        if self.internal:
+            out["internal"] = True
+        return out
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        self.engine: Engine = create_engine(url, future=True, pool_pre_ping=True)
+        if url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        metadata.create_all(self.engine)
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    # --- served models -------------------------------------------------------------------
+    def enable(self, name: str) -> bool:
+        """Returns False when the model was already enabled."""
+        with self._tx() as c:
+            if c.execute(select(served_models.c.name).where(served_models.c.name == name)).first():
+                return False
+            c.execute(insert(served_models).values(name=name, enabled_at=now_ms()))
+            return True
+
+    def disable(self, name: str) -> bool:
+        with self._tx() as c:
+            return c.execute(delete(served_models).where(served_models.c.name == name)).rowcount > 0
+
+    def is_enabled(self, name: str) -> bool:
+        with self._tx() as c:
+            return c.execute(select(served_models.c.name).where(served_models.c.name == name)).first() is not None
+
+    def enabled_models(self) -> list[str]:
+        with self._tx() as c:
+            return [r[0] for r in c.execute(select(served_models.c.name).order_by(served_models.c.name))]
+
+    # --- events --------------------------------------------------------------------------
+    def add_event(
+        self, model: str, event_type: str, message: str, version: str | None = None, internal: bool = False
+    ) -> None:
+        with self._tx() as c:
+            c.execute(
+                insert(events).values(
+                    model=model,
+                    timestamp=now_ms(),
+                    event_type=event_type,
+                    version=version,
+                    message=message,
+                    internal=internal,
+                )
+            )
+
+    def events(self, model: str, version: str | None = None, limit: int = 1000) -> list[Event]:
+        """Newest first."""
+        q = select(events).where(events.c.model == model)
+        if version is not None:
+            q = q.where(events.c.version == version)
+        q = q.order_by(events.c.id.desc()).limit(limit)
+        with self._tx() as c:
+            return [
+                Event(
+                    model=r.model,
+                    timestamp=r.timestamp,
+                    event_type=r.event_type,
+                    message=r.message,
+                    version=r.version,
+                    internal=bool(r.internal),
+                )
+                for r in c.execute(q)
+            ]
+
+    # --- deployments ---------------------------------------------------------------------
+    @staticmethod
+    def _row_to_deployment(r: Any) -> Deployment:
+        return Deployment(
+            model=r.model,
+            version=r.version,
+            state=r.state,
+            state_message=r.state_message or "",
+            port=r.port,
+            env_hash=r.env_hash,
+            python=r.python,
+            model_dir=r.model_dir,
+            stage=r.stage or "None",
+            aliases=json.loads(r.aliases or "[]"),
+            updated=r.updated,
+        )
+
+    def deployments(self, model: str | None = None) -> list[Deployment]:
+        q = select(deployments)
+        if model is not None:
+            q = q.where(deployments.c.model == model)
+        with self._tx() as c:
+            rows = [self._row_to_deployment(r) for r in c.execute(q)]
+        return sorted(rows, key=lambda d: (d.model, _version_key(d.version)))
+
+    def deployment(self, model: str, version: str) -> Deployment | None:
+        q = select(deployments).where(and_(deployments.c.model == model, deployments.c.version == version))
+        with self._tx() as c:
+            r = c.execute(q).first()
+        return self._row_to_deployment(r) if r else None
+
+    def upsert_deployment(self, model: str, version: str, **fields: Any) -> None:
+        if "aliases" in fields:
+            fields["aliases"] = json.dumps(sorted(fields["aliases"]))
+        fields["updated"] = now_ms()
+        where = and_(deployments.c.model == model, deployments.c.version == version)
+        with self._tx() as c:
+            if c.execute(update(deployments).where(where).values(**fields)).rowcount == 0:
+                fields.setdefault("state", PENDING)
+                c.execute(insert(deployments).values(model=model, version=version, **fields))
+
+    def delete_deployment(self, model: str, version: str) -> None:
+        with self._tx() as c:
+            c.execute(
+                delete(deployments).where(and_(deployments.c.model == model, deployments.c.version == version))
+            )
+
+    def delete_deployments(self, model: str) -> None:
+        with self._tx() as c:
+            c.execute(delete(deployments).where(deployments.c.model == model))
+
+    def allocate_port(self, model: str, version: str, start: int, end: int, is_free: Any = None) -> int:
+        """A port for this version, kept for its lifetime; unique across every deployment."""
+        with self._tx() as c:
+            where = and_(deployments.c.model == model, deployments.c.version == version)
+            row = c.execute(select(deployments.c.port).where(where)).first()
+            if row and row[0]:
+                return int(row[0])
+            used = {r[0] for r in c.execute(select(deployments.c.port).where(deployments.c.port.is_not(None)))}
+            for port in range(start, end + 1):
+                if port in used or (is_free is not None and not is_free(port)):
+                    continue
+                c.execute(update(deployments).where(where).values(port=port, updated=now_ms()))
+                return port
+        raise RuntimeError(f"no free port left in {start}-{end}")
+
+    # --- meta ----------------------------------------------------------------------------
+    def set_meta(self, key: str, value: str | None) -> None:
+        with self._tx() as c:
+            c.execute(delete(meta).where(meta.c.key == key))
+            if value is not None:
+                c.execute(insert(meta).values(key=key, value=value))
+
+    def get_meta(self, key: str) -> str | None:
+        with self._tx() as c:
+            row = c.execute(select(meta.c.value).where(meta.c.key == key)).first()
+        return row[0] if row else None
+
+
+def _version_key(version: str) -> tuple[int, str]:
+    return (int(version), "") if version.isdigit() else (1 << 62, version)

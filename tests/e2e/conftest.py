@@ -1,0 +1,133 @@
+"""The whole system, for real: ``modelserve up --detach`` with a real ``mlflow server``, real Nginx
+and real model processes, on free loopback ports and a temporary data dir; ``modelserve down``
+at the end. Helpers log and register real scikit-learn models through the gateway.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+API = "/api/2.0/preview/mlflow/endpoints"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "tests-artifacts"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class System:
+    url: str
+    data_dir: Path
+    env: dict[str, str]
+
+    def api(self, method: str, op: str, **params: Any) -> requests.Response:
+        if method == "GET":
+            return requests.get(f"{self.url}{API}/{op}", params=params, timeout=30)
+        return requests.post(f"{self.url}{API}/{op}", json=params, timeout=30)
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "supervisor.cli", *args], env=self.env, capture_output=True,
+                              text=True, timeout=600, check=check)
+
+    def wait_for(self, what: str, predicate: Callable[[], Any], timeout: float = 300.0, every: float = 0.5) -> Any:
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            try:
+                last = predicate()
+            except requests.RequestException as exc:
+                last = exc
+                last = None
+            if last:
+                return last
+            time.sleep(every)
+        logs = ""
+        for name in ("reconciler.log", "api.log"):
+            p = self.data_dir / "logs" / name
+            if p.exists():
+                logs += f"\n--- {name} ---\n" + p.read_text(errors="replace")[-4000:]
+        raise AssertionError(f"timed out waiting for {what}{logs}")
+
+    def versions(self, model: str) -> dict[str, dict[str, Any]]:
+        r = self.api("GET", "list-versions", registered_model_name=model)
+        if r.status_code != 200:
+            return {}
+        return {v["endpoint_version_name"]: v for v in r.json()["endpoint_versions"]}
+
+    def wait_version(self, model: str, version: str, state: str, timeout: float = 400.0) -> dict[str, Any]:
+        return self.wait_for(f"{model} v{version} {state}",
+                             lambda: (self.versions(model).get(version) or {}).get("state") == state
+                             and self.versions(model)[version], timeout)
+
+
+@pytest.fixture(scope="session")
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    data = tmp_path_factory.mktemp("modelserve")
+    port, api_port, mlflow_port = free_port(), free_port(), free_port()
+    base = 30000 + (os.getpid() % 200) * 100
+    env = dict(os.environ)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.update({
+        "MODELSERVE_DATA_DIR": str(data),
+        "MODELSERVE_PORT": str(port),
+        "MODELSERVE_API_PORT": str(api_port),
+        "MODELSERVE_MLFLOW_PORT": str(mlflow_port),
+        "MODELSERVE_PORT_RANGE_START": str(base),
+        "MODELSERVE_PORT_RANGE_END": str(base + 99),
+        "MODELSERVE_RECONCILE_INTERVAL": "1",
+        "MODELSERVE_URL": f"http://127.0.0.1:{port}",
+        "PATH": f"{Path(sys.executable).parent}:/usr/sbin:{env.get('PATH', '')}",
+    })
+    up = subprocess.run([sys.executable, "-m", "supervisor.cli", "up", "--detach"], env=env, capture_output=True,
+                        text=True, timeout=400)
+    sys_ = System(url=f"http://127.0.0.1:{port}", data_dir=data, env=env)
+    try:
+        assert up.returncode == 0, f"modelserve up failed:\n{up.stdout}\n{up.stderr}"
+        yield sys_
+    finally:
+        subprocess.run([sys.executable, "-m", "supervisor.cli", "down"], env=env, capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def iris() -> Any:
+    from sklearn.datasets import load_iris
+
+    frame = load_iris(as_frame=True).frame
+    frame.columns = ["sepal_length", "sepal_width", "petal_length", "petal_width", "target"]
+    return frame
+
+
+@pytest.fixture(scope="session")
+def register(system: System, iris: Any) -> Callable[..., str]:
+    """Log a scikit-learn classifier on iris and register it; returns the new version."""
+    import mlflow
+    from sklearn.linear_model import LogisticRegression
+
+    mlflow.set_tracking_uri(system.url)
+
+    def _register(name: str, label_shift: int = 0, extra_pip_requirements: list[str] | None = None) -> str:
+        # label_shift gives a version whose predictions differ from the first's on every row.
+        x, y = iris.drop(columns=["target"]), (iris["target"] + label_shift) % 3
+        c = 1.0
+        model = LogisticRegression(C=c, max_iter=500).fit(x, y)
+        with mlflow.start_run():
+            info = mlflow.sklearn.log_model(model, name="model", input_example=x.head(3),
+                                            registered_model_name=name,
+                                            extra_pip_requirements=extra_pip_requirements)
+        return str(info.registered_model_version)
+
+    return _register

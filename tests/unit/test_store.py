@@ -1,0 +1,55 @@
+"""The store keeps enabled models, deployments and events across instances (restarts)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from supervisor.store import LAUNCHING, MODEL_UPDATE, PENDING, VERSION_UPDATE, Store
+
+
+@pytest.fixture()
+def url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 's.db'}"
+
+
+def test_everything_survives_a_new_store_instance(url: str) -> None:
+    s = Store(url)
+    assert s.enable("m") is True
+    assert s.enable("m") is False
+    s.add_event("m", MODEL_UPDATE, "Serving enabled")
+    s.add_event("m", VERSION_UPDATE, "v1 pending", version="1")
+    s.upsert_deployment("m", "1", state=PENDING, aliases=["b", "a"], stage="Staging")
+    again = Store(url)
+    assert again.enabled_models() == ["m"]
+    assert [e.message for e in again.events("m")] == ["v1 pending", "Serving enabled"]
+    assert [e.message for e in again.events("m", version="1")] == ["v1 pending"]
+    d = again.deployment("m", "1")
+    assert d is not None and d.state == PENDING and d.aliases == ["a", "b"] and d.stage == "Staging"
+
+
+def test_ports_are_unique_and_stable(url: str) -> None:
+    s = Store(url)
+    for v in ("1", "2", "10"):
+        s.upsert_deployment("m", v, state=LAUNCHING)
+    p1 = s.allocate_port("m", "1", 100, 102)
+    p2 = s.allocate_port("m", "2", 100, 102, is_free=lambda p: p != 101)
+    assert (p1, p2) == (100, 102)
+    assert s.allocate_port("m", "1", 100, 102) == p1
+    with pytest.raises(RuntimeError):
+        s.allocate_port("m", "10", 100, 102, is_free=lambda p: p != 101)
+    assert [d.version for d in s.deployments("m")] == ["1", "2", "10"]
+
+
+def test_disable_and_delete(url: str) -> None:
+    s = Store(url)
+    s.enable("m")
+    s.upsert_deployment("m", "1", state=PENDING)
+    assert s.disable("m") and not s.disable("m")
+    s.delete_deployments("m")
+    assert s.deployments("m") == [] and not s.is_enabled("m")
+    s.set_meta("k", "v")
+    assert s.get_meta("k") == "v"
+    s.set_meta("k", None)
+    assert s.get_meta("k") is None
