@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from supervisor import webhooks
 from supervisor.gateway import Gateway
 from supervisor.runtime import make_runtime
 from supervisor.settings import Settings
@@ -93,6 +94,7 @@ class Launcher:
         self.external = external_tracking_uri(settings)
         self.gateway = Gateway(settings, mlflow_upstream=self._mlflow_upstream())
         self._stopping = False
+        self.secret = settings.webhook_secret or webhooks.webhook_secret(settings.run_dir / "webhook_secret")
 
     def _mlflow_upstream(self) -> str:
         if not self.external:
@@ -109,6 +111,10 @@ class Launcher:
             "MODELSERVE_MLFLOW_PORT": str(self.settings.mlflow_port),
             "MODELSERVE_TRACKING_URI": self.external or f"http://127.0.0.1:{self.settings.mlflow_port}",
             "PYTHONUNBUFFERED": "1",
+            "MODELSERVE_WEBHOOK_SECRET": self.secret,
+            # The embedded tracking server may call our API on loopback over plain http.
+            "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+            "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
         })
         # Our own processes talk to the tracking server directly, not through the gateway.
         env.pop("MLFLOW_TRACKING_URI", None)
@@ -160,6 +166,9 @@ class Launcher:
                 tail = child.log.read_text(errors="replace")[-3000:] if child.log.exists() else ""
                 raise SystemExit(f"{child.name} did not start; last lines of {child.log}:\n{tail}")
             self.echo(f"  {child.name} ready in {time.monotonic() - t0:.1f} s")
+        if webhooks.register(self._child_env()["MODELSERVE_TRACKING_URI"],
+                             f"http://127.0.0.1:{s.api_port}/api/2.0/modelserve/webhook", self.secret):
+            self.echo("  MLflow webhooks wake the reconciler on registry changes")
         self.echo("starting nginx (the gateway) ...")
         self.gateway.start()
         self._write_state()
