@@ -8,6 +8,7 @@ serving it) from "the registry did not answer" (keep serving everything as it is
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -46,8 +47,17 @@ def _not_found(exc: MlflowException) -> bool:
     return getattr(exc, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
 
 
+def _fail_fast() -> None:
+    # MLflow's client retries a refused connection for minutes by default; the reconciler must
+    # notice an unreachable registry within seconds and keep serving, retrying at its next tick.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+
+
 class Registry:
     def __init__(self, tracking_uri: str) -> None:
+        _fail_fast()
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
