@@ -220,20 +220,28 @@ class Launcher:
     def stop(self, stop_models: bool = True) -> None:
         self.echo("stopping modelserve ...")
         self.gateway.stop()
+        # Each child leads its own process group: mlflow server and gunicorn have workers of their own.
         for child in reversed(self.children):
             if child.proc and child.proc.poll() is None:
-                child.proc.terminate()
+                _signal_group(child.proc.pid, signal.SIGTERM)
         for child in reversed(self.children):
             if child.proc:
                 try:
                     child.proc.wait(timeout=20)
                 except subprocess.TimeoutExpired:
-                    child.proc.kill()
+                    _signal_group(child.proc.pid, signal.SIGKILL)
                     child.proc.wait()
         if stop_models:
             stop_model_hosts(self.settings)
         (self.settings.run_dir / "up.json").unlink(missing_ok=True)
         self.echo("modelserve stopped")
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def stop_model_hosts(settings: Settings) -> None:
@@ -258,7 +266,7 @@ def down(settings: Settings, echo: Echo = print, timeout: float = 60.0) -> bool:
         # No launcher: clean up whatever it left behind (a crash, a kill -9).
         for child_pid in (state or {}).get("children", {}).values():  # type: ignore[attr-defined]
             if _pid_alive(int(child_pid)):
-                os.killpg(int(child_pid), signal.SIGTERM)
+                _signal_group(int(child_pid), signal.SIGTERM)
         Gateway(settings).stop()
         stop_model_hosts(settings)
         (settings.run_dir / "up.json").unlink(missing_ok=True)

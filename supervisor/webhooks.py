@@ -12,13 +12,14 @@ from __future__ import annotations
 import logging
 import secrets
 from pathlib import Path
+from typing import Any
 
 from mlflow import MlflowClient
 
 log = logging.getLogger("modelserve.webhooks")
 
 WEBHOOK_NAME = "modelserve-reconciler"
-EVENTS = [
+EVENTS: list[Any] = [
     "model_version.created",
     "model_version_tag.set",
     "model_version_alias.created",

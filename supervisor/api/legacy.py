@@ -72,7 +72,7 @@ def _served_model(params: dict[str, Any]) -> str:
 
 
 def make_blueprint(prefix: str) -> Blueprint:
-    bp = Blueprint(f"legacy{prefix.replace('/', '_')}", __name__, url_prefix=prefix)
+    bp = Blueprint("legacy_" + prefix.split("/")[1].replace("-", "_"), __name__, url_prefix=prefix)
 
     @bp.post("/enable")
     def enable() -> Response:

@@ -1,0 +1,146 @@
+"""Nginx, the gateway: render its configs, check them, swap them in atomically, reload gracefully.
+
+The main config is rendered once at start; only ``routes.conf`` changes while running. A new
+routes file is first written beside the live one and checked with ``nginx -t`` through a copy of
+the main config that includes the candidate; only a config Nginx accepts replaces the live file
+(``os.replace``, atomic), and Nginx is reloaded only when the text changed. ``nginx -s reload``
+starts new workers and lets the old ones finish their requests, so no request in flight is lost.
+Nginx always runs with our own prefix and config (``-p``/``-c``): nothing touches /etc/nginx.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+
+from supervisor.routing import ModelRoutes, render_routes
+from supervisor.settings import Settings
+
+
+class GatewayConfigError(Exception):
+    """Nginx refused a configuration; the message holds its own words."""
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    changed: bool
+    rejected: list[str] = field(default_factory=list)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class Gateway:
+    def __init__(self, settings: Settings, mlflow_upstream: str | None = None) -> None:
+        self.settings = settings
+        self.prefix = settings.nginx_dir
+        self.main_conf = self.prefix / "nginx.conf"
+        self.routes_conf = self.prefix / "routes.conf"
+        self.pid_file = self.prefix / "nginx.pid"
+        self.mlflow_upstream = mlflow_upstream or f"127.0.0.1:{settings.mlflow_port}"
+
+    def _render_main(self, routes_path: Path) -> str:
+        env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(self.settings.nginx_templates)),
+                                 autoescape=False, undefined=jinja2.StrictUndefined)
+        # As root, Nginx would drop its workers to "nobody", who cannot read our data dir.
+        user = pwd.getpwuid(os.geteuid()).pw_name if os.geteuid() == 0 else ""
+        return env.get_template("nginx.conf.j2").render(
+            user=user,
+            prefix=str(self.prefix),
+            host=self.settings.host,
+            port=self.settings.port,
+            ipv6=False,
+            api_port=self.settings.api_port,
+            mlflow_upstream=self.mlflow_upstream,
+            max_body_mb=self.settings.max_body_mb,
+            routes_path=str(routes_path),
+        )
+
+    def _nginx(self, *args: str, conf: Path | None = None) -> subprocess.CompletedProcess[str]:
+        cmd = [self.settings.nginx_bin, "-p", f"{self.prefix}/", "-c", str(conf or self.main_conf), *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+    def _test(self, conf: Path) -> None:
+        result = self._nginx("-t", "-q", conf=conf)
+        if result.returncode != 0:
+            raise GatewayConfigError(f"nginx -t refused the configuration:\n{result.stderr.strip()}")
+
+    def write_main(self) -> None:
+        for sub in ("tmp/client_body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
+            (self.prefix / sub).mkdir(parents=True, exist_ok=True)
+        if not self.routes_conf.exists():
+            _atomic_write(self.routes_conf, render_routes([], self.settings.nginx_templates).text)
+        _atomic_write(self.main_conf, self._render_main(self.routes_conf))
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+            os.kill(pid, 0)
+            return pid
+        except (OSError, ValueError):
+            return None
+
+    def is_running(self) -> bool:
+        return self.pid() is not None
+
+    def start(self) -> None:
+        self.write_main()
+        self._test(self.main_conf)
+        if self.is_running():
+            self.reload()
+            return
+        result = self._nginx()
+        if result.returncode != 0:
+            raise GatewayConfigError(f"nginx did not start:\n{result.stderr.strip()}")
+        deadline = time.monotonic() + 10
+        while not self.is_running() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def reload(self) -> None:
+        result = self._nginx("-s", "reload")
+        if result.returncode != 0:
+            raise GatewayConfigError(f"nginx reload failed:\n{result.stderr.strip()}")
+
+    def stop(self, timeout: float = 15.0) -> None:
+        pid = self.pid()
+        if pid is None:
+            return
+        os.kill(pid, signal.SIGQUIT)  # graceful: finish requests in flight
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except OSError:
+                return
+            time.sleep(0.1)
+        os.kill(pid, signal.SIGTERM)
+
+    def apply_routes(self, models: Sequence[ModelRoutes]) -> ApplyResult:
+        rendered = render_routes(models, self.settings.nginx_templates)
+        current = self.routes_conf.read_text() if self.routes_conf.exists() else None
+        if rendered.text == current:
+            return ApplyResult(changed=False, rejected=rendered.rejected)
+        self.prefix.mkdir(parents=True, exist_ok=True)
+        candidate = self.prefix / "routes.conf.candidate"
+        test_conf = self.prefix / "nginx.test.conf"
+        _atomic_write(candidate, rendered.text)
+        _atomic_write(test_conf, self._render_main(candidate))
+        try:
+            self._test(test_conf)
+        finally:
+            test_conf.unlink(missing_ok=True)
+        os.replace(candidate, self.routes_conf)
+        if self.is_running():
+            self.reload()
+        return ApplyResult(changed=True, rejected=rendered.rejected)

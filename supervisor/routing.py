@@ -1,0 +1,108 @@
+"""Route table -> Nginx routes config, as a pure function (no I/O; ``gateway.py`` applies it).
+
+Every scoring URL is one exact-match key of a ``map $uri`` block. ``$uri`` is Nginx's decoded
+and normalised path, so ``/model/my%20model/1/invocations`` matches the key for ``my model``,
+and a percent-encoded or double-slashed path can only ever select the route its decoded form
+names, never another model's. Model names are user input: they appear only inside double-quoted
+map keys with ``\\`` and ``"`` escaped, and names that cannot be quoted safely (control
+characters) are refused, never rendered. Upstream names are hashes (``naming.upstream_name``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import jinja2
+
+from supervisor.naming import upstream_name
+
+PENDING_TARGET = "pending"
+
+
+@dataclass(frozen=True)
+class VersionRoute:
+    version: str
+    state: Literal["ready", "pending"]
+    address: tuple[str, int] | None  # upstream host/port when ready
+
+
+@dataclass(frozen=True)
+class ModelRoutes:
+    name: str
+    versions: tuple[VersionRoute, ...]
+    stages: tuple[tuple[str, str], ...] = ()  # (stage, version)
+    aliases: tuple[tuple[str, str], ...] = ()  # (alias, version)
+
+
+@dataclass(frozen=True)
+class Upstream:
+    name: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class RenderedRoutes:
+    text: str
+    rejected: list[str] = field(default_factory=list)
+
+
+def routable(name: str) -> bool:
+    """A name can be routed when it has no control characters (they cannot be quoted safely)."""
+    return bool(name) and not any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in name)
+
+
+def quote(value: str) -> str:
+    """An Nginx double-quoted string holding exactly ``value``."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _keys(model: str, segment: str) -> list[str]:
+    return [f"/model/{model}/{segment}/invocations"]
+
+
+def _entries(m: ModelRoutes) -> tuple[list[tuple[str, str]], list[Upstream]]:
+    target: dict[str, str] = {}
+    upstreams: list[Upstream] = []
+    for v in m.versions:
+        if v.state == "ready" and v.address is not None:
+            up = upstream_name(m.name, v.version)
+            upstreams.append(Upstream(up, v.address[0], v.address[1]))
+            target[v.version] = up
+        else:
+            target[v.version] = PENDING_TARGET
+    entries: list[tuple[str, str]] = []
+    for version, tgt in target.items():
+        entries += [(k, tgt) for k in _keys(m.name, version)]
+    for stage, version in m.stages:
+        if version in target:
+            for segment in {stage, stage.lower()}:
+                entries += [(k, target[version]) for k in _keys(m.name, segment)]
+    for alias, version in m.aliases:
+        if version in target:
+            entries += [(k, target[version]) for k in _keys(m.name, "@" + alias)]
+    return entries, upstreams
+
+
+def render_routes(models: Sequence[ModelRoutes], templates_dir: Path) -> RenderedRoutes:
+    rejected = [m.name for m in models if not routable(m.name)]
+    entries: list[tuple[str, str]] = []
+    upstreams: list[Upstream] = []
+    for m in sorted(models, key=lambda m: m.name):
+        if not routable(m.name):
+            continue
+        e, u = _entries(m)
+        entries += e
+        upstreams += u
+    # Later keys would silently lose to earlier ones in a map; keep the first and drop repeats.
+    seen: set[str] = set()
+    unique = [(k, t) for k, t in entries if not (k in seen or seen.add(k))]  # type: ignore[func-returns-value]
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir)), autoescape=False,
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    text = env.get_template("routes.conf.j2").render(
+        entries=[(quote(k), quote(t)) for k, t in unique], upstreams=upstreams
+    )
+    return RenderedRoutes(text=text, rejected=rejected)
