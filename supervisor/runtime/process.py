@@ -1,0 +1,166 @@
+"""The process runtime: one detached local model host per model, found again from files on disk.
+
+A model host is started in its own session (``start_new_session``), not as a lasting child of
+the supervisor, so restarting the API or the reconciler never stops serving. Everything needed
+to find it again lives in its state dir (``host.json`` with its pid, ``spec.json``,
+``status.json``, the version logs), so a new supervisor adopts running hosts by reading files.
+A pid counts as our host only if /proc shows it alive (not a zombie) running modelhost.py for
+that state dir, which guards against pid reuse after a reboot or a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from supervisor import naming
+from supervisor.runtime.base import HostState, VersionLaunch, VersionProcess
+from supervisor.settings import Settings
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+MODELHOST = PACKAGE_DIR / "host" / "modelhost.py"
+SCORING_SERVER = PACKAGE_DIR / "scoring" / "server.py"
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def host_is_alive(pid: int, state_dir: Path) -> bool:
+    try:
+        os.waitpid(pid, os.WNOHANG)  # reap it if it is our own dead child
+    except ChildProcessError:
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.rsplit(") ", 1)[1].startswith("Z"):
+            return False
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, IndexError):
+        return False
+    args = [a.decode(errors="replace") for a in cmdline]
+    return any(a.endswith("modelhost.py") for a in args) and str(state_dir) in args
+
+
+class ProcessRuntime:
+    name = "process"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def state_dir(self, model: str) -> Path:
+        return self.settings.hosts_dir / naming.model_id(model)
+
+    def _version_log(self, model: str, version: str) -> Path:
+        return self.state_dir(model) / "versions" / f"{version}.log"
+
+    def spec(self, model: str, versions: list[VersionLaunch]) -> dict[str, Any]:
+        return {
+            "model": model,
+            "versions": {
+                v.version: {
+                    "argv": [str(v.python), str(SCORING_SERVER), "--model-dir", str(v.model_dir),
+                             "--host", "127.0.0.1", "--port", str(v.port)],
+                    "env": {"PYTHONUNBUFFERED": "1"},
+                    "log": str(self._version_log(model, v.version)),
+                }
+                for v in versions
+            },
+        }
+
+    def _host_pid(self, model: str) -> int | None:
+        info = _read_json(self.state_dir(model) / "host.json")
+        pid = info.get("pid") if info else None
+        return int(pid) if isinstance(pid, int) else None
+
+    def apply_host(self, model: str, versions: list[VersionLaunch]) -> None:
+        d = self.state_dir(model)
+        (d / "versions").mkdir(parents=True, exist_ok=True)
+        _write_json(d / "spec.json", self.spec(model, versions))
+        pid = self._host_pid(model)
+        if pid is not None and host_is_alive(pid, d):
+            os.kill(pid, signal.SIGHUP)
+            return
+        self._start(model, d)
+
+    def _start(self, model: str, d: Path) -> None:
+        (d / "status.json").unlink(missing_ok=True)
+        with open(d / "host.log", "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, str(MODELHOST), "--state-dir", str(d)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True, close_fds=True, cwd=str(d),
+            )
+        _write_json(d / "host.json", {"model": model, "pid": proc.pid, "started": time.time()})
+
+    def stop_host(self, model: str) -> None:
+        d = self.state_dir(model)
+        pid = self._host_pid(model)
+        if pid is not None and host_is_alive(pid, d):
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and host_is_alive(pid, d):
+                time.sleep(0.1)
+            if host_is_alive(pid, d):
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+        shutil.rmtree(d, ignore_errors=True)
+
+    def host_state(self, model: str) -> HostState | None:
+        d = self.state_dir(model)
+        pid = self._host_pid(model)
+        if pid is None:
+            return None
+        alive = host_is_alive(pid, d)
+        status = _read_json(d / "status.json") or {}
+        versions = {}
+        for version, v in (status.get("versions") or {}).items():
+            versions[str(version)] = VersionProcess(
+                version=str(version),
+                running=alive and v.get("state") == "running",
+                pid=v.get("pid"),
+                restarts=int(v.get("restarts") or 0),
+                last_exit=v.get("last_exit"),
+            )
+        reason = None if alive else f"model host process {pid} is not running"
+        return HostState(model=model, alive=alive, pid=pid, versions=versions, reason=reason)
+
+    def hosts(self) -> list[str]:
+        out = []
+        for info_path in sorted(self.settings.hosts_dir.glob("*/host.json")):
+            info = _read_json(info_path)
+            if info and isinstance(info.get("model"), str):
+                out.append(info["model"])
+        return out
+
+    def address(self, model: str, version: str, port: int) -> tuple[str, int]:
+        return ("127.0.0.1", port)
+
+    def version_log(self, model: str, version: str, max_bytes: int = 200_000) -> str:
+        path = self._version_log(model, version)
+        try:
+            with path.open("rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                f.seek(max(0, size - max_bytes))
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""

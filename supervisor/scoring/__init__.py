@@ -1,0 +1,1 @@
+"""The scoring server, run inside each version's own Python environment."""

@@ -1,0 +1,421 @@
+"""A model version's scoring server: MLflow's scoring protocol, old and new, over stdlib HTTP.
+
+It runs inside the version's own environment (the model's MLflow 2.x or 3.x, its pandas), so it
+imports nothing from the supervisor and adds no dependency: the HTTP server is the stdlib's
+threading server speaking HTTP/1.1 with keep-alive (Nginx keeps upstream connections open).
+It accepts a strict superset of what MLflow's servers accept, so that both old and new clients
+work: the 2.x/3.x JSON keys and CSV (answered ``{"predictions": ...}``) and the 1.x forms the
+Databricks documentation sends (``format=pandas-records``/``pandas-split``, bare lists and split
+dicts, ``json-numpy-split``), answered with a bare list as 1.x did. A client's mistake is always
+a JSON 4xx, never a 500 and never a crash. Work that can be done once (loading, reading the input
+schema, inspecting ``predict``) is done at start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as dt
+import inspect
+import io
+import json
+import math
+import signal
+import sys
+import threading
+import time
+import traceback
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+try:  # orjson is faster; it is optional because the model's environment decides
+    import orjson
+except ImportError:  # pragma: no cover - depends on the environment
+    orjson = None  # type: ignore[assignment]
+
+MAX_BODY = 64 * 1024 * 1024
+NEW_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+CONTENT_TYPES = ["application/json", "text/csv", "application/json-numpy-split"]
+FORMATS = ["pandas-records", "pandas-split"]
+PREDICT_ERROR = ("Encountered an unexpected error while evaluating the model. Verify that the serialized input "
+                 "Dataframe is compatible with the model for inference.")
+
+
+class ClientError(Exception):
+    def __init__(self, status: int, message: str, error_code: str = "BAD_REQUEST") -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.error_code = error_code
+
+
+# --- request parsing -----------------------------------------------------------------------
+def parse_content_type(header: str | None) -> tuple[str, dict[str, str]]:
+    if not header:
+        return "application/json", {}
+    parts = [p.strip() for p in header.split(";")]
+    params = {}
+    for p in parts[1:]:
+        if not p:
+            continue
+        key, _, value = p.partition("=")
+        params[key.strip().lower()] = value.strip().strip('"')
+    return parts[0].lower(), params
+
+
+def _unsupported(content_type: str) -> ClientError:
+    return ClientError(
+        415,
+        f"This predictor only supports the following content types: Types: {CONTENT_TYPES}; "
+        f"Formats: {FORMATS}. Got '{content_type}'.",
+        "UNSUPPORTED_MEDIA_TYPE",
+    )
+
+
+def _load_json(text: str) -> Any:
+    try:
+        return orjson.loads(text) if orjson is not None else json.loads(text)
+    except (ValueError, TypeError) as exc:
+        raise ClientError(400, f"Invalid input. Ensure that input is a valid JSON formatted string. Error: {exc}")
+
+
+def _split_frame(obj: Any, where: str) -> pd.DataFrame:
+    if not isinstance(obj, dict):
+        raise ClientError(400, f"Invalid input. Dataframe split format must be a dictionary. Got {type(obj).__name__}"
+                               f" in {where}.")
+    if "data" not in obj or set(obj) - {"columns", "index", "data"}:
+        raise ClientError(400, "Dataframe split format must have 'data' field and optionally 'columns' and 'index' "
+                               f"fields. Got {sorted(obj)}.")
+    data = obj["data"]
+    if not isinstance(data, list):
+        raise ClientError(400, "Dataframe split 'data' must be a list of rows.")
+    columns, index = obj.get("columns"), obj.get("index")
+    if columns is not None and not isinstance(columns, list):
+        raise ClientError(400, "Dataframe split 'columns' must be a list.")
+    if index is not None and (not isinstance(index, list) or len(index) != len(data)):
+        raise ClientError(400, "Dataframe split 'index' must be a list as long as 'data'.")
+    try:
+        return pd.DataFrame(data=data, columns=columns, index=index)
+    except Exception as exc:
+        raise ClientError(400, f"Provided dataframe_split field is not a valid dataframe representation: {exc}")
+
+
+def _records_frame(obj: Any, columns: list[str] | None) -> pd.DataFrame:
+    if not isinstance(obj, list):
+        raise ClientError(400, "Invalid input. Dataframe records format must be a list of records. "
+                               f"Got {type(obj).__name__}.")
+    try:
+        if obj and all(isinstance(r, list) for r in obj):
+            width = len(obj[0])
+            cols = columns if columns and len(columns) == width and all(len(r) == width for r in obj) else None
+            return pd.DataFrame(obj, columns=cols)
+        if not all(isinstance(r, dict) for r in obj):
+            raise ClientError(400, "Invalid input. Each record must be a JSON object (or every record a list).")
+        return pd.DataFrame.from_records(obj) if obj else pd.DataFrame()
+    except ClientError:
+        raise
+    except Exception as exc:
+        raise ClientError(400, f"Failed to parse input as a Pandas DataFrame: {exc}")
+
+
+def _tf_serving(obj: dict[str, Any], key: str, columns: list[str] | None) -> Any:
+    value = obj[key]
+    # Row-format records for a model with named columns are plainly a DataFrame.
+    if key == "instances" and isinstance(value, list) and value and all(isinstance(r, dict) for r in value):
+        return pd.DataFrame.from_records(value)
+    if key == "inputs" and isinstance(value, dict) and columns and set(columns) <= set(value):
+        try:
+            return pd.DataFrame(value)
+        except Exception:
+            pass
+    try:
+        from mlflow.utils.proto_json_utils import parse_tf_serving_input
+
+        parsed = parse_tf_serving_input({key: value})
+    except Exception as exc:
+        raise ClientError(400, f"Invalid input. Failed to parse '{key}': {exc}")
+    if isinstance(parsed, dict) and columns and set(columns) <= set(parsed):
+        try:
+            return pd.DataFrame({k: np.asarray(v).tolist() for k, v in parsed.items()})
+        except Exception:
+            return parsed
+    return parsed
+
+
+def parse_request(body: bytes, content_type: str | None, columns: list[str] | None
+                  ) -> tuple[Any, dict[str, Any] | None, bool, str | None]:
+    """-> (data, params, legacy, wrapper key). ``legacy`` answers bare, as MLflow 1.x did."""
+    mime, params = parse_content_type(content_type)
+    charset = params.pop("charset", "utf-8").lower()
+    if charset not in ("utf-8", "utf8"):
+        raise ClientError(415, "The scoring server only supports UTF-8", "UNSUPPORTED_MEDIA_TYPE")
+    fmt = params.pop("format", None)
+    if mime not in CONTENT_TYPES or (fmt is not None and fmt not in FORMATS) or (fmt and mime != "application/json"):
+        raise _unsupported(content_type or "")
+    if not body:
+        raise ClientError(400, "Invalid input. The request body is empty.")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ClientError(400, "Invalid input. The request body is not valid UTF-8.")
+    if mime == "text/csv":
+        try:
+            return pd.read_csv(io.StringIO(text)), None, False, "predictions"
+        except Exception as exc:
+            raise ClientError(400, "Failed to parse input as a Pandas DataFrame. Ensure that the input is a valid "
+                                   f"CSV-formatted Pandas DataFrame produced using DataFrame.to_csv(): {exc}")
+    obj = _load_json(text)
+    if mime == "application/json-numpy-split":
+        return _split_frame(obj, "the request").infer_objects(), None, True, None
+    if fmt == "pandas-records":
+        return _records_frame(obj, columns), None, True, None
+    if fmt == "pandas-split":
+        if isinstance(obj, dict) and set(obj) == {"dataframe_split"}:
+            return _split_frame(obj["dataframe_split"], "dataframe_split"), None, True, None
+        return _split_frame(obj, "the request"), None, True, None
+    if isinstance(obj, list):
+        return _records_frame(obj, columns), None, True, None
+    if not isinstance(obj, dict):
+        raise ClientError(400, "Invalid input. The input must be a JSON dictionary with exactly one of the input "
+                               f"fields {set(NEW_KEYS)}. Received unexpected input type '{type(obj).__name__}'.")
+    keys = [k for k in NEW_KEYS if k in obj]
+    if len(keys) > 1:
+        raise ClientError(400, "Invalid input. The input must be a JSON dictionary with exactly one of the input "
+                               f"fields {set(NEW_KEYS)}. Received dictionary with input fields: {keys}.")
+    if not keys:
+        if "data" in obj:  # a bare 1.x split dict
+            return _split_frame(obj, "the request"), None, True, None
+        raise ClientError(400, "Invalid input. The input must be a JSON dictionary with exactly one of the input "
+                               f"fields {set(NEW_KEYS)}. Received dictionary with input fields: {sorted(obj)}.")
+    extra = obj.get("params")
+    if extra is not None and not isinstance(extra, dict):
+        raise ClientError(400, "Invalid input. 'params' must be a JSON object.")
+    key = keys[0]
+    if key == "dataframe_split":
+        data: Any = _split_frame(obj[key], key)
+    elif key == "dataframe_records":
+        data = _records_frame(obj[key], columns)
+    else:
+        data = _tf_serving(obj, key, columns)
+    return data, extra, False, "predictions"
+
+
+# --- predictions -> JSON -------------------------------------------------------------------
+def jsonable(value: Any) -> Any:
+    if isinstance(value, pd.DataFrame):
+        return [{str(k): jsonable(v) for k, v in row.items()} for row in value.to_dict(orient="records")]
+    if isinstance(value, (pd.Series, pd.Index)):
+        return [jsonable(v) for v in value.tolist()]
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist()) if value.dtype.kind in "fcOMmSU" else value.tolist()
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return jsonable(value.item())
+    if isinstance(value, float):
+        return None if math.isnan(value) or math.isinf(value) else value
+    if isinstance(value, (dt.datetime, dt.date, pd.Timestamp)):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    if value is pd.NaT or value is None:
+        return None
+    if isinstance(value, (str, int, bool)):
+        return value
+    try:
+        if pd.isna(value):
+            return None
+    except (TypeError, ValueError):
+        pass
+    return str(value)
+
+
+def dumps(value: Any) -> bytes:
+    if orjson is not None:
+        return orjson.dumps(value)
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+# --- the model -----------------------------------------------------------------------------
+class Scorer:
+    def __init__(self, model_dir: str) -> None:
+        import mlflow
+        import mlflow.pyfunc
+
+        self.mlflow_version = mlflow.__version__
+        self.model = mlflow.pyfunc.load_model(model_dir)
+        self.columns: list[str] | None = None
+        try:
+            schema = self.model.metadata.get_input_schema()
+            if schema is not None and schema.has_input_names():
+                self.columns = list(schema.input_names())
+        except Exception:
+            self.columns = None
+        try:
+            self.takes_params = "params" in inspect.signature(self.model.predict).parameters
+        except (TypeError, ValueError):
+            self.takes_params = False
+
+    def predict(self, data: Any, params: dict[str, Any] | None) -> Any:
+        if isinstance(data, pd.DataFrame) and self.columns and set(self.columns) <= set(data.columns):
+            data = data[self.columns + [c for c in data.columns if c not in self.columns]]
+        try:
+            if params and self.takes_params:
+                return self.model.predict(data, params=params)
+            if params:
+                print("modelserve: this model's predict takes no params; ignoring them", file=sys.stderr)
+            return self.model.predict(data)
+        except Exception as exc:
+            code = getattr(exc, "error_code", None)
+            text = str(getattr(exc, "message", None) or exc)
+            if code and code != "INTERNAL_ERROR":
+                raise ClientError(400, text, code)
+            raise ClientError(400, f"{PREDICT_ERROR} Error: {type(exc).__name__}: {text}")
+
+    def score(self, body: bytes, content_type: str | None) -> bytes:
+        data, params, legacy, key = parse_request(body, content_type, self.columns)
+        predictions = jsonable(self.predict(data, params))
+        return dumps(predictions if legacy or key is None else {key: predictions})
+
+
+# --- HTTP ----------------------------------------------------------------------------------
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "modelserve-scoring"
+    sys_version = ""
+    timeout = 120  # longer than Nginx's upstream keep-alive, shorter than forever for a stalled client
+    scorer: Scorer
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        pass  # no access log: one line per request would cost more than the request
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # The stdlib answers malformed requests with HTML; clients of a JSON API get JSON.
+        self.close_connection = True
+        self._reply(code, {"error_code": "BAD_REQUEST", "message": message or explain or "Bad request"})
+
+    def _reply(self, status: int, payload: Any, raw: bytes | None = None, content_type: str = "application/json"
+               ) -> None:
+        body = raw if raw is not None else dumps(payload)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+        except (TimeoutError, BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    def _error(self, exc: ClientError) -> None:
+        self._reply(exc.status, {"error_code": exc.error_code, "message": exc.message})
+
+    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+        path = self.path.split("?", 1)[0]
+        if path in ("/ping", "/health"):
+            self._reply(200, None, raw=b"\n")
+        elif path == "/version":
+            self._reply(200, None, raw=self.scorer.mlflow_version.encode())
+        elif path == "/invocations":
+            self._error(ClientError(405, "Method Not Allowed: use POST", "BAD_REQUEST"))
+        else:
+            self._error(ClientError(404, f"Not found: {path}", "ENDPOINT_NOT_FOUND"))
+
+    def _read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            self.close_connection = True
+            raise ClientError(411, "Chunked request bodies are not supported; send Content-Length", "BAD_REQUEST")
+        raw = self.headers.get("Content-Length")
+        if raw is None:
+            self.close_connection = True
+            raise ClientError(411, "A Content-Length header is required", "BAD_REQUEST")
+        try:
+            length = int(raw)
+            if length < 0:
+                raise ValueError
+        except ValueError:
+            self.close_connection = True
+            raise ClientError(400, f"Invalid Content-Length: {raw!r}")
+        if length > MAX_BODY:
+            self.close_connection = True
+            raise ClientError(413, f"Request body larger than {MAX_BODY} bytes", "REQUEST_LIMIT_EXCEEDED")
+        body = self.rfile.read(length)
+        if len(body) != length:
+            self.close_connection = True
+            raise ClientError(400, "The request body is shorter than its Content-Length")
+        return body
+
+    def do_POST(self) -> None:  # noqa: N802 - stdlib naming
+        path = self.path.split("?", 1)[0]
+        try:
+            body = self._read_body()
+        except ClientError as exc:
+            self._error(exc)
+            return
+        except (TimeoutError, ConnectionError):
+            self.close_connection = True
+            return
+        if path != "/invocations":
+            self._error(ClientError(404 if path not in ("/ping", "/health", "/version") else 405,
+                                    f"Not found: POST {path}", "ENDPOINT_NOT_FOUND"))
+            return
+        try:
+            out = self.scorer.score(body, self.headers.get("Content-Type"))
+        except ClientError as exc:
+            self._error(exc)
+            return
+        except Exception as exc:  # a bug of ours, not the client's: say so, keep serving
+            traceback.print_exc()
+            self._reply(500, {"error_code": "INTERNAL_ERROR", "message": f"{type(exc).__name__}: {exc}"})
+            return
+        self._reply(200, None, raw=out)
+
+    def do_PUT(self) -> None:  # noqa: N802
+        self._error(ClientError(405, "Method Not Allowed", "BAD_REQUEST"))
+
+    do_DELETE = do_PATCH = do_PUT
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 512
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="modelserve scoring server")
+    parser.add_argument("--model-dir", required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    t0 = time.monotonic()
+    try:
+        scorer = Scorer(args.model_dir)
+    except Exception:
+        traceback.print_exc()
+        print(f"modelserve scoring server: cannot load the model from {args.model_dir}", flush=True)
+        return 3
+    Handler.scorer = scorer
+    server = Server((args.host, args.port), Handler)
+    print(f"modelserve scoring server: model loaded from {args.model_dir} in {time.monotonic() - t0:.1f}s, "
+          f"listening on {args.host}:{args.port} (mlflow {scorer.mlflow_version})", flush=True)
+
+    def _stop(*_: Any) -> None:
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    server.serve_forever(poll_interval=0.5)
+    server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
