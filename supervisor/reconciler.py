@@ -224,8 +224,9 @@ class Reconciler:
             if name not in self._rejected_reported:
                 self._rejected_reported.add(name)
                 self.store.add_event(name, MODEL_UPDATE,
-                                     "This model name cannot be routed (it holds control characters); "
-                                     "its versions are not reachable through the gateway")
+                                     "This model name cannot be routed (it holds control characters, or another "
+                                     "served model's name differs from it only in letter case); its versions are "
+                                     "not reachable through the gateway")
 
     # --- process entry -------------------------------------------------------------------
     def run_forever(self) -> None:

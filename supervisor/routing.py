@@ -79,8 +79,7 @@ def _entries(m: ModelRoutes) -> tuple[list[tuple[str, str]], list[Upstream]]:
         entries += [(k, tgt) for k in _keys(m.name, version)]
     for stage, version in m.stages:
         if version in target:
-            for segment in {stage, stage.lower()}:
-                entries += [(k, target[version]) for k in _keys(m.name, segment)]
+            entries += [(k, target[version]) for k in _keys(m.name, stage)]
     for alias, version in m.aliases:
         if version in target:
             entries += [(k, target[version]) for k in _keys(m.name, "@" + alias)]
@@ -89,17 +88,24 @@ def _entries(m: ModelRoutes) -> tuple[list[tuple[str, str]], list[Upstream]]:
 
 def render_routes(models: Sequence[ModelRoutes], templates_dir: Path) -> RenderedRoutes:
     rejected = [m.name for m in models if not routable(m.name)]
-    entries: list[tuple[str, str]] = []
+    unique: list[tuple[str, str]] = []
     upstreams: list[Upstream] = []
+    # Nginx compares map keys case-insensitively (so /Production/ and /production/ both work),
+    # and refuses a config with two keys that differ only in case. Two models whose names differ
+    # only in case therefore cannot both be routed: the first (in name order) keeps its routes.
+    owner: dict[str, str] = {}
     for m in sorted(models, key=lambda m: m.name):
         if not routable(m.name):
             continue
-        e, u = _entries(m)
-        entries += e
-        upstreams += u
-    # Later keys would silently lose to earlier ones in a map; keep the first and drop repeats.
-    seen: set[str] = set()
-    unique = [(k, t) for k, t in entries if not (k in seen or seen.add(k))]  # type: ignore[func-returns-value]
+        entries, ups = _entries(m)
+        if any(owner.get(k.casefold(), m.name) != m.name for k, _ in entries):
+            rejected.append(m.name)
+            continue
+        for key, tgt in entries:
+            if key.casefold() not in owner:
+                owner[key.casefold()] = m.name
+                unique.append((key, tgt))
+        upstreams += ups
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir)), autoescape=False,
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     text = env.get_template("routes.conf.j2").render(
