@@ -69,6 +69,7 @@ class Deployer:
         runtime: Runtime,
         host_lock: Callable[[str], threading.Lock],
         wake: Callable[[], None],
+        publish_ready: Callable[[str, str], None] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -76,6 +77,7 @@ class Deployer:
         self.runtime = runtime
         self.host_lock = host_lock
         self.wake = wake
+        self.publish_ready = publish_ready or self._mark_ready
         self.envs = EnvBuilder(settings)
 
     def _log(self, path: Path, line: str) -> None:
@@ -106,7 +108,7 @@ class Deployer:
                     self.runtime.apply_host(model, launches(self.store, model))
             self._wait_healthy(model, version, log)
             self._still_wanted(model, version)
-            self.store.upsert_deployment(model, version, state=READY, state_message="")
+            self.publish_ready(model, version)
             self.store.add_event(model, VERSION_UPDATE, f"Version {version} is ready and serving", version)
             self._log(log, "version is READY")
         except DeployAborted as exc:
@@ -117,6 +119,9 @@ class Deployer:
             self._fail(model, version, log, f"{type(exc).__name__}: {exc}", launched)
         finally:
             self.wake()
+
+    def _mark_ready(self, model: str, version: str) -> None:
+        self.store.upsert_deployment(model, version, state=READY, state_message="")
 
     def _prepare(self, model: str, version: str, log: Path) -> None:
         self._log(log, f"downloading the model artifacts of {model!r} version {version}")

@@ -14,6 +14,7 @@ import os
 import pwd
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ class Gateway:
         self.routes_conf = self.prefix / "routes.conf"
         self.pid_file = self.prefix / "nginx.pid"
         self.mlflow_upstream = mlflow_upstream or f"127.0.0.1:{settings.mlflow_port}"
+        self._lock = threading.Lock()  # the reconciler's tick and its deploy threads both publish routes
 
     def _render_main(self, routes_path: Path) -> str:
         env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(self.settings.nginx_templates)),
@@ -107,10 +109,42 @@ class Gateway:
         while not self.is_running() and time.monotonic() < deadline:
             time.sleep(0.05)
 
-    def reload(self) -> None:
+    def _workers(self, master: int) -> set[int]:
+        try:
+            kids = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+        except OSError:
+            return set()
+        return {int(k) for k in kids}
+
+    @staticmethod
+    def _accepting(pid: int) -> bool:
+        """A worker that still takes new connections (not gone, not draining after a reload)."""
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+        return b"shutting down" not in title and b"worker" in title
+
+    def reload(self, timeout: float = 10.0) -> None:
+        """Reload and return only once every worker taking new connections runs the new config.
+
+        ``nginx -s reload`` only sends a signal; until the master has started new workers and
+        told the old ones to stop accepting, requests still meet the old routes. Waiting here
+        lets callers announce a route (e.g. a version READY) only when it really is live."""
+        master = self.pid()
+        before = {w for w in self._workers(master) if self._accepting(w)} if master else set()
         result = self._nginx("-s", "reload")
         if result.returncode != 0:
             raise GatewayConfigError(f"nginx reload failed:\n{result.stderr.strip()}")
+        if not master:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            workers = self._workers(master)
+            new = {w for w in workers if w not in before and self._accepting(w)}
+            if new and not any(self._accepting(w) for w in before):
+                return
+            time.sleep(0.02)
 
     def stop(self, timeout: float = 15.0) -> None:
         pid = self.pid()
@@ -127,6 +161,10 @@ class Gateway:
         os.kill(pid, signal.SIGTERM)
 
     def apply_routes(self, models: Sequence[ModelRoutes]) -> ApplyResult:
+        with self._lock:
+            return self._apply_routes(models)
+
+    def _apply_routes(self, models: Sequence[ModelRoutes]) -> ApplyResult:
         rendered = render_routes(models, self.settings.nginx_templates)
         current = self.routes_conf.read_text() if self.routes_conf.exists() else None
         if rendered.text == current:

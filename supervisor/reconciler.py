@@ -35,7 +35,7 @@ from supervisor.registry import Registry, RegistryModel, RegistryUnavailable
 from supervisor.runtime import make_runtime
 from supervisor.runtime.base import Runtime
 from supervisor.settings import Settings
-from supervisor.store import ENDPOINT_UPDATED, MODEL_UPDATE, PENDING, VERSION_UPDATE, Deployment, Store
+from supervisor.store import ENDPOINT_UPDATED, MODEL_UPDATE, PENDING, READY, VERSION_UPDATE, Deployment, Store
 
 log = logging.getLogger("modelserve.reconciler")
 
@@ -65,7 +65,8 @@ class Reconciler:
         self._in_flight: set[tuple[str, str]] = set()
         self._in_flight_lock = threading.Lock()
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="deploy")
-        self.deployer = Deployer(settings, self.store, self.registry, self.runtime, self.host_lock, self.wake)
+        self.deployer = Deployer(settings, self.store, self.registry, self.runtime, self.host_lock, self.wake,
+                                 self.publish_ready)
         self.scheduler: BackgroundScheduler | None = None
         self._applied: dict[str, tuple[Any, ...]] = {}  # model -> launches last given to its host
         self._seen_restarts: dict[tuple[str, str], int] = {}
@@ -213,8 +214,19 @@ class Reconciler:
                                      f"restarted by the model host (restart {proc.restarts})", version)
 
     # --- routes --------------------------------------------------------------------------
-    def _render_routes(self, enabled: list[str]) -> None:
+    def publish_ready(self, model: str, version: str) -> None:
+        """Route a healthy version, then record it READY, so READY means reachable. Under the tick
+        lock, so a tick cannot render the version's old (pending) state in between."""
+        with self._tick_lock:
+            self._render_routes(self.store.enabled_models(), ready=(model, version))
+            self.store.upsert_deployment(model, version, state=READY, state_message="")
+
+    def _render_routes(self, enabled: list[str], ready: tuple[str, str] | None = None) -> None:
         deps = self._deployments_by_model()
+        if ready is not None:
+            for d in deps.get(ready[0], []):
+                if d.version == ready[1]:
+                    d.state = READY
         tables = [
             model_routes(m, deps.get(m, []), lambda d: self.runtime.address(d.model, d.version, d.port or 0))
             for m in enabled
