@@ -70,7 +70,7 @@ def test_enable_status_versions_aliases_events(ctx: Any) -> None:
                        json={"registered_model_name": "iris", "endpoint_version_name": "1"}).get_json()
     assert "scoring server output of 1" in logs["logs"]
     # The ajax-api prefix the Databricks UI used answers the same.
-    assert client.get(f"/ajax-api/2.0/preview/mlflow/endpoints/list").status_code == 200
+    assert client.get("/ajax-api/2.0/preview/mlflow/endpoints/list").status_code == 200
 
 
 def test_errors_are_databricks_json(ctx: Any) -> None:

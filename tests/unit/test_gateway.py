@@ -1,0 +1,137 @@
+"""A real Nginx with the gateway's configs: routes, JSON errors, atomic swap, reloads that lose nothing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import requests
+
+from supervisor.gateway import Gateway, GatewayConfigError
+from supervisor.routing import ModelRoutes, VersionRoute
+from supervisor.settings import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Echo(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        body = json.dumps({"path": self.path, "port": self.server.server_address[1]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture()
+def backends() -> Iterator[list[int]]:
+    servers = [ThreadingHTTPServer(("127.0.0.1", 0), Echo) for _ in range(2)]
+    for s in servers:
+        s.daemon_threads = True
+        threading.Thread(target=s.serve_forever, daemon=True).start()
+    yield [s.server_address[1] for s in servers]
+    for s in servers:
+        s.shutdown()
+
+
+@pytest.fixture()
+def gateway(tmp_path: Path) -> Iterator[Gateway]:
+    settings = Settings(data_dir=tmp_path, port=free_port(), api_port=free_port(), mlflow_port=free_port(),
+                        nginx_bin=shutil.which("nginx") or "/usr/sbin/nginx")
+    gw = Gateway(settings)
+    gw.start()
+    yield gw
+    gw.stop()
+
+
+def table(ports: list[int], name: str = "my model", extra_pending: bool = False) -> list[ModelRoutes]:
+    versions = [VersionRoute("1", "ready", ("127.0.0.1", ports[0])), VersionRoute("2", "ready", ("127.0.0.1", ports[1]))]
+    if extra_pending:
+        versions.append(VersionRoute("3", "pending", None))
+    return [ModelRoutes(name, tuple(versions), (("Production", "2"),), (("champion", "1"),))]
+
+
+def post(gw: Gateway, path: str, data: bytes = b"[]") -> requests.Response:
+    return requests.post(f"{gw.settings.gateway_url}{path}", data=data,
+                         headers={"Content-Type": "application/json"}, timeout=30)
+
+
+def test_routes_and_json_errors(gateway: Gateway, backends: list[int]) -> None:
+    assert gateway.apply_routes(table(backends, extra_pending=True)).changed
+    r = post(gateway, "/model/my%20model/1/invocations")
+    assert r.status_code == 200 and r.json() == {"path": "/invocations", "port": backends[0]}
+    assert post(gateway, "/model/my%20model/Production/invocations").json()["port"] == backends[1]
+    assert post(gateway, "/model/my%20model/production/invocations").json()["port"] == backends[1]
+    assert post(gateway, "/model/my%20model/@champion/invocations").json()["port"] == backends[0]
+    r = post(gateway, "/model/my%20model/3/invocations")
+    assert r.status_code == 503 and r.headers["Retry-After"] == "5"
+    assert r.json()["error_code"] == "TEMPORARILY_UNAVAILABLE"
+    for path in ("/model/other/1/invocations", "/model/my%20model/9/invocations", "/model/my%20model/1/ping",
+                 "/model/my%20model//1/invocations/../../x"):
+        r = post(gateway, path)
+        assert r.status_code == 404 and r.json()["error_code"] == "RESOURCE_DOES_NOT_EXIST", path
+    r = post(gateway, "/model/my%20model/1/invocations", data=b"x" * (17 * 1024 * 1024))
+    assert r.status_code == 413 and r.json()["error_code"] == "REQUEST_LIMIT_EXCEEDED"
+
+
+def test_identical_routes_do_not_reload(gateway: Gateway, backends: list[int]) -> None:
+    assert gateway.apply_routes(table(backends)).changed
+    before = gateway.routes_conf.stat().st_mtime_ns
+    assert not gateway.apply_routes(table(backends)).changed
+    assert gateway.routes_conf.stat().st_mtime_ns == before
+
+
+def test_refused_config_keeps_the_old_routes(gateway: Gateway, backends: list[int], tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    gateway.apply_routes(table(backends))
+    broken = tmp_path / "broken-templates"
+    broken.mkdir()
+    shutil.copy(gateway.settings.nginx_templates / "nginx.conf.j2", broken)
+    (broken / "routes.conf.j2").write_text("this is not nginx;\n")
+    monkeypatch.setattr(gateway.settings, "nginx_templates", broken)
+    with pytest.raises(GatewayConfigError, match="nginx -t"):
+        gateway.apply_routes(table(backends, name="other"))
+    assert post(gateway, "/model/my%20model/1/invocations").status_code == 200
+
+
+def test_reloads_lose_no_request(gateway: Gateway, backends: list[int]) -> None:
+    gateway.apply_routes(table(backends))
+    results: list[int] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        with requests.Session() as s:
+            for _ in range(3000):
+                if stop.is_set():
+                    return
+                r = s.post(f"{gateway.settings.gateway_url}/model/my%20model/1/invocations", data=b"[]",
+                           headers={"Content-Type": "application/json"}, timeout=30)
+                results.append(r.status_code)
+
+    threads = [threading.Thread(target=load) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for i in range(8):
+        gateway.apply_routes(table(backends, name="my model") + table(backends, name=f"churn {i}"))
+    stop.set()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(results) > 50
+    assert set(results) == {200}, {c: results.count(c) for c in set(results)}
