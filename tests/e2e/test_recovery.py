@@ -1,0 +1,87 @@
+"""Faults the system heals by itself: a killed scoring server, a killed model host, a restarted
+supervisor (adopted, not rebuilt), an unreachable registry."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import requests
+
+from tests.e2e.conftest import System
+
+pytestmark = pytest.mark.e2e
+
+NAME = "recovery-model"
+
+
+@pytest.fixture(scope="module")
+def served(system: System, register: Any, iris: pd.DataFrame) -> dict[str, Any]:
+    register(NAME)
+    assert system.api("POST", "enable", registered_model_name=NAME).status_code == 200
+    system.wait_version(NAME, "1", "VERSION_STATE_READY")
+    rows = iris.drop(columns=["target"]).head(3).to_dict(orient="records")
+    return {"url": f"{system.url}/model/{NAME}/1/invocations", "rows": rows}
+
+
+def host_dir(system: System) -> Path:
+    for info in (system.data_dir / "hosts").glob("*/host.json"):
+        if json.loads(info.read_text())["model"] == NAME:
+            return info.parent
+    raise AssertionError("no host dir")
+
+
+def status(system: System) -> dict[str, Any]:
+    return dict(json.loads((host_dir(system) / "status.json").read_text()))
+
+
+def answers(served: dict[str, Any]) -> bool:
+    try:
+        return requests.post(served["url"], json=served["rows"], timeout=10).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def messages(system: System) -> list[str]:
+    events = system.api("GET", "get-event-history", registered_model_name=NAME).json()["events"]
+    return [e["message"] for e in events]
+
+
+def test_killed_scoring_server_is_restarted_by_its_host(system: System, served: dict[str, Any]) -> None:
+    pid = status(system)["versions"]["1"]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    system.wait_for("restart recorded", lambda: status(system)["versions"]["1"]["restarts"] >= 1, timeout=30)
+    system.wait_for("answers again", lambda: answers(served), timeout=60)
+    system.wait_for("event", lambda: any("SIGKILL" in m and "restarted by the model host" in m
+                                         for m in messages(system)), timeout=30)
+
+
+def test_killed_model_host_is_restarted_by_the_supervisor(system: System, served: dict[str, Any]) -> None:
+    host_pid = json.loads((host_dir(system) / "host.json").read_text())["pid"]
+    os.kill(host_pid, signal.SIGKILL)
+    system.wait_for("new host", lambda: json.loads((host_dir(system) / "host.json").read_text())["pid"] != host_pid,
+                    timeout=30)
+    system.wait_for("answers again", lambda: answers(served), timeout=60)
+    assert any("Model host exited unexpectedly" in m for m in messages(system))
+
+
+def test_restarted_supervisor_adopts_the_running_host(system: System, served: dict[str, Any]) -> None:
+    host_pid = json.loads((host_dir(system) / "host.json").read_text())["pid"]
+    version_pid = status(system)["versions"]["1"]["pid"]
+    up = json.loads((system.data_dir / "run" / "up.json").read_text())
+    for name in ("reconciler", "api"):
+        os.killpg(up["children"][name], signal.SIGKILL)
+    # Serving never depended on them.
+    assert answers(served)
+    system.wait_for("supervisor back", lambda: system.api("GET", "list").status_code == 200, timeout=60)
+    time.sleep(3)  # a few reconcile ticks
+    assert json.loads((host_dir(system) / "host.json").read_text())["pid"] == host_pid
+    assert status(system)["versions"]["1"]["pid"] == version_pid
+    assert system.versions(NAME)["1"]["state"] == "VERSION_STATE_READY"
+    assert answers(served)

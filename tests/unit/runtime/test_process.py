@@ -1,0 +1,167 @@
+"""The process runtime and the model host with real processes: start, crash, restart, adopt, stop.
+
+A tiny stand-in scoring server (an http.server answering /ping) replaces the real one, so these
+tests need no model environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from supervisor.runtime import process
+from supervisor.runtime.base import VersionLaunch
+from supervisor.runtime.process import ProcessRuntime, host_is_alive
+from supervisor.settings import Settings
+
+STAND_IN = '''
+import argparse, http.server
+p = argparse.ArgumentParser(); p.add_argument("--model-dir"); p.add_argument("--host"); p.add_argument("--port", type=int)
+a = p.parse_args()
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = a.model_dir.encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *x): pass
+print("stand-in listening on", a.port, flush=True)
+http.server.HTTPServer((a.host, a.port), H).serve_forever()
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait(what: str, cond: Callable[[], Any], timeout: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def ping(port: int) -> str | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=1) as r:
+            return r.read().decode()
+    except OSError:
+        return None
+
+
+def alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.fixture()
+def runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ProcessRuntime]:
+    stand_in = tmp_path / "stand_in.py"
+    stand_in.write_text(STAND_IN)
+    monkeypatch.setattr(process, "SCORING_SERVER", stand_in)
+    rt = ProcessRuntime(Settings(data_dir=tmp_path / "data"))
+    yield rt
+    for model in rt.hosts():
+        rt.stop_host(model)
+
+
+def launch(version: str, port: int) -> VersionLaunch:
+    return VersionLaunch(version=version, python=Path(sys.executable), model_dir=Path(f"/models/v{version}"),
+                         port=port, env_hash="h")
+
+
+def test_host_runs_versions_restarts_a_killed_one_and_keeps_the_other(runtime: ProcessRuntime) -> None:
+    p1, p2 = free_port(), free_port()
+    runtime.apply_host("m o/d'el", [launch("1", p1), launch("2", p2)])
+    assert wait("v1", lambda: ping(p1)) == "/models/v1"
+    assert wait("v2", lambda: ping(p2)) == "/models/v2"
+    state = wait("status", lambda: (s := runtime.host_state("m o/d'el")) and len(s.versions) == 2 and s)
+    assert state.alive and all(v.running for v in state.versions.values())
+    v1_pid, v2_pid = state.versions["1"].pid, state.versions["2"].pid
+
+    os.kill(v1_pid, signal.SIGKILL)
+    restarted = wait("v1 restarted", lambda: (s := runtime.host_state("m o/d'el")) and s.versions["1"].restarts == 1
+                     and s.versions["1"].running and s)
+    assert "SIGKILL" in (restarted.versions["1"].last_exit or "")
+    assert restarted.versions["1"].pid != v1_pid
+    assert wait("v1 answers again", lambda: ping(p1)) == "/models/v1"
+    assert restarted.versions["2"].pid == v2_pid
+    assert "attempt 2" in runtime.version_log("m o/d'el", "1")
+
+
+def test_removing_a_version_stops_only_it(runtime: ProcessRuntime) -> None:
+    p1, p2 = free_port(), free_port()
+    runtime.apply_host("m", [launch("1", p1), launch("2", p2)])
+    wait("both", lambda: ping(p1) and ping(p2))
+    v2_pid = wait("pids", lambda: (s := runtime.host_state("m")) and s.versions.get("2") and s.versions["2"].pid)
+    runtime.apply_host("m", [launch("2", p2)])
+    wait("v1 gone", lambda: ping(p1) is None)
+    state = wait("status", lambda: (s := runtime.host_state("m")) and set(s.versions) == {"2"} and s)
+    assert state.versions["2"].pid == v2_pid
+
+
+def test_a_killed_host_takes_its_children_and_is_found_dead_then_restarted(runtime: ProcessRuntime) -> None:
+    port = free_port()
+    runtime.apply_host("m", [launch("1", port)])
+    wait("v1", lambda: ping(port))
+    state = wait("status", lambda: (s := runtime.host_state("m")) and s.versions.get("1") and s)
+    host_pid, child_pid = state.pid, state.versions["1"].pid
+    os.kill(host_pid, signal.SIGKILL)
+    wait("child dies with its host", lambda: not alive(child_pid))
+    dead = wait("host seen dead", lambda: (s := runtime.host_state("m")) and not s.alive and s)
+    assert str(host_pid) in (dead.reason or "")
+    runtime.apply_host("m", [launch("1", port)])
+    assert wait("served again", lambda: ping(port)) == "/models/v1"
+    assert runtime.host_state("m").pid != host_pid  # type: ignore[union-attr]
+
+
+def test_a_new_runtime_adopts_running_hosts(runtime: ProcessRuntime) -> None:
+    port = free_port()
+    runtime.apply_host("adopt me", [launch("1", port)])
+    wait("v1", lambda: ping(port))
+    pid = runtime.host_state("adopt me").pid  # type: ignore[union-attr]
+    again = ProcessRuntime(runtime.settings)
+    assert again.hosts() == ["adopt me"]
+    state = again.host_state("adopt me")
+    assert state is not None and state.alive and state.pid == pid
+
+
+def test_stop_host_leaves_nothing(runtime: ProcessRuntime) -> None:
+    port = free_port()
+    runtime.apply_host("m", [launch("1", port)])
+    wait("v1", lambda: ping(port))
+    state = wait("status", lambda: (s := runtime.host_state("m")) and s.versions.get("1") and s)
+    runtime.stop_host("m")
+    assert not alive(state.pid) and not alive(state.versions["1"].pid)
+    assert runtime.hosts() == [] and runtime.host_state("m") is None
+    runtime.stop_host("m")  # idempotent
+
+
+def test_pid_reuse_is_not_mistaken_for_our_host(tmp_path: Path) -> None:
+    # Our own pid is alive but is not a model host for that state dir.
+    assert not host_is_alive(os.getpid(), tmp_path)
+    settings = Settings(data_dir=tmp_path)
+    rt = ProcessRuntime(settings)
+    d = rt.state_dir("m")
+    d.mkdir(parents=True)
+    (d / "host.json").write_text(json.dumps({"model": "m", "pid": os.getpid()}))
+    state = rt.host_state("m")
+    assert state is not None and not state.alive
