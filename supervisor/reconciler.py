@@ -298,6 +298,7 @@ def _single_instance(settings: Settings) -> Any:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # one line per tick drowns the log
     settings = Settings()
     lock = _single_instance(settings)
     try:

@@ -295,8 +295,11 @@ class Handler(BaseHTTPRequestHandler):
         pass  # no access log: one line per request would cost more than the request
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        # The stdlib answers malformed requests with HTML; clients of a JSON API get JSON.
+        # The stdlib answers malformed requests with HTML; clients of a JSON API get JSON, with a
+        # status line even when the request line was too broken to name an HTTP version.
         self.close_connection = True
+        if not str(getattr(self, "request_version", "")).startswith("HTTP/1."):
+            self.request_version = "HTTP/1.1"
         self._reply(code, {"error_code": "BAD_REQUEST", "message": message or explain or "Bad request"})
 
     def _reply(self, status: int, payload: Any, raw: bytes | None = None, content_type: str = "application/json"

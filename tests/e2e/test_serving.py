@@ -4,6 +4,7 @@ stage move -> archive -> alias -> disable, against the real running system."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import time
 from typing import Any
@@ -39,12 +40,15 @@ def local_predict(name: str, version: str, frame: pd.DataFrame) -> list[Any]:
     return [int(x) for x in model.predict(frame)]
 
 
-def host_pid(system: System) -> list[int]:
+def host_pid(system: System, name: str) -> list[int]:
+    """The model host of ``name`` and the scoring servers it runs."""
     pids = []
     for host_json in (system.data_dir / "hosts").glob("*/host.json"):
-        import json
-
+        if json.loads(host_json.read_text())["model"] != name:
+            continue
         pids.append(int(json.loads(host_json.read_text())["pid"]))
+        status = json.loads((host_json.parent / "status.json").read_text())
+        pids += [v["pid"] for v in status["versions"].values() if v["pid"]]
     return pids
 
 
@@ -142,7 +146,8 @@ def test_serve_a_registered_model_end_to_end(system: System, register: Any, iris
     assert "Serving enabled" in system.cli("events", NAME).stdout
 
     # Disable: every route goes, the processes exit.
-    pids = host_pid(system)
+    pids = host_pid(system, NAME)
+    assert len(pids) == 2  # the host and version 2's server
     assert pids and all(pid_alive(p) for p in pids)
     assert system.cli("disable", NAME).returncode == 0
     for uri in (prod, alias_uri, f"{system.url}/model/{NAME}/2/invocations"):

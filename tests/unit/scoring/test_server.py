@@ -1,0 +1,147 @@
+"""The scoring server: request parsing (pure) and a real server process with a real model."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+
+from supervisor.scoring import server
+from supervisor.scoring.server import ClientError, jsonable, parse_content_type, parse_request
+
+COLS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
+SERVER = Path(server.__file__)
+
+
+def test_content_type_parsing() -> None:
+    assert parse_content_type("Application/JSON; format=pandas-records; charset=UTF-8") == (
+        "application/json", {"format": "pandas-records", "charset": "UTF-8"})
+    assert parse_content_type(None) == ("application/json", {})
+
+
+@pytest.mark.parametrize(("ctype", "body", "legacy"), [
+    ("application/json; format=pandas-records", b'[{"a": 1, "b": 2}]', True),
+    ("application/json; format=pandas-split", b'{"columns": ["a", "b"], "data": [[1, 2]]}', True),
+    ("application/json", b'[{"a": 1, "b": 2}]', True),
+    ("application/json", b'{"columns": ["a", "b"], "data": [[1, 2]]}', True),
+    ("application/json-numpy-split", b'{"columns": ["a", "b"], "data": [[1, 2]]}', True),
+    ("application/json", b'{"dataframe_split": {"columns": ["a", "b"], "data": [[1, 2]]}}', False),
+    ("application/json", b'{"dataframe_records": [{"b": 2, "a": 1}]}', False),
+    ("application/json", b'{"instances": [{"a": 1, "b": 2}]}', False),
+    ("text/csv", b"a,b\n1,2\n", False),
+])
+def test_every_form_gives_the_same_frame(ctype: str, body: bytes, legacy: bool) -> None:
+    data, params, is_legacy, _ = parse_request(body, ctype, ["a", "b"])
+    assert is_legacy is legacy and params is None
+    assert isinstance(data, pd.DataFrame)
+    assert data[["a", "b"]].values.tolist() == [[1, 2]]
+
+
+@pytest.mark.parametrize(("ctype", "body", "status"), [
+    ("application/json", b"{not json", 400),
+    ("application/json", b"5", 400),
+    ("application/json", b'"text"', 400),
+    ("application/json", b"", 400),
+    ("application/json", b"\xff\xfe\x00", 400),
+    ("application/json", b'{"dataframe_split": {"data": []}, "instances": []}', 400),
+    ("application/json", b'{"something": 1}', 400),
+    ("application/json", b'{"dataframe_split": [1, 2]}', 400),
+    ("application/json", b'{"dataframe_records": {"a": 1}}', 400),
+    ("application/json", b'{"dataframe_split": {"columns": ["a"], "index": [0, 1], "data": [[1]]}}', 400),
+    ("application/json", b'{"dataframe_records": [{"a": 1}], "params": [1]}', 400),
+    ("application/json", b'[1, {"a": 2}]', 400),
+    ("application/json; format=pandas-table", b"[]", 415),
+    ("text/plain", b"x", 415),
+    ("application/json; charset=latin-1", b"[]", 415),
+    ("text/csv; format=pandas-split", b"a\n1", 415),
+])
+def test_client_mistakes_are_4xx(ctype: str, body: bytes, status: int) -> None:
+    with pytest.raises(ClientError) as info:
+        parse_request(body, ctype, None)
+    assert info.value.status == status
+
+
+def test_jsonable_handles_numpy_pandas_nan_and_dates() -> None:
+    frame = pd.DataFrame({"x": [1, 2], "y": [np.nan, 0.5], "t": pd.to_datetime(["2024-01-01", "2024-01-02"])})
+    assert jsonable(frame) == [{"x": 1, "y": None, "t": "2024-01-01T00:00:00"},
+                               {"x": 2, "y": 0.5, "t": "2024-01-02T00:00:00"}]
+    assert jsonable(np.array([[1.0, np.inf]])) == [[1.0, None]]
+    assert jsonable(pd.Series([np.int64(3)])) == [3]
+    assert jsonable({"a": np.float32(0.5), "b": b"hi"}) == {"a": 0.5, "b": "aGk="}
+
+
+# --- a real server with a real model --------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]]:
+    import mlflow.sklearn
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    x = pd.DataFrame(rng.normal(size=(60, 4)), columns=COLS)
+    y = (x["sepal_length"] + x["petal_width"] > 0).astype(int)
+    clf = LogisticRegression().fit(x, y)
+    path = tmp_path_factory.mktemp("m") / "model"
+    mlflow.sklearn.save_model(clf, str(path), input_example=x.head(2))
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(SERVER), "--model-dir", str(path), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/ping", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.2)
+    yield url, clf
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+def test_real_server_answers_old_and_new_forms(model: tuple[str, Any]) -> None:
+    url, clf = model
+    frame = pd.DataFrame(ROWS, columns=COLS)
+    expected = clf.predict(frame).tolist()
+    shuffled = frame[list(reversed(COLS))].to_dict(orient="records")
+    r = requests.post(f"{url}/invocations", json=shuffled,
+                      headers={"Content-Type": "application/json; format=pandas-records"}, timeout=10)
+    assert r.status_code == 200 and r.json() == expected
+    r = requests.post(f"{url}/invocations", json={"dataframe_split": frame.to_dict(orient="split")}, timeout=10)
+    assert r.json() == {"predictions": expected}
+    assert requests.get(f"{url}/ping", timeout=5).status_code == 200
+    assert requests.get(f"{url}/version", timeout=5).text.startswith(("2.", "3."))
+    assert requests.get(f"{url}/nope", timeout=5).status_code == 404
+
+
+def test_schema_errors_are_400_and_the_server_survives_garbage(model: tuple[str, Any]) -> None:
+    url, _ = model
+    r = requests.post(f"{url}/invocations", json={"dataframe_records": [{"a": 1}]}, timeout=10)
+    assert r.status_code == 400 and "error_code" in r.json()
+    host, port = url.removeprefix("http://").split(":")
+    for raw in (b"\x00\x01garbage\r\n\r\n", b"POST /invocations HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"da",
+                b"POST /invocations HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
+                b"POST /invocations HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"):
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            s.sendall(raw)
+            s.shutdown(socket.SHUT_WR)
+            s.settimeout(5)
+            reply = s.recv(200)
+        assert not reply or reply.startswith(b"HTTP/1.") and b" 500 " not in reply[:20]
+    assert requests.get(f"{url}/ping", timeout=5).status_code == 200
