@@ -43,7 +43,7 @@ class Child:
     not_before: float = 0.0
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -262,10 +262,10 @@ def down(settings: Settings, echo: Echo = print, timeout: float = 60.0) -> bool:
     """Stop a running ``modelserve up`` (started in any terminal). False when none was running."""
     state = read_state(settings)
     pid = int(state["launcher_pid"]) if state else 0  # type: ignore[call-overload]
-    if not pid or not _pid_alive(pid):
+    if not pid or not pid_alive(pid):
         # No launcher: clean up whatever it left behind (a crash, a kill -9).
         for child_pid in (state or {}).get("children", {}).values():  # type: ignore[attr-defined]
-            if _pid_alive(int(child_pid)):
+            if pid_alive(int(child_pid)):
                 _signal_group(int(child_pid), signal.SIGTERM)
         Gateway(settings).stop()
         stop_model_hosts(settings)
@@ -274,9 +274,9 @@ def down(settings: Settings, echo: Echo = print, timeout: float = 60.0) -> bool:
         return False
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _pid_alive(pid):
+    while time.monotonic() < deadline and pid_alive(pid):
         time.sleep(0.2)
-    if _pid_alive(pid):
+    if pid_alive(pid):
         os.kill(pid, signal.SIGKILL)
     echo("modelserve stopped")
     return True
@@ -285,7 +285,7 @@ def down(settings: Settings, echo: Echo = print, timeout: float = 60.0) -> bool:
 def up_detached(settings: Settings, echo: Echo = print, timeout: float = 300.0) -> None:
     """Start the launcher in the background and return once the gateway answers."""
     state = read_state(settings)
-    if state and _pid_alive(int(state["launcher_pid"])):  # type: ignore[call-overload]
+    if state and pid_alive(int(state["launcher_pid"])):  # type: ignore[call-overload]
         echo(f"modelserve is already running (gateway {state['gateway']})")
         return
     settings.logs_dir.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import time
 from typing import Any
 
@@ -15,6 +14,7 @@ import pytest
 import requests
 from mlflow import MlflowClient
 
+from supervisor.launcher import pid_alive
 from tests.e2e.conftest import System
 
 pytestmark = pytest.mark.e2e
@@ -50,18 +50,6 @@ def host_pid(system: System, name: str) -> list[int]:
         status = json.loads((host_json.parent / "status.json").read_text())
         pids += [v["pid"] for v in status["versions"].values() if v["pid"]]
     return pids
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except OSError:
-        return False
 
 
 def test_serve_a_registered_model_end_to_end(system: System, register: Any, iris: pd.DataFrame) -> None:

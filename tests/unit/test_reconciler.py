@@ -1,0 +1,133 @@
+"""One reconcile tick with fakes: what it records and changes, and what it leaves alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from supervisor.gateway import ApplyResult
+from supervisor.reconciler import REGISTRY_ERROR_KEY, Reconciler
+from supervisor.registry import RegistryModel, RegistryUnavailable, RegistryVersion
+from supervisor.runtime.base import HostState, VersionLaunch
+from supervisor.settings import Settings
+from supervisor.store import READY, Store
+
+
+class FakeRegistry:
+    def __init__(self) -> None:
+        self.models: dict[str, RegistryModel] = {}
+        self.down = False
+
+    def get_model(self, name: str) -> RegistryModel | None:
+        if self.down:
+            raise RegistryUnavailable("connection refused")
+        return self.models.get(name)
+
+
+class FakeRuntime:
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.running: dict[str, list[str]] = {}
+        self.dead: set[str] = set()
+        self.calls: list[tuple[str, str]] = []
+
+    def apply_host(self, model: str, versions: list[VersionLaunch]) -> None:
+        self.calls.append(("apply", model))
+        self.running[model] = [v.version for v in versions]
+        self.dead.discard(model)
+
+    def stop_host(self, model: str) -> None:
+        self.calls.append(("stop", model))
+        self.running.pop(model, None)
+
+    def host_state(self, model: str) -> HostState | None:
+        if model not in self.running:
+            return None
+        return HostState(model=model, alive=model not in self.dead, pid=1, reason="killed")
+
+    def hosts(self) -> list[str]:
+        return list(self.running)
+
+    def address(self, model: str, version: str, port: int) -> tuple[str, int]:
+        return ("127.0.0.1", port)
+
+
+class FakeGateway:
+    def __init__(self, runtime: FakeRuntime) -> None:
+        self.tables: list[Any] = []
+        self.runtime = runtime
+
+    def apply_routes(self, models: Any) -> ApplyResult:
+        self.tables.append(list(models))
+        self.runtime.calls.append(("routes", ",".join(m.name for m in models)))
+        return ApplyResult(changed=True)
+
+
+@pytest.fixture()
+def rec(tmp_path: Path) -> Reconciler:
+    settings = Settings(data_dir=tmp_path)
+    runtime = FakeRuntime()
+    r = Reconciler(settings, store=Store(f"sqlite:///{tmp_path / 's.db'}"), runtime=runtime,  # type: ignore[arg-type]
+                   registry=FakeRegistry(), gateway=FakeGateway(runtime))  # type: ignore[arg-type]
+    r.pool.submit = lambda *a, **k: None  # type: ignore[method-assign]  # deploys are the deployer's tests
+    return r
+
+
+def messages(rec: Reconciler, model: str) -> list[str]:
+    return [e.message for e in rec.store.events(model)]
+
+
+def test_unreachable_registry_changes_nothing_and_is_reported(rec: Reconciler) -> None:
+    rec.registry.models["m"] = RegistryModel("m", (RegistryVersion("1"),))  # type: ignore[attr-defined]
+    rec.store.enable("m")
+    rec.store.upsert_deployment("m", "1", state=READY, port=5, python="p", model_dir="d")
+    rec.tick()
+    rec.registry.down = True  # type: ignore[attr-defined]
+    plan = rec.tick()
+    assert plan.skipped == ("m",) and plan.empty
+    assert rec.store.deployment("m", "1").state == READY  # type: ignore[union-attr]
+    assert rec.store.get_meta(REGISTRY_ERROR_KEY)
+    assert any("unreachable" in m for m in messages(rec, "m"))
+    rec.registry.down = False  # type: ignore[attr-defined]
+    rec.tick()
+    assert rec.store.get_meta(REGISTRY_ERROR_KEY) is None
+    assert any("reachable again" in m for m in messages(rec, "m"))
+
+
+def test_archived_version_loses_its_route_before_its_process(rec: Reconciler) -> None:
+    rec.registry.models["m"] = RegistryModel("m", (RegistryVersion("1", "Archived"), RegistryVersion("2")))  # type: ignore[attr-defined]
+    rec.store.enable("m")
+    for v in ("1", "2"):
+        rec.store.upsert_deployment("m", v, state=READY, port=int(v), python="p", model_dir="d")
+    rec.runtime.calls.clear()  # type: ignore[attr-defined]
+    rec.tick()
+    calls = rec.runtime.calls  # type: ignore[attr-defined]
+    assert calls.index(("routes", "m")) < calls.index(("apply", "m"))
+    assert rec.runtime.running["m"] == ["2"]  # type: ignore[attr-defined]
+    assert [d.version for d in rec.store.deployments("m")] == ["2"]
+
+
+def test_dead_host_is_restarted_with_an_event(rec: Reconciler) -> None:
+    rec.registry.models["m"] = RegistryModel("m", ())  # type: ignore[attr-defined]
+    rec.store.enable("m")
+    rec.tick()
+    assert messages(rec, "m")[0] == "Model host started"
+    rec.runtime.dead.add("m")  # type: ignore[attr-defined]
+    rec.tick()
+    assert "exited unexpectedly" in messages(rec, "m")[0]
+    assert "m" not in rec.runtime.dead  # type: ignore[attr-defined]
+
+
+def test_disabled_model_is_stopped_and_unrouted(rec: Reconciler) -> None:
+    rec.registry.models["m"] = RegistryModel("m", (RegistryVersion("1"),))  # type: ignore[attr-defined]
+    rec.store.enable("m")
+    rec.store.upsert_deployment("m", "1", state=READY, port=5, python="p", model_dir="d")
+    rec.tick()
+    rec.store.disable("m")
+    rec.tick()
+    assert "m" not in rec.runtime.running  # type: ignore[attr-defined]
+    assert rec.store.deployments("m") == []
+    assert rec.gateway.tables[-1] == []  # type: ignore[attr-defined]
