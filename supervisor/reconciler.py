@@ -35,7 +35,16 @@ from supervisor.registry import Registry, RegistryModel, RegistryUnavailable
 from supervisor.runtime import make_runtime
 from supervisor.runtime.base import Runtime
 from supervisor.settings import Settings
-from supervisor.store import ENDPOINT_UPDATED, MODEL_UPDATE, PENDING, READY, VERSION_UPDATE, Deployment, Store
+from supervisor.store import (
+    ENDPOINT_UPDATED,
+    LAUNCHING,
+    MODEL_UPDATE,
+    PENDING,
+    READY,
+    VERSION_UPDATE,
+    Deployment,
+    Store,
+)
 
 log = logging.getLogger("modelserve.reconciler")
 
@@ -189,6 +198,11 @@ class Reconciler:
                 return
             self.runtime.apply_host(model, wanted)
             self._applied[model] = key
+            # Its versions are loading again: until they answer, they are LAUNCHING (their routes
+            # answer 503 + Retry-After), and the deploy resumes at the health check.
+            for v in wanted:
+                self.store.upsert_deployment(model, v.version, state=LAUNCHING,
+                                             state_message="Restarting with the model host")
             if state is None:
                 self.store.add_event(model, MODEL_UPDATE, "Model host started")
             else:

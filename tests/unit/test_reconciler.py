@@ -12,7 +12,7 @@ from supervisor.reconciler import REGISTRY_ERROR_KEY, Reconciler
 from supervisor.registry import RegistryModel, RegistryUnavailable, RegistryVersion
 from supervisor.runtime.base import HostState, VersionLaunch
 from supervisor.settings import Settings
-from supervisor.store import READY, Store
+from supervisor.store import LAUNCHING, READY, Store
 
 
 class FakeRegistry:
@@ -85,10 +85,12 @@ def test_unreachable_registry_changes_nothing_and_is_reported(rec: Reconciler) -
     rec.store.enable("m")
     rec.store.upsert_deployment("m", "1", state=READY, port=5, python="p", model_dir="d")
     rec.tick()
+    before = rec.store.deployments("m")
     rec.registry.down = True  # type: ignore[attr-defined]
     plan = rec.tick()
     assert plan.skipped == ("m",) and plan.empty
-    assert rec.store.deployment("m", "1").state == READY  # type: ignore[union-attr]
+    assert [(d.version, d.state, d.port) for d in rec.store.deployments("m")] == [
+        (d.version, d.state, d.port) for d in before]
     assert rec.store.get_meta(REGISTRY_ERROR_KEY)
     assert any("unreachable" in m for m in messages(rec, "m"))
     rec.registry.down = False  # type: ignore[attr-defined]
@@ -110,15 +112,19 @@ def test_archived_version_loses_its_route_before_its_process(rec: Reconciler) ->
     assert [d.version for d in rec.store.deployments("m")] == ["2"]
 
 
-def test_dead_host_is_restarted_with_an_event(rec: Reconciler) -> None:
-    rec.registry.models["m"] = RegistryModel("m", ())  # type: ignore[attr-defined]
+def test_dead_host_is_restarted_with_an_event_and_its_versions_relaunch(rec: Reconciler) -> None:
+    rec.registry.models["m"] = RegistryModel("m", (RegistryVersion("1"),))  # type: ignore[attr-defined]
     rec.store.enable("m")
+    rec.store.upsert_deployment("m", "1", state=READY, port=5, python="p", model_dir="d")
     rec.tick()
     assert messages(rec, "m")[0] == "Model host started"
     rec.runtime.dead.add("m")  # type: ignore[attr-defined]
     rec.tick()
     assert "exited unexpectedly" in messages(rec, "m")[0]
     assert "m" not in rec.runtime.dead  # type: ignore[attr-defined]
+    assert rec.runtime.running["m"] == ["1"]  # type: ignore[attr-defined]
+    # Not READY again until its health check passes (the deployer resumes there).
+    assert rec.store.deployment("m", "1").state == LAUNCHING  # type: ignore[union-attr]
 
 
 def test_disabled_model_is_stopped_and_unrouted(rec: Reconciler) -> None:
