@@ -69,7 +69,7 @@ class Deployer:
         runtime: Runtime,
         host_lock: Callable[[str], threading.Lock],
         wake: Callable[[], None],
-        publish_ready: Callable[[str, str], None] | None = None,
+        publish: Callable[[str, str, str, str], None] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -77,7 +77,7 @@ class Deployer:
         self.runtime = runtime
         self.host_lock = host_lock
         self.wake = wake
-        self.publish_ready = publish_ready or self._mark_ready
+        self.publish = publish or self._record
         self.envs = EnvBuilder(settings)
 
     def _log(self, path: Path, line: str) -> None:
@@ -108,7 +108,7 @@ class Deployer:
                     self.runtime.apply_host(model, launches(self.store, model))
             self._wait_healthy(model, version, log)
             self._still_wanted(model, version)
-            self.publish_ready(model, version)
+            self.publish(model, version, READY, "")
             self.store.add_event(model, VERSION_UPDATE, f"Version {version} is ready and serving", version)
             self._log(log, "version is READY")
         except DeployAborted as exc:
@@ -120,8 +120,8 @@ class Deployer:
         finally:
             self.wake()
 
-    def _mark_ready(self, model: str, version: str) -> None:
-        self.store.upsert_deployment(model, version, state=READY, state_message="")
+    def _record(self, model: str, version: str, state: str, message: str) -> None:
+        self.store.upsert_deployment(model, version, state=state, state_message=message)
 
     def _prepare(self, model: str, version: str, log: Path) -> None:
         self._log(log, f"downloading the model artifacts of {model!r} version {version}")
@@ -184,7 +184,7 @@ class Deployer:
         self._log(log, f"FAILED: {message}")
         if self.store.deployment(model, version) is None:
             return
-        self.store.upsert_deployment(model, version, state=FAILED, state_message=message[:2000])
+        self.publish(model, version, FAILED, message[:2000])
         self.store.add_event(model, VERSION_UPDATE, f"Version {version} failed: {message}"[:4000], version)
         if launched:
             # A version that cannot serve must not sit in the host restarting forever.

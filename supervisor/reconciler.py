@@ -40,7 +40,6 @@ from supervisor.store import (
     LAUNCHING,
     MODEL_UPDATE,
     PENDING,
-    READY,
     VERSION_UPDATE,
     Deployment,
     Store,
@@ -75,7 +74,7 @@ class Reconciler:
         self._in_flight_lock = threading.Lock()
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="deploy")
         self.deployer = Deployer(settings, self.store, self.registry, self.runtime, self.host_lock, self.wake,
-                                 self.publish_ready)
+                                 self.publish)
         self.scheduler: BackgroundScheduler | None = None
         self._applied: dict[str, tuple[Any, ...]] = {}  # model -> launches last given to its host
         self._seen_restarts: dict[tuple[str, str], int] = {}
@@ -228,19 +227,20 @@ class Reconciler:
                                      f"restarted by the model host (restart {proc.restarts})", version)
 
     # --- routes --------------------------------------------------------------------------
-    def publish_ready(self, model: str, version: str) -> None:
-        """Route a healthy version, then record it READY, so READY means reachable. Under the tick
-        lock, so a tick cannot render the version's old (pending) state in between."""
+    def publish(self, model: str, version: str, state: str, message: str = "") -> None:
+        """Route a version as ``state`` (READY: routed; FAILED: no route), then record it, so the
+        recorded state is always already true at the gateway. Under the tick lock, so a tick
+        cannot render the version's previous state in between."""
         with self._tick_lock:
-            self._render_routes(self.store.enabled_models(), ready=(model, version))
-            self.store.upsert_deployment(model, version, state=READY, state_message="")
+            self._render_routes(self.store.enabled_models(), override=(model, version, state))
+            self.store.upsert_deployment(model, version, state=state, state_message=message)
 
-    def _render_routes(self, enabled: list[str], ready: tuple[str, str] | None = None) -> None:
+    def _render_routes(self, enabled: list[str], override: tuple[str, str, str] | None = None) -> None:
         deps = self._deployments_by_model()
-        if ready is not None:
-            for d in deps.get(ready[0], []):
-                if d.version == ready[1]:
-                    d.state = READY
+        if override is not None:
+            for d in deps.get(override[0], []):
+                if d.version == override[1]:
+                    d.state = override[2]
         tables = [
             model_routes(m, deps.get(m, []), lambda d: self.runtime.address(d.model, d.version, d.port or 0))
             for m in enabled
