@@ -94,7 +94,7 @@ class Launcher:
         self.external = external_tracking_uri(settings)
         self.gateway = Gateway(settings, mlflow_upstream=self._mlflow_upstream())
         self._stopping = False
-        self.secret = settings.webhook_secret or webhooks.webhook_secret(settings.run_dir / "webhook_secret")
+        self.secret = settings.webhook_secret or webhooks.kept_secret(settings.run_dir / "webhook_secret")
 
     def _mlflow_upstream(self) -> str:
         if not self.external:
@@ -115,6 +115,7 @@ class Launcher:
             # The embedded tracking server may call our API on loopback over plain http.
             "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
             "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+            "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": webhooks.encryption_key(self.settings.run_dir / "webhook_key"),
         })
         # Our own processes talk to the tracking server directly, not through the gateway.
         env.pop("MLFLOW_TRACKING_URI", None)

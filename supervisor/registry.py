@@ -47,7 +47,7 @@ def _not_found(exc: MlflowException) -> bool:
     return getattr(exc, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
 
 
-def _fail_fast() -> None:
+def fail_fast_http() -> None:
     # MLflow's client retries a refused connection for minutes by default; the reconciler must
     # notice an unreachable registry within seconds and keep serving, retrying at its next tick.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -57,7 +57,7 @@ def _fail_fast() -> None:
 
 class Registry:
     def __init__(self, tracking_uri: str) -> None:
-        _fail_fast()
+        fail_fast_http()
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 

@@ -9,12 +9,16 @@ schedule does all the work.
 
 from __future__ import annotations
 
+import base64
 import logging
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
+
+from supervisor.registry import fail_fast_http
 
 log = logging.getLogger("modelserve.webhooks")
 
@@ -27,19 +31,26 @@ EVENTS: list[Any] = [
 ]
 
 
-def webhook_secret(path: Path) -> str:
+def kept_secret(path: Path, make: Callable[[], str] = lambda: secrets.token_urlsafe(32)) -> str:
     """A random secret kept in a file only the owner can read, created on first use."""
     if path.exists():
         return path.read_text().strip()
     path.parent.mkdir(parents=True, exist_ok=True)
-    value = secrets.token_urlsafe(32)
+    value = make()
     path.touch(mode=0o600)
     path.write_text(value)
     return value
 
 
+def encryption_key(path: Path) -> str:
+    """The key the embedded tracking server encrypts webhook secrets with (a Fernet key). It must
+    outlive the server: with a new key per start, the stored webhook could not be read back."""
+    return kept_secret(path, lambda: base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())
+
+
 def register(tracking_uri: str, url: str, secret: str) -> bool:
     """Create or update our webhook; False (and a log line) when the registry cannot have one."""
+    fail_fast_http()
     client = MlflowClient(tracking_uri=tracking_uri)
     try:
         for hook in client.list_webhooks():
