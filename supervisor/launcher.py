@@ -151,6 +151,10 @@ class Launcher:
 
     def start(self) -> None:
         s = self.settings
+        state = read_state(s)
+        if state and pid_alive(int(state["launcher_pid"])):  # type: ignore[call-overload]
+            raise SystemExit(f"modelserve is already running for {s.data_dir} (gateway {state['gateway']}); "
+                             "stop it with `modelserve down`")
         for d in (s.data_dir, s.logs_dir, s.run_dir, s.nginx_dir):
             d.mkdir(parents=True, exist_ok=True)
         if shutil.which(s.nginx_bin) is None and not Path(s.nginx_bin).exists():

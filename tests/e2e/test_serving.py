@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 from typing import Any
 
 import mlflow
@@ -144,4 +143,3 @@ def test_serve_a_registered_model_end_to_end(system: System, register: Any, iris
     system.wait_for("host exited", lambda: not any(pid_alive(p) for p in pids), timeout=60)
     r = system.api("GET", "get-status", registered_model_name=NAME)
     assert r.status_code == 400 and r.json()["error_code"] == "INVALID_PARAMETER_VALUE"
-    time.sleep(0.1)
