@@ -19,7 +19,7 @@ from pathlib import Path
 
 from supervisor import naming
 from supervisor.envs import EnvBuilder, EnvBuildError, EnvSpecError, read_env_spec
-from supervisor.registry import Registry, RegistryVersion
+from supervisor.registry import Registry, RegistryUnavailable, RegistryVersion
 from supervisor.runtime.base import Runtime, VersionLaunch
 from supervisor.settings import Settings
 from supervisor.store import FAILED, LAUNCHING, READY, VERSION_UPDATE, Deployment, Store
@@ -113,6 +113,10 @@ class Deployer:
             self._log(log, "version is READY")
         except DeployAborted as exc:
             self._log(log, f"deploy aborted: {exc}")
+        except RegistryUnavailable as exc:
+            # Not the version's fault: it stays PENDING and the next tick tries again.
+            self._log(log, f"model registry unreachable, will retry: {exc}")
+            self.store.upsert_deployment(model, version, state_message=f"Waiting for the model registry: {exc}"[:500])
         except (EnvSpecError, EnvBuildError) as exc:
             self._fail(model, version, log, f"Environment build failed: {exc}", launched)
         except Exception as exc:

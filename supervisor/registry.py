@@ -121,15 +121,27 @@ class Registry:
         if (dest / "MLmodel").exists():
             return dest
         dest.parent.mkdir(parents=True, exist_ok=True)
-        uri = self.client.get_model_version_download_uri(name, version)
         tmp = Path(tempfile.mkdtemp(prefix=f".dl-{dest.name}-", dir=dest.parent))
         try:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp),
-                                                            tracking_uri=self.tracking_uri))
+            try:
+                uri = self.client.get_model_version_download_uri(name, version)
+                local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp),
+                                                                tracking_uri=self.tracking_uri))
+            except RestException as exc:
+                if exc.get_http_status_code() < 500:
+                    raise
+                raise RegistryUnavailable(str(exc)) from exc
+            except MlflowException as exc:
+                # MLflow reports a refused or timed-out connection as INTERNAL_ERROR.
+                if exc.error_code in ("INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE"):
+                    raise RegistryUnavailable(str(exc)) from exc
+                raise
+            except OSError as exc:  # connection errors: the registry is away, not the model broken
+                raise RegistryUnavailable(f"{type(exc).__name__}: {exc}") from exc
             if not (local / "MLmodel").exists():
                 candidates = list(local.rglob("MLmodel"))
                 if not candidates:
-                    raise MlflowException(f"no MLmodel file in the artifacts of {name} version {version} ({uri})")
+                    raise ValueError(f"no MLmodel file in the artifacts of {name} version {version} ({uri})")
                 local = candidates[0].parent
             if dest.exists():
                 shutil.rmtree(dest)
