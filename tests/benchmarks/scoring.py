@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from supervisor.gateway import Gateway
 from supervisor.routing import ModelRoutes, VersionRoute
 from supervisor.runtime.process import SCORING_SERVER
 from supervisor.settings import Settings
+from tests.support import free_port
 
 LUA = """
 wrk.method = "POST"
@@ -52,12 +52,6 @@ class Result:
     @property
     def rows_per_s(self) -> float:
         return self.rps * self.rows
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_ping(url: str, timeout: float = 120) -> None:

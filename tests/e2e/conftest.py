@@ -6,7 +6,6 @@ at the end. Helpers log and register real scikit-learn models through the gatewa
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,14 +17,10 @@ from typing import Any
 import pytest
 import requests
 
+from tests.support import free_port
+
 API = "/api/2.0/preview/mlflow/endpoints"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "tests-artifacts"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,12 +15,7 @@ import requests
 from supervisor.gateway import Gateway, GatewayConfigError
 from supervisor.routing import ModelRoutes, VersionRoute
 from supervisor.settings import Settings
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.support import free_port
 
 
 class Echo(BaseHTTPRequestHandler):

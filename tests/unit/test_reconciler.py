@@ -9,21 +9,11 @@ import pytest
 
 from supervisor.gateway import ApplyResult
 from supervisor.reconciler import REGISTRY_ERROR_KEY, Reconciler
-from supervisor.registry import RegistryModel, RegistryUnavailable, RegistryVersion
+from supervisor.registry import RegistryModel, RegistryVersion
 from supervisor.runtime.base import HostState, VersionLaunch
 from supervisor.settings import Settings
 from supervisor.store import LAUNCHING, READY, Store
-
-
-class FakeRegistry:
-    def __init__(self) -> None:
-        self.models: dict[str, RegistryModel] = {}
-        self.down = False
-
-    def get_model(self, name: str) -> RegistryModel | None:
-        if self.down:
-            raise RegistryUnavailable("connection refused")
-        return self.models.get(name)
+from tests.support import FakeRegistry
 
 
 class FakeRuntime:

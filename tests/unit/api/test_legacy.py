@@ -9,23 +9,13 @@ import pytest
 from flask.testing import FlaskClient
 
 from supervisor.api.app import create_app
-from supervisor.registry import RegistryModel, RegistryUnavailable, RegistryVersion
+from supervisor.registry import RegistryModel, RegistryVersion
 from supervisor.runtime.base import HostState
 from supervisor.settings import Settings
 from supervisor.store import FAILED, READY, Store
+from tests.support import FakeRegistry
 
 API = "/api/2.0/preview/mlflow/endpoints"
-
-
-class FakeRegistry:
-    def __init__(self) -> None:
-        self.models = {"iris": RegistryModel("iris", (RegistryVersion("1"),))}
-        self.down = False
-
-    def get_model(self, name: str) -> RegistryModel | None:
-        if self.down:
-            raise RegistryUnavailable("connection refused")
-        return self.models.get(name)
 
 
 class FakeRuntime:
@@ -42,7 +32,7 @@ class FakeRuntime:
 def ctx(tmp_path: Path) -> tuple[FlaskClient, Store, FakeRegistry]:
     settings = Settings(data_dir=tmp_path)
     store = Store(f"sqlite:///{tmp_path / 's.db'}")
-    registry = FakeRegistry()
+    registry = FakeRegistry({"iris": RegistryModel("iris", (RegistryVersion("1"),))})
     app = create_app(settings, store=store, registry=registry, runtime=FakeRuntime())  # type: ignore[arg-type]
     return app.test_client(), store, registry
 

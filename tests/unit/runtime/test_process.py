@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sys
 import time
 import urllib.request
@@ -22,6 +21,7 @@ from supervisor.runtime import process
 from supervisor.runtime.base import VersionLaunch
 from supervisor.runtime.process import ProcessRuntime, host_is_alive
 from supervisor.settings import Settings
+from tests.support import free_port
 
 STAND_IN = '''
 import argparse, http.server
@@ -36,12 +36,6 @@ class H(http.server.BaseHTTPRequestHandler):
 print("stand-in listening on", a.port, flush=True)
 http.server.HTTPServer((a.host, a.port), H).serve_forever()
 '''
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait(what: str, cond: Callable[[], Any], timeout: float = 20.0) -> Any:

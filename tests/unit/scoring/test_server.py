@@ -18,6 +18,7 @@ import requests
 
 from supervisor.scoring import server
 from supervisor.scoring.server import ClientError, jsonable, parse_content_type, parse_request
+from tests.support import free_port
 
 COLS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
@@ -82,12 +83,6 @@ def test_jsonable_handles_numpy_pandas_nan_and_dates() -> None:
 
 
 # --- a real server with a real model --------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]]:
     import mlflow.sklearn
