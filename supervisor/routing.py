@@ -10,6 +10,7 @@ characters) are refused, never rendered. Upstream names are hashes (``naming.ups
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +87,14 @@ def _entries(m: ModelRoutes) -> tuple[list[tuple[str, str]], list[Upstream]]:
     return entries, upstreams
 
 
+@functools.lru_cache(maxsize=4)
+def _template(templates_dir: Path) -> jinja2.Template:
+    # Rendered on every reconcile tick: load and compile the template once.
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir)), autoescape=False,
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    return env.get_template("routes.conf.j2")
+
+
 def render_routes(models: Sequence[ModelRoutes], templates_dir: Path) -> RenderedRoutes:
     rejected = [m.name for m in models if not routable(m.name)]
     unique: list[tuple[str, str]] = []
@@ -106,9 +115,7 @@ def render_routes(models: Sequence[ModelRoutes], templates_dir: Path) -> Rendere
                 owner[key.casefold()] = m.name
                 unique.append((key, tgt))
         upstreams += ups
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir)), autoescape=False,
-                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-    text = env.get_template("routes.conf.j2").render(
+    text = _template(templates_dir).render(
         entries=[(quote(k), quote(t)) for k, t in unique], upstreams=upstreams
     )
     return RenderedRoutes(text=text, rejected=rejected)
