@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     runtime: str = "process"
     reconcile_interval: float = 3.0
     api_workers: int = 2
+    # Processes per version's scoring server (forked after the model is loaded; one core each).
+    scoring_workers: int = 1
     health_timeout: float = 180.0
     build_timeout: float = 900.0
     max_body_mb: int = 16

@@ -20,6 +20,7 @@ import inspect
 import io
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -394,12 +395,86 @@ class Server(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 512
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hangs up (load generators do, Nginx on reload) is not an error worth a
+        # traceback in the version's log; anything else still is.
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
+
+
+def serve(server: Server) -> None:
+    """Serve until SIGTERM/SIGINT, then finish the requests in flight."""
+    def _stop(*_: Any) -> None:
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    server.serve_forever(poll_interval=0.5)
+    server.server_close()
+
+
+def _die_with_parent(parent: int) -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def prefork(server: Server, workers: int) -> int:
+    """Serve one listening socket from ``workers`` processes forked after the model is loaded.
+
+    Predictions hold the GIL, so one process uses one core; forking after loading shares the
+    model's memory copy-on-write. A worker that dies takes the server down with it (exit 1),
+    and the model host restarts the whole server with its usual backoff."""
+    parent = os.getpid()
+    children: list[int] = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:
+            _die_with_parent(parent)
+            try:
+                serve(server)
+            finally:
+                os._exit(0)
+        children.append(pid)
+    server.socket.close()  # the parent only supervises
+    stopping = False
+
+    def _stop(*_: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            try:
+                os.kill(child, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    code = 0
+    while children:
+        pid, status = os.wait()
+        if pid in children:
+            children.remove(pid)
+            if not stopping:
+                print(f"modelserve scoring server: worker {pid} ended (status {status}); stopping the others",
+                      flush=True)
+                code = 1
+                _stop()
+    return code
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="modelserve scoring server")
     parser.add_argument("--model-dir", required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--workers", type=int, default=1, help="processes serving the port (forked after load)")
     args = parser.parse_args(argv)
     t0 = time.monotonic()
     try:
@@ -411,15 +486,11 @@ def main(argv: list[str] | None = None) -> int:
     Handler.scorer = scorer
     server = Server((args.host, args.port), Handler)
     print(f"modelserve scoring server: model loaded from {args.model_dir} in {time.monotonic() - t0:.1f}s, "
-          f"listening on {args.host}:{args.port} (mlflow {scorer.mlflow_version})", flush=True)
-
-    def _stop(*_: Any) -> None:
-        threading.Thread(target=server.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    server.serve_forever(poll_interval=0.5)
-    server.server_close()
+          f"listening on {args.host}:{args.port} with {args.workers} worker(s) (mlflow {scorer.mlflow_version})",
+          flush=True)
+    if args.workers > 1:
+        return prefork(server, args.workers)
+    serve(server)
     return 0
 
 

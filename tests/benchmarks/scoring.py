@@ -1,6 +1,6 @@
 """Scoring throughput: our scoring server, the same behind the gateway, and ``mlflow models serve``.
 
-    python -m tests.benchmarks.scoring [--seconds 8] [--concurrency 1,8,32]
+    python -m tests.benchmarks.scoring [--seconds 8] [--concurrency 1,8,32] [--scoring-workers 1]
 
 One run, one machine, one model (scikit-learn LogisticRegression on iris), one load generator
 (wrk from Debian's packages) and the same request bodies for every server, so the figures are
@@ -112,6 +112,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--scoring-workers", type=int, default=1, help="processes of our scoring server")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is needed: apt-get install wrk")
@@ -129,7 +130,8 @@ def main() -> None:
     try:
         ours = free_port()
         procs.append(subprocess.Popen([str(python), str(SCORING_SERVER), "--model-dir", str(model), "--port",
-                                       str(ours)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                                       str(ours), "--workers", str(args.scoring_workers)],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         wait_ping(f"http://127.0.0.1:{ours}/ping")
         gateway.start()
         gateway.apply_routes([ModelRoutes("iris", (VersionRoute("1", "ready", ("127.0.0.1", ours)),))])
