@@ -433,6 +433,9 @@ def prefork(server: Server, workers: int) -> int:
     and the model host restarts the whole server with its usual backoff."""
     parent = os.getpid()
     children: list[int] = []
+    # Every worker is woken for each new connection and only one wins the accept(); with a
+    # blocking socket the others would sit in accept() and never see a shutdown request.
+    server.socket.setblocking(False)
     for _ in range(workers):
         pid = os.fork()
         if pid == 0:
