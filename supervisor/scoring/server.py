@@ -37,6 +37,15 @@ try:  # orjson is faster; it is optional because the model's environment decides
 except ImportError:  # pragma: no cover - depends on the environment
     orjson = None  # type: ignore[assignment]
 
+# Run as a script inside the model's environment (the usual way) or imported as part of the
+# supervisor package (tests): the sibling modules are found either way.
+if __package__:
+    from .batching import ROW_INDEPENDENT, Batcher
+    from .direct import DirectPredict, loader_module
+else:  # pragma: no cover - exercised by the real server processes
+    from batching import ROW_INDEPENDENT, Batcher  # type: ignore[import-not-found,no-redef]
+    from direct import DirectPredict, loader_module  # type: ignore[import-not-found,no-redef]
+
 MAX_BODY = 64 * 1024 * 1024
 NEW_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 CONTENT_TYPES = ["application/json", "text/csv", "application/json-numpy-split"]
@@ -244,12 +253,16 @@ def dumps(value: Any) -> bytes:
 
 # --- the model -----------------------------------------------------------------------------
 class Scorer:
-    def __init__(self, model_dir: str) -> None:
+    """The loaded model and everything about it worked out once, at start-up."""
+
+    def __init__(self, model_dir: str, batching: str = "auto", max_batch_rows: int = 1000,
+                 batch_window: float = 0.002, direct: bool = True) -> None:
         import mlflow
         import mlflow.pyfunc
 
         self.mlflow_version = mlflow.__version__
         self.model = mlflow.pyfunc.load_model(model_dir)
+        self.flavor = loader_module(self.model)
         self.columns: list[str] | None = None
         try:
             schema = self.model.metadata.get_input_schema()
@@ -261,26 +274,59 @@ class Scorer:
             self.takes_params = "params" in inspect.signature(self.model.predict).parameters
         except (TypeError, ValueError):
             self.takes_params = False
+        self.direct = DirectPredict.build(self.model) if direct else None
+        if batching not in ("auto", "on", "off"):
+            raise ValueError(f"batching must be auto, on or off, not {batching!r}")
+        self.batching = batching == "on" or (batching == "auto" and self.flavor in ROW_INDEPENDENT)
+        self.batcher = Batcher(self._call, max_batch_rows, batch_window) if self.batching else None
 
-    def predict(self, data: Any, params: dict[str, Any] | None) -> Any:
+    def describe(self) -> str:
+        return (f"flavor {self.flavor or '?'}, micro-batching {'on' if self.batcher else 'off'}, "
+                f"schema enforcement {'precomputed' if self.direct else 'by MLflow per request'}")
+
+    def _call(self, data: Any, params: dict[str, Any] | None = None) -> Any:
+        if self.direct is not None and not params and self.direct.accepts(data):
+            return self.direct.predict(data)
+        if params and self.takes_params:
+            return self.model.predict(data, params=params)
+        if params:
+            print("modelserve: this model's predict takes no params; ignoring them", file=sys.stderr)
+        return self.model.predict(data)
+
+    def predict(self, data: Any, params: dict[str, Any] | None, announced: bool = False) -> Any:
         if isinstance(data, pd.DataFrame) and self.columns and set(self.columns) <= set(data.columns):
-            data = data[self.columns + [c for c in data.columns if c not in self.columns]]
+            if list(data.columns) != self.columns:
+                data = data[self.columns + [c for c in data.columns if c not in self.columns]]
+        batcher = self.batcher
         try:
-            if params and self.takes_params:
-                return self.model.predict(data, params=params)
-            if params:
-                print("modelserve: this model's predict takes no params; ignoring them", file=sys.stderr)
-            return self.model.predict(data)
+            if (batcher is not None and not params and isinstance(data, pd.DataFrame)
+                    and 0 < len(data) < batcher.max_rows):
+                handed, announced = announced, False  # submit() takes the announcement over
+                return batcher.submit(data, announced=handed)
+            return self._call(data, params)
+        except ClientError:
+            raise
         except Exception as exc:
             code = getattr(exc, "error_code", None)
             text = str(getattr(exc, "message", None) or exc)
             if code and code != "INTERNAL_ERROR":
                 raise ClientError(400, text, code)
             raise ClientError(400, f"{PREDICT_ERROR} Error: {type(exc).__name__}: {text}")
+        finally:
+            if announced and batcher is not None:
+                batcher.withdraw()
 
     def score(self, body: bytes, content_type: str | None) -> bytes:
-        data, params, legacy, key = parse_request(body, content_type, self.columns)
-        predictions = jsonable(self.predict(data, params))
+        # Announced before parsing, so the batch collector knows company is on its way.
+        if self.batcher is not None:
+            self.batcher.announce()
+        try:
+            data, params, legacy, key = parse_request(body, content_type, self.columns)
+        except BaseException:
+            if self.batcher is not None:
+                self.batcher.withdraw()
+            raise
+        predictions = jsonable(self.predict(data, params, announced=self.batcher is not None))
         return dumps(predictions if legacy or key is None else {key: predictions})
 
 
@@ -472,16 +518,37 @@ def prefork(server: Server, workers: int) -> int:
     return code
 
 
+def worker_count(value: str) -> int:
+    """``auto``: one process per core, at most two (each process keeps its own copy of what the
+    model touches after the fork, so more processes than cores only costs memory)."""
+    if value == "auto":
+        return max(1, min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+    n = int(value)
+    if n < 1:
+        raise ValueError("workers must be at least 1")
+    return n
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="modelserve scoring server")
     parser.add_argument("--model-dir", required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--workers", type=int, default=1, help="processes serving the port (forked after load)")
+    parser.add_argument("--workers", default="1", help="processes serving the port (forked after load), or auto")
+    parser.add_argument("--batching", default="auto", choices=("auto", "on", "off"),
+                        help="micro-batching of concurrent requests; auto: on for row-independent flavors")
+    parser.add_argument("--max-batch-rows", type=int, default=1000)
+    parser.add_argument("--batch-window-ms", type=float, default=2.0,
+                        help="longest wait for requests still being parsed before a batch is predicted")
     args = parser.parse_args(argv)
+    try:
+        workers = worker_count(args.workers)
+    except ValueError as exc:
+        parser.error(f"--workers: {exc}")
     t0 = time.monotonic()
     try:
-        scorer = Scorer(args.model_dir)
+        scorer = Scorer(args.model_dir, batching=args.batching, max_batch_rows=args.max_batch_rows,
+                        batch_window=args.batch_window_ms / 1000)
     except Exception:
         traceback.print_exc()
         print(f"modelserve scoring server: cannot load the model from {args.model_dir}", flush=True)
@@ -489,10 +556,10 @@ def main(argv: list[str] | None = None) -> int:
     Handler.scorer = scorer
     server = Server((args.host, args.port), Handler)
     print(f"modelserve scoring server: model loaded from {args.model_dir} in {time.monotonic() - t0:.1f}s, "
-          f"listening on {args.host}:{args.port} with {args.workers} worker(s) (mlflow {scorer.mlflow_version})",
-          flush=True)
-    if args.workers > 1:
-        return prefork(server, args.workers)
+          f"listening on {args.host}:{args.port} with {workers} worker(s) (mlflow {scorer.mlflow_version}; "
+          f"{scorer.describe()})", flush=True)
+    if workers > 1:
+        return prefork(server, workers)
     serve(server)
     return 0
 
