@@ -34,8 +34,12 @@ class Settings(BaseSettings):
     runtime: str = "process"
     reconcile_interval: float = 3.0
     api_workers: int = 2
-    # Processes per version's scoring server (forked after the model is loaded; one core each).
-    scoring_workers: int = 1
+    # Processes per version's scoring server (forked after the model is loaded; one core each);
+    # "auto" is one per core, at most two.
+    scoring_workers: str = "auto"
+    # Micro-batching of concurrent requests: auto (on for row-independent flavors), on, off.
+    # A registered model's (or version's) tag ``modelserve.batching`` overrides it.
+    batching: str = "auto"
     health_timeout: float = 180.0
     build_timeout: float = 900.0
     max_body_mb: int = 16

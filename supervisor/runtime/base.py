@@ -23,6 +23,7 @@ class VersionLaunch:
     model_dir: Path  # local copy of the version's MLflow model directory
     port: int  # port the scoring server listens on (inside the host)
     env_hash: str
+    batching: str = ""  # auto | on | off from the model's tag; empty: the settings' default
 
 
 @dataclass

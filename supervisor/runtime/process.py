@@ -78,7 +78,8 @@ class ProcessRuntime:
                 v.version: {
                     "argv": [str(v.python), str(SCORING_SERVER), "--model-dir", str(v.model_dir),
                              "--host", "127.0.0.1", "--port", str(v.port),
-                             "--workers", str(self.settings.scoring_workers)],
+                             "--workers", str(self.settings.scoring_workers),
+                             "--batching", v.batching or self.settings.batching],
                     "env": {"PYTHONUNBUFFERED": "1"},
                     "log": str(self._version_log(model, v.version)),
                 }

@@ -203,7 +203,8 @@ def test_build_then_reuse(builder: EnvBuilder, tmp_path: Path) -> None:
     assert python == builder.python_of(spec) and python.exists()
     assert builder.is_built(spec)
     out = subprocess.run(
-        [str(python), "-c", "import mlflow, sys; print(mlflow.__version__, sys.prefix)"],
+        # orjson is added to every environment for the scoring server's JSON.
+        [str(python), "-c", "import mlflow, orjson, sys; print(mlflow.__version__, sys.prefix)"],
         capture_output=True,
         text=True,
         check=True,
