@@ -294,9 +294,9 @@ class Scorer:
         return self.model.predict(data)
 
     def predict(self, data: Any, params: dict[str, Any] | None, announced: bool = False) -> Any:
-        if isinstance(data, pd.DataFrame) and self.columns and set(self.columns) <= set(data.columns):
-            if list(data.columns) != self.columns:
-                data = data[self.columns + [c for c in data.columns if c not in self.columns]]
+        if (isinstance(data, pd.DataFrame) and self.columns and list(data.columns) != self.columns
+                and set(self.columns) <= set(data.columns)):
+            data = data[self.columns + [c for c in data.columns if c not in self.columns]]
         batcher = self.batcher
         try:
             if (batcher is not None and not params and isinstance(data, pd.DataFrame)

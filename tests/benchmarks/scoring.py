@@ -1,12 +1,20 @@
-"""Scoring throughput: our scoring server, the same behind the gateway, and ``mlflow models serve``.
+"""Scoring throughput and the serving figures of issue 6, against ``mlflow models serve``, in one run.
 
-    python -m tests.benchmarks.scoring [--seconds 8] [--concurrency 1,8,32] [--scoring-workers 1]
+    python -m tests.benchmarks.scoring [--seconds 5] [--concurrency 1,8,32] [--models iris,forest]
+        [--scoring-workers auto] [--batching auto] [--header 'Authorization: Bearer ...'] [--registration]
 
-One run, one machine, one model (scikit-learn LogisticRegression on iris), one load generator
-(wrk from Debian's packages) and the same request bodies for every server, so the figures are
-comparable as ratios. Every server runs in the same uv environment, built from the model's own
-requirements as the reconciler would build it. MLflow's server is tried with 1 and 2 uvicorn
-workers and the better setting is the baseline. Traffic goes to 127.0.0.1 only; every run is
+One machine, one load generator (wrk from Debian's packages) and the same request bodies for every
+server, so the figures are comparable as ratios. Two models: LogisticRegression on iris (4
+columns; the model costs nothing, so the server's own overhead is what is measured) and a
+RandomForest of 100 trees on a synthetic 20-column dataset made here (the model costs something).
+Every server runs in the same uv environment, built from the model's own requirements as the
+reconciler would build it. ``mlflow models serve`` is run with 1 and 2 uvicorn workers and the
+better of the two at each point is the baseline; ours runs direct and through Nginx (the full
+path; ``--header`` adds e.g. an authentication header to every request of every server).
+Then: answers compared between servers, resident memory per served version (RSS and PSS of each
+server's process tree), the gateway's added latency (p50 full path minus direct), a 16 MB request
+through the gateway, and with ``--registration`` the time from registration to READY on a whole
+system (cold and warm environment cache). Traffic goes to 127.0.0.1 only; every load run is
 bounded by --seconds.
 """
 
@@ -15,46 +23,30 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import pandas as pd
 
 from supervisor.envs import EnvBuilder, read_env_spec
 from supervisor.gateway import Gateway
 from supervisor.routing import ModelRoutes, VersionRoute
 from supervisor.runtime.process import SCORING_SERVER
 from supervisor.settings import Settings
+from tests.benchmarks import procmem, wrk
 from tests.support import free_port
 
-LUA = """
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = io.open("{body}", "rb"):read("*a")
-"""
+IRIS_COLS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+FOREST_COLS = [f"f{i:02d}" for i in range(20)]
 
 
-@dataclass
-class Result:
-    target: str
-    rows: int
-    concurrency: int
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    errors: int
-
-    @property
-    def rows_per_s(self) -> float:
-        return self.rps * self.rows
-
-
-def wait_ping(url: str, timeout: float = 120) -> None:
+def wait_ping(url: str, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -65,115 +57,192 @@ def wait_ping(url: str, timeout: float = 120) -> None:
     raise SystemExit(f"no answer from {url}")
 
 
-def make_model(work: Path) -> Path:
-    import mlflow.sklearn
+def iris_model(seed: int = 0) -> tuple[Any, pd.DataFrame]:
     from sklearn.datasets import load_iris
     from sklearn.linear_model import LogisticRegression
 
     x = load_iris(as_frame=True).data
-    x.columns = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
-    model = LogisticRegression(max_iter=500).fit(x, load_iris().target)
-    path = work / "model"
-    mlflow.sklearn.save_model(model, str(path), input_example=x.head(3))
+    x.columns = IRIS_COLS
+    return LogisticRegression(max_iter=500 + seed).fit(x, load_iris().target), x
+
+
+def forest_model() -> tuple[Any, pd.DataFrame]:
+    from sklearn.datasets import make_classification
+    from sklearn.ensemble import RandomForestClassifier
+
+    x, y = make_classification(n_samples=5000, n_features=20, n_informative=10, n_classes=3, random_state=0)
+    frame = pd.DataFrame(x, columns=FOREST_COLS)
+    return RandomForestClassifier(n_estimators=100, max_depth=12, random_state=0).fit(frame, y), frame
+
+
+def save(model: Any, x: pd.DataFrame, path: Path) -> Path:
+    import mlflow.sklearn
+
+    # cloudpickle, not MLflow 3's default skops: skops refuses tree models unless told to trust them.
+    mlflow.sklearn.save_model(model, str(path), input_example=x.head(3), serialization_format="cloudpickle")
     return path
 
 
-def bodies(work: Path) -> dict[int, Path]:
-    row = [5.1, 3.5, 1.4, 0.2]
-    cols = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+def write_bodies(name: str, x: pd.DataFrame, work: Path) -> dict[int, Path]:
     out = {}
     for n in (1, 1000):
-        path = work / f"body-{n}.json"
-        path.write_text(json.dumps({"dataframe_split": {"columns": cols, "data": [row] * n}}))
+        rows = x.sample(n=n, replace=n > len(x), random_state=n).round(4)
+        path = work / f"body-{name}-{n}.json"
+        path.write_text(json.dumps({"dataframe_split": {"columns": list(x.columns), "data": rows.values.tolist()}}))
         out[n] = path
     return out
 
 
-def _ms(text: str) -> float:
-    value, unit = re.match(r"([\d.]+)(\w+)", text).groups()  # type: ignore[union-attr]
-    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-
-
-def run_wrk(url: str, body: Path, concurrency: int, seconds: int, work: Path) -> tuple[float, float, float, int]:
-    script = work / f"{body.stem}.lua"
-    script.write_text(LUA.format(body=body))
-    out = subprocess.run(["wrk", "-t", str(min(concurrency, 2)), "-c", str(concurrency), "-d", f"{seconds}s",
-                          "--latency", "-s", str(script), url], capture_output=True, text=True, timeout=seconds + 60).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
-    errors += sum(int(n) for n in re.findall(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
-                                            out)[0]) if "Socket errors" in out else 0
-    return rps, p50, p99, errors
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=int, default=8)
-    parser.add_argument("--concurrency", default="1,8,32")
-    parser.add_argument("--scoring-workers", type=int, default=1, help="processes of our scoring server")
-    args = parser.parse_args()
-    if not shutil.which("wrk"):
-        raise SystemExit("wrk is needed: apt-get install wrk")
-    levels = [int(c) for c in args.concurrency.split(",")]
-    work = Path(tempfile.mkdtemp(prefix="modelserve-bench-"))
-    settings = Settings(data_dir=work / "data", port=free_port(), api_port=free_port(), mlflow_port=free_port())
-    model = make_model(work)
-    spec = read_env_spec(model)
-    t0 = time.monotonic()
-    python = EnvBuilder(settings).build(spec, work / "build.log")
-    print(f"environment {spec.hash}: {time.monotonic() - t0:.1f} s (python {spec.python})", flush=True)
-    env_bin = str(python.parent)
-    procs: list[subprocess.Popen[bytes]] = []
-    gateway = Gateway(settings)
+def post(url: str, body: bytes, headers: list[tuple[str, str]], timeout: float = 120) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=body, method="POST",
+                                 headers={"Content-Type": "application/json", **dict(headers)})
     try:
-        ours = free_port()
-        procs.append(subprocess.Popen([str(python), str(SCORING_SERVER), "--model-dir", str(model), "--port",
-                                       str(ours), "--workers", str(args.scoring_workers)],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        wait_ping(f"http://127.0.0.1:{ours}/ping")
-        gateway.start()
-        gateway.apply_routes([ModelRoutes("iris", (VersionRoute("1", "ready", ("127.0.0.1", ours)),))])
-        targets = {"ours (direct)": f"http://127.0.0.1:{ours}/invocations",
-                   "ours (gateway)": f"{settings.gateway_url}/model/iris/1/invocations"}
-        mlflow_urls = {}
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+class Servers:
+    """Every server of one model, started in the model's environment; stopped by stop()."""
+
+    def __init__(self, python: Path, model: Path, args: argparse.Namespace) -> None:
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.urls: dict[str, str] = {}
+        env = dict(os.environ, PATH=f"{python.parent}:{os.environ['PATH']}")
+        port = free_port()
+        self.ours_port = port
+        self._start("ours (direct)", port, [str(python), str(SCORING_SERVER), "--model-dir", str(model), "--port",
+                                            str(port), "--workers", args.scoring_workers, "--batching", args.batching],
+                    env)
         for workers in (1, 2):
             port = free_port()
-            env = dict(os.environ, PATH=f"{env_bin}:{os.environ['PATH']}")
-            procs.append(subprocess.Popen([str(python), "-m", "mlflow", "models", "serve", "-m", str(model),
-                                           "--env-manager", "local", "-p", str(port), "-w", str(workers)],
-                                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            wait_ping(f"http://127.0.0.1:{port}/ping")
-            mlflow_urls[workers] = f"http://127.0.0.1:{port}/invocations"
-        results: list[Result] = []
-        body_files = bodies(work)
-        for rows, body in body_files.items():
-            for c in levels:
-                best = None
-                for workers, url in mlflow_urls.items():
-                    r = Result(f"mlflow models serve -w {workers}", rows, c, *run_wrk(url, body, c, args.seconds, work))
-                    results.append(r)
-                    best = r if best is None or r.rps > best.rps else best
-                for name, url in targets.items():
-                    r = Result(name, rows, c, *run_wrk(url, body, c, args.seconds, work))
-                    results.append(r)
-                    ratio = r.rps / best.rps if best and best.rps else float("nan")
-                    print(f"rows={rows:<5} c={c:<3} {name:<16} {r.rps:9.1f} req/s {r.rows_per_s:11.1f} rows/s "
-                          f"p50 {r.p50_ms:7.2f} ms p99 {r.p99_ms:7.2f} ms errors {r.errors}  "
-                          f"x{ratio:.2f} vs best MLflow ({best.target if best else '-'}: {best.rps if best else 0:.1f} "
-                          f"req/s, p99 {best.p99_ms if best else 0:.2f} ms)", flush=True)
-        print(json.dumps([r.__dict__ for r in results]), file=sys.stderr)
-    finally:
-        gateway.stop()
-        for p in procs:
+            self._start(f"mlflow models serve -w {workers}", port,
+                        [str(python), "-m", "mlflow", "models", "serve", "-m", str(model), "--env-manager", "local",
+                         "-p", str(port), "-w", str(workers)], env)
+
+    def _start(self, name: str, port: int, argv: list[str], env: dict[str, str]) -> None:
+        self.procs[name] = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                            start_new_session=True)
+        self.urls[name] = f"http://127.0.0.1:{port}/invocations"
+        wait_ping(f"http://127.0.0.1:{port}/ping")
+
+    def mlflow(self) -> dict[str, str]:
+        return {k: v for k, v in self.urls.items() if k.startswith("mlflow")}
+
+    def stop(self) -> None:
+        for p in self.procs.values():
             p.terminate()
-        for p in procs:
+        for p in self.procs.values():
             try:
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(work, ignore_errors=True)
+                os.killpg(p.pid, 9)
+                p.wait()
+
+
+def line(r: wrk.Result, best: wrk.Result | None) -> str:
+    ratio = r.rps / best.rps if best and best.rps else float("nan")
+    base = f"{best.target}: {best.rps:.1f} req/s, p99 {best.p99_ms:.2f} ms" if best else "-"
+    return (f"{r.model:<6} rows={r.rows:<5} c={r.concurrency:<3} {r.target:<22} {r.rps:9.1f} req/s "
+            f"{r.rows_per_s:11.1f} rows/s p50 {r.p50_ms:8.2f} ms p99 {r.p99_ms:8.2f} ms errors {r.errors:<4} "
+            + (f"x{ratio:.2f} vs best MLflow ({base})" if not r.target.startswith("mlflow") else ""))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--models", default="iris,forest")
+    parser.add_argument("--scoring-workers", default="auto", help="processes of our scoring server (or auto)")
+    parser.add_argument("--batching", default="auto", choices=("auto", "on", "off"))
+    parser.add_argument("--header", action="append", default=[], help="'Name: value' added to every request")
+    parser.add_argument("--registration", action="store_true", help="also time registration -> READY")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is needed: apt-get install wrk")
+    headers = [wrk.parse_header(h) for h in args.header]
+    levels = [int(c) for c in args.concurrency.split(",")]
+    work = Path(tempfile.mkdtemp(prefix="modelserve-bench-"))
+    settings = Settings(data_dir=work / "data", port=free_port(), api_port=free_port(), mlflow_port=free_port())
+    makers = {"iris": iris_model, "forest": forest_model}
+    models = {name: save(*makers[name](), work / name) for name in args.models.split(",")}
+    spec = read_env_spec(next(iter(models.values())))
+    t0 = time.monotonic()
+    python = EnvBuilder(settings).build(spec, work / "build.log")
+    print(f"environment {spec.hash}: {time.monotonic() - t0:.1f} s (python {spec.python}); "
+          f"{os.cpu_count()} cores; ours: --workers {args.scoring_workers} --batching {args.batching}", flush=True)
+    gateway = Gateway(settings)
+    gateway.start()
+    results: list[wrk.Result] = []
+    try:
+        for name, model in models.items():
+            x = makers[name]()[1]
+            servers = Servers(python, model, args)
+            try:
+                gateway.apply_routes([ModelRoutes(name, (VersionRoute("1", "ready", ("127.0.0.1", servers.ours_port)),))])
+                servers.urls["ours (gateway)"] = f"{settings.gateway_url}/model/{name}/1/invocations"
+                bodies = write_bodies(name, x, work)
+                answers = {t: post(u, bodies[1000].read_bytes(), headers) for t, u in servers.urls.items()}
+                mlflow_answer = json.loads(answers["mlflow models serve -w 1"][1])
+                same = all(s == 200 and json.loads(b) == mlflow_answer for s, b in answers.values())
+                print(f"{name}: 1,000-row answers identical across all servers: {same}", flush=True)
+                for rows, body in bodies.items():
+                    for c in levels:
+                        best = None
+                        for target, url in servers.urls.items():
+                            if not target.startswith("mlflow"):
+                                continue
+                            r = wrk.Result(target, name, rows, c, *wrk.run(url, body, c, args.seconds, work, headers))
+                            results.append(r)
+                            best = r if best is None or r.rps > best.rps else best
+                        for target in ("ours (direct)", "ours (gateway)"):
+                            r = wrk.Result(target, name, rows, c,
+                                           *wrk.run(servers.urls[target], body, c, args.seconds, work, headers))
+                            results.append(r)
+                            print(line(r, best), flush=True)
+                for target, proc in servers.procs.items():
+                    n, rss, pss = procmem.tree_memory(proc.pid)
+                    print(f"{name}: memory of {target}: {n} processes, RSS {rss / 2**20:.0f} MiB, "
+                          f"PSS {pss / 2**20:.0f} MiB", flush=True)
+                direct = {(r.rows, r.concurrency): r for r in results if r.model == name and r.target == "ours (direct)"}
+                for r in results:
+                    if r.model == name and r.target == "ours (gateway)" and r.concurrency == 1:
+                        d = direct[(r.rows, 1)]
+                        print(f"{name}: gateway added latency, rows={r.rows} c=1: p50 {r.p50_ms - d.p50_ms:+.3f} ms "
+                              f"(full {r.p50_ms:.3f} ms, direct {d.p50_ms:.3f} ms)", flush=True)
+                if name == "iris":
+                    big_request(x, work, servers.urls["ours (gateway)"], headers)
+            finally:
+                servers.stop()
+    finally:
+        gateway.stop()
+        print(json.dumps([r.__dict__ for r in results]), file=sys.stderr)
+    if args.registration:
+        from tests.benchmarks import registration
+
+        for label, seconds in registration.measure(lambda i: iris_model(i)):
+            print(f"registration -> READY ({label}): {seconds:.1f} s", flush=True)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def big_request(x: pd.DataFrame, work: Path, url: str, headers: list[tuple[str, str]]) -> None:
+    """A request just under 16 MiB (Nginx's client_max_body_size 16m) through the gateway."""
+    limit = 16 * 2**20
+    row = json.dumps(x.iloc[0].round(4).tolist())
+    n = (limit - 200) // (len(row) + 1)
+    body = ('{"dataframe_split": {"columns": ' + json.dumps(list(x.columns)) + ', "data": ['
+            + ",".join([row] * n) + "]}}").encode()
+    assert len(body) <= limit
+    t0 = time.monotonic()
+    status, answer = post(url, body, headers)
+    took = time.monotonic() - t0
+    got = len(json.loads(answer).get("predictions", [])) if status == 200 else 0
+    print(f"16 MB request: {len(body) / 2**20:.2f} MiB, {n} rows -> HTTP {status}, {got} predictions, "
+          f"{took:.2f} s", flush=True)
+    too_big = body + b" " * (limit - len(body) + 1024)  # still valid JSON, just past the limit
+    status, _ = post(url, too_big, headers)
+    print(f"{len(too_big) / 2**20:.2f} MiB request -> HTTP {status} (limit 16 MiB)", flush=True)
 
 
 if __name__ == "__main__":
