@@ -242,7 +242,7 @@ def big_request(x: pd.DataFrame, work: Path, url: str, headers: list[tuple[str, 
           f"{took:.2f} s", flush=True)
     too_big = body + b" " * (limit - len(body) + 1024)  # still valid JSON, just past the limit
     status, _ = post(url, too_big, headers)
-    print(f"{len(too_big) / 2**20:.2f} MiB request -> HTTP {status} (limit 16 MiB)", flush=True)
+    print(f"{len(too_big)} byte request (over 16 MiB) -> HTTP {status}", flush=True)
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ def test_concurrent_requests_are_merged_and_each_gets_its_own_rows() -> None:
     batcher = Batcher(predict, max_rows=1000, window=0.05)
     frames = [pd.DataFrame({"a": np.full(n, i, dtype=float), "b": np.arange(n, dtype=float)})
               for i, n in enumerate([1, 5, 2, 7, 1, 3, 1, 4] * 3)]
-    for f in frames:
+    for _ in frames:
         batcher.announce()
     results = run_together([lambda f=f: batcher.submit(f) for f in frames])
     for f, r in zip(frames, results, strict=True):
@@ -83,7 +83,7 @@ def test_a_bad_request_in_a_batch_fails_alone() -> None:
     batcher = Batcher(predict, window=0.05)
     frames = [pd.DataFrame({"a": [float(i), i + 0.5]}) for i in range(9)]
     frames[4] = pd.DataFrame({"a": [1.0, -1.0]})
-    for f in frames:
+    for _ in frames:
         batcher.announce()
     results = run_together([lambda f=f: batcher.submit(f) for f in frames])
     for i, (f, r) in enumerate(zip(frames, results, strict=True)):
@@ -103,7 +103,7 @@ def test_batches_respect_max_rows_and_only_merge_compatible_frames() -> None:
     batcher = Batcher(predict, max_rows=6, window=0.05)
     frames = [pd.DataFrame({"a": [1.0] * 4, "b": [2.0] * 4}), pd.DataFrame({"b": [3.0] * 4, "a": [4.0] * 4}),
               pd.DataFrame({"a": [5.0] * 3, "b": [6.0] * 3}), pd.DataFrame({"a": [7, 7], "b": [8, 8]})]
-    for f in frames:
+    for _ in frames:
         batcher.announce()
     results = run_together([lambda f=f: batcher.submit(f) for f in frames])
     for f, r in zip(frames, results, strict=True):
