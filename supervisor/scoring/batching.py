@@ -25,6 +25,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+if __package__:
+    from .frames import column_dtypes, merge_frames
+else:  # pragma: no cover - exercised by the real server processes
+    from frames import column_dtypes, merge_frames  # type: ignore[import-not-found,no-redef]
+
 # Flavors whose predictions for a row depend on that row only.
 ROW_INDEPENDENT = ("mlflow.sklearn", "mlflow.xgboost", "mlflow.lightgbm")
 
@@ -41,7 +46,7 @@ class _Job:
 
 
 def frame_key(frame: pd.DataFrame) -> tuple[Any, ...]:
-    return tuple(frame.columns), tuple(frame.dtypes)
+    return tuple(frame.columns), column_dtypes(frame)
 
 
 def split_rows(output: Any, sizes: list[int]) -> list[Any]:
@@ -153,7 +158,7 @@ class Batcher:
         for jobs in groups.values():
             if len(jobs) > 1:
                 try:
-                    merged = pd.concat([j.frame for j in jobs], ignore_index=True)
+                    merged = merge_frames([j.frame for j in jobs])
                     self.batches += 1
                     parts = split_rows(self.predict(merged), [len(j.frame) for j in jobs])
                 except Exception:

@@ -21,6 +21,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+if __package__:
+    from .frames import column_dtypes, column_index
+else:  # pragma: no cover - exercised by the real server processes
+    from frames import column_dtypes, column_index  # type: ignore[import-not-found,no-redef]
+
 # Flavors whose pyfunc wrapper passes the enforced frame straight to the library's predict.
 DIRECT_FLAVORS = ("mlflow.sklearn", "mlflow.xgboost", "mlflow.lightgbm")
 # Signature types whose enforcement is the identity on a column that already has this dtype.
@@ -55,6 +60,7 @@ class DirectPredict:
         self.columns = columns
         self.dtypes = dtypes
         self.estimator: Any = None  # set when the array route is proven the same (see _array_route)
+        self.index = column_index(columns)  # the Index parsed frames with these columns share
 
     @classmethod
     def build(cls, model: Any) -> DirectPredict | None:
@@ -121,9 +127,9 @@ class DirectPredict:
     def accepts(self, frame: Any) -> bool:
         if not isinstance(frame, pd.DataFrame) or len(frame.columns) != len(self.columns):
             return False
-        if list(frame.columns) != self.columns:
+        if frame.columns is not self.index and list(frame.columns) != self.columns:
             return False
-        return all(d == e for d, e in zip(frame.dtypes, self.dtypes, strict=True))
+        return all(d == e for d, e in zip(column_dtypes(frame), self.dtypes, strict=True))
 
     def predict(self, frame: pd.DataFrame) -> Any:
         if self.estimator is not None:
