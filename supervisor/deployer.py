@@ -9,6 +9,7 @@ the whole story in its build log.
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -36,6 +37,23 @@ def build_log_path(settings: Settings, model: str, version: str) -> Path:
     return settings.logs_dir / naming.model_id(model) / f"{version}.build.log"
 
 
+# Launch options read from the registry at deploy time, kept beside the model's files so the
+# host spec can be rebuilt at any later time without asking the registry again.
+OPTIONS_FILE = ".modelserve-launch.json"
+
+
+def write_launch_options(model_dir: Path, rv: RegistryVersion) -> None:
+    (model_dir / OPTIONS_FILE).write_text(json.dumps({"batching": rv.batching}))
+
+
+def read_launch_options(model_dir: Path) -> dict[str, str]:
+    try:
+        data = json.loads((model_dir / OPTIONS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
 def launches(store: Store, model: str) -> list[VersionLaunch]:
     """What the model's host must run: every version that got as far as launching."""
     return [
@@ -45,6 +63,7 @@ def launches(store: Store, model: str) -> list[VersionLaunch]:
             model_dir=Path(d.model_dir),
             port=d.port,
             env_hash=d.env_hash or "",
+            batching=read_launch_options(Path(d.model_dir)).get("batching", ""),
         )
         for d in store.deployments(model)
         if d.state in (LAUNCHING, READY) and d.python and d.model_dir and d.port
@@ -101,7 +120,7 @@ class Deployer:
             if d.state == LAUNCHING and d.python and d.model_dir and d.port:
                 launched = True  # a restarted reconciler resumes at the health check
             else:
-                self._prepare(model, version, log)
+                self._prepare(model, rv, log)
                 launched = True
                 with self.host_lock(model):
                     self._still_wanted(model, version)
@@ -127,11 +146,15 @@ class Deployer:
     def _record(self, model: str, version: str, state: str, message: str) -> None:
         self.store.upsert_deployment(model, version, state=state, state_message=message)
 
-    def _prepare(self, model: str, version: str, log: Path) -> None:
+    def _prepare(self, model: str, rv: RegistryVersion, log: Path) -> None:
+        version = rv.version
         self._log(log, f"downloading the model artifacts of {model!r} version {version}")
         self.store.upsert_deployment(model, version, state_message="Downloading model artifacts")
         dest = self.settings.models_dir / naming.model_id(model) / version
         model_dir = self.registry.download(model, version, dest)
+        write_launch_options(model_dir, rv)
+        if rv.batching:
+            self._log(log, f"micro-batching {rv.batching} (tag modelserve.batching)")
         spec = read_env_spec(model_dir)
         self._log(log, f"environment {spec.hash} from {spec.source}: python {spec.python}, "
                        f"{len(spec.requirements)} requirements")

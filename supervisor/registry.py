@@ -31,6 +31,7 @@ class RegistryVersion:
     status: str = "READY"  # MLflow's registration status: PENDING_REGISTRATION | READY | FAILED_REGISTRATION
     source: str = ""
     created: int = 0
+    batching: str = ""  # the version's (else the model's) ``modelserve.batching`` tag: auto | on | off
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,18 @@ class RegistryModel:
     def servable(self) -> tuple[RegistryVersion, ...]:
         """Every version that should be served: registered and not archived."""
         return tuple(v for v in self.versions if v.stage != "Archived" and v.status == "READY")
+
+
+BATCHING_TAG = "modelserve.batching"
+
+
+def batching_tag(*tag_sets: dict[str, str] | None) -> str:
+    """The first valid ``modelserve.batching`` tag (version tags before model tags), else ""."""
+    for tags in tag_sets:
+        value = str((tags or {}).get(BATCHING_TAG, "")).strip().lower()
+        if value in ("auto", "on", "off"):
+            return value
+    return ""
 
 
 def _not_found(exc: MlflowException) -> bool:
@@ -89,6 +102,7 @@ class Registry:
                 status=mv.status or "READY",
                 source=mv.source or "",
                 created=int(mv.creation_timestamp or 0),
+                batching=batching_tag(mv.tags, rm.tags),
             )
             for mv in versions
         ]
