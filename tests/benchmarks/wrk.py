@@ -71,7 +71,8 @@ def run(url: str, body: Path, concurrency: int, seconds: int, work: Path,
     lines = "\n".join(f"wrk.headers[{_lua_string(k)}] = {_lua_string(v)}" for k, v in headers or [])
     script = work / f"{body.stem}.lua"
     script.write_text(LUA.format(body=body, headers=lines))
+    # --timeout: a slow answer is measured as latency, not dropped as a "timeout" error after 2 s.
     out = subprocess.run(["wrk", "-t", str(min(concurrency, 2)), "-c", str(concurrency), "-d", f"{seconds}s",
-                          "--latency", "-s", str(script), url], capture_output=True, text=True,
+                          "--timeout", "30s", "--latency", "-s", str(script), url], capture_output=True, text=True,
                          timeout=seconds + 60).stdout
     return parse_output(out)
