@@ -25,7 +25,7 @@ from tests.support import free_port
 
 STAND_IN = '''
 import argparse, http.server
-p = argparse.ArgumentParser(); p.add_argument("--model-dir"); p.add_argument("--host"); p.add_argument("--port", type=int); p.add_argument("--workers")
+p = argparse.ArgumentParser(); p.add_argument("--model-dir"); p.add_argument("--host"); p.add_argument("--port", type=int); p.add_argument("--workers"); p.add_argument("--batching")
 a = p.parse_args()
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
