@@ -80,6 +80,7 @@ class Batcher:
         self._pid = 0
         self._carry: _Job | None = None
         self._collecting = False  # the collector holds requests it has not answered yet
+        self._inline_running = False  # a lone request is being predicted in its own thread
         self.batches = 0  # predict calls made for merged batches (for tests and logs)
         self.inline = 0  # requests predicted in their own thread, nothing to batch them with
 
@@ -102,13 +103,20 @@ class Batcher:
             if announced:
                 self._parsing -= 1
             # Nobody to batch with: predict in this thread, sparing a lone client the hand-over.
-            alone = self._parsing <= 0 and self.queue.empty() and not self._collecting
-            if not alone:
+            # While it predicts, later requests queue up for the collector instead.
+            alone = (self._parsing <= 0 and self.queue.empty() and not self._collecting
+                     and not self._inline_running)
+            if alone:
+                self._inline_running = True
+            else:
                 job.key = frame_key(frame)
                 self.queue.put(job)
         if alone:
             self.inline += 1
-            return self.predict(frame)
+            try:
+                return self.predict(frame)
+            finally:
+                self._inline_running = False
         job.done.wait()
         if job.error is not None:
             raise job.error

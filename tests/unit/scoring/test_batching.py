@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -143,9 +144,22 @@ def request_mix() -> list[tuple[bytes, str]]:
     return out
 
 
+def slowed(scorer: Scorer) -> Scorer:
+    """Each predict takes 20 ms longer, so concurrent requests reliably meet in the queue."""
+    assert scorer.batcher is not None
+    predict = scorer.batcher.predict
+
+    def slow(frame: pd.DataFrame) -> Any:
+        time.sleep(0.02)
+        return predict(frame)
+
+    scorer.batcher.predict = slow
+    return scorer
+
+
 def test_answers_are_identical_with_batching_on_and_off(model_dir: Path) -> None:
     off = Scorer(str(model_dir), batching="off", direct=False)  # MLflow's own path, one request at a time
-    on = Scorer(str(model_dir), batching="on", batch_window=0.05)
+    on = slowed(Scorer(str(model_dir), batching="on", batch_window=0.05))
     assert on.batcher is not None and off.batcher is None
     mix = request_mix()
     expected = [off.score(body, ctype) for body, ctype in mix]
@@ -156,7 +170,7 @@ def test_answers_are_identical_with_batching_on_and_off(model_dir: Path) -> None
 
 
 def test_bad_requests_fail_alone_among_concurrent_good_ones(model_dir: Path) -> None:
-    on = Scorer(str(model_dir), batching="on", batch_window=0.05)
+    on = slowed(Scorer(str(model_dir), batching="on", batch_window=0.05))
     off = Scorer(str(model_dir), batching="off", direct=False)
     mix = request_mix()
     # Same columns and dtypes as the good ones (so it joins their batch) but a value too large for
