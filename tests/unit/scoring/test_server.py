@@ -181,3 +181,15 @@ def test_prefork_workers_share_the_port_and_stop_together(model: tuple[str, Any]
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_worker_count_auto_fits_the_machine() -> None:
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    assert server.worker_count("auto") == max(1, min(2, cores))
+    assert server.worker_count("3") == 3
+    with pytest.raises(ValueError):
+        server.worker_count("0")
+    with pytest.raises(ValueError):
+        server.worker_count("many")
