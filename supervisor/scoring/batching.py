@@ -156,6 +156,11 @@ class Batcher:
                 rows += len(job.frame)
             try:
                 self.run(batch)
+            except BaseException as exc:  # never leave a caller waiting on a collector that failed
+                for job in batch:
+                    if not job.done.is_set():
+                        job.error = exc
+                        job.done.set()
             finally:
                 self._collecting = self._carry is not None
 

@@ -8,7 +8,10 @@ work: the 2.x/3.x JSON keys and CSV (answered ``{"predictions": ...}``) and the 
 Databricks documentation sends (``format=pandas-records``/``pandas-split``, bare lists and split
 dicts, ``json-numpy-split``), answered with a bare list as 1.x did. A client's mistake is always
 a JSON 4xx, never a 500 and never a crash. Work that can be done once (loading, reading the input
-schema, inspecting ``predict``) is done at start-up.
+schema, inspecting ``predict``, deciding whether MLflow's per-request schema enforcement can be
+skipped: ``direct.py``) is done at start-up; concurrent requests share predict calls
+(``batching.py``); float rows become frames cheaply (``frames.py``). Those siblings are imported
+from this file's own folder, so the whole folder is what a runtime must ship.
 """
 
 from __future__ import annotations
