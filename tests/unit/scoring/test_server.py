@@ -193,3 +193,22 @@ def test_worker_count_auto_fits_the_machine() -> None:
         server.worker_count("0")
     with pytest.raises(ValueError):
         server.worker_count("many")
+
+
+def test_real_server_batches_concurrent_requests_each_gets_its_own_answer(model: tuple[str, Any]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, clf = model
+    rng = np.random.default_rng(3)
+    frames = [pd.DataFrame(rng.normal(size=(n, 4)), columns=COLS) for n in (1, 2, 1, 9, 1, 30, 1, 4) * 4]
+    orders = [COLS, list(reversed(COLS))]
+
+    def call(i: int) -> tuple[int, Any]:
+        frame = frames[i][orders[i % 2]]
+        r = requests.post(f"{url}/invocations", json={"dataframe_split": frame.to_dict(orient="split")}, timeout=30)
+        return r.status_code, r.json()
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(pool.map(call, range(len(frames))))
+    for frame, (status, body) in zip(frames, answers, strict=True):
+        assert status == 200 and body == {"predictions": clf.predict(frame).tolist()}
