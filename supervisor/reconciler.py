@@ -246,6 +246,10 @@ class Reconciler:
             for m in enabled
         ]
         result = self.gateway.apply_routes(tables)
+        # Only now, with the gateway running these routes, may a runtime retire what they replaced.
+        self.runtime.routes_applied(
+            v.address for t in tables for v in t.versions if v.address is not None
+        )
         for name in result.rejected:
             if name not in self._rejected_reported:
                 self._rejected_reported.add(name)
