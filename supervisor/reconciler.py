@@ -184,8 +184,15 @@ class Reconciler:
         for model in models:
             if not self.store.is_enabled(model):
                 continue
-            with self.host_lock(model):
+            lock = self.host_lock(model)
+            # Held by a deploy that is changing this host right now (a container build can take a
+            # minute): the next tick looks again, and the other models are not kept waiting.
+            if not lock.acquire(blocking=False):
+                continue
+            try:
                 self._supervise_host(model)
+            finally:
+                lock.release()
 
     def _supervise_host(self, model: str) -> None:
         wanted = launches(self.store, model)

@@ -136,6 +136,8 @@ def test_runtime_hears_the_routed_addresses_only_after_the_gateway_applied_them(
     rec.registry.models["m"] = RegistryModel("m", (RegistryVersion("1"),))  # type: ignore[attr-defined]
     rec.store.enable("m")
     rec.store.upsert_deployment("m", "1", state=READY, port=5, python="p", model_dir="d")
+    rec.tick()  # starts the host: the version relaunches
+    rec.store.upsert_deployment("m", "1", state=READY)
     rec.runtime.calls.clear()  # type: ignore[attr-defined]
     rec.tick()
     calls = rec.runtime.calls  # type: ignore[attr-defined]
