@@ -11,7 +11,8 @@ COPY supervisor/ supervisor/
 COPY nginx/ nginx/
 COPY images/ images/
 # uv is installed beside Python: environment images copy it in (supervisor/runtime/images.py).
-RUN pip install --no-cache-dir uv && pip install --no-cache-dir .
+# Editable: the templates in nginx/ and images/ are read from the source tree.
+RUN pip install --no-cache-dir uv && pip install --no-cache-dir -e .
 ENV PATH=/usr/sbin:$PATH
 ENTRYPOINT ["modelserve"]
 CMD ["up"]
