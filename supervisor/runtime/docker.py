@@ -30,6 +30,7 @@ import time
 import urllib.request
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,9 @@ LABEL_MODEL_ID = "modelserve.model-id"
 LABEL_DESIRED = "modelserve.desired-hash"
 LABEL_PORTS = "modelserve.ports"
 STOP_TIMEOUT = 10
+# The model host rewrites status.json every 5 s; a running container whose host has not done so
+# for this long is hung (or its state dir is gone) and is restarted like a dead one.
+STATUS_STALE_AFTER = 45.0
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -96,6 +100,16 @@ def exit_reason(name: str, state: dict[str, Any]) -> str:
     if state.get("Error"):
         reason += f": {state['Error']}"
     return reason
+
+
+def stale_reason(status: dict[str, Any], started_at: float, now: float) -> str | None:
+    """Why a running container's model host counts as not answering, or None while it reports."""
+    updated = status.get("updated")
+    last = float(updated) if isinstance(updated, int | float) else started_at
+    silent = now - max(last, started_at)
+    if silent > STATUS_STALE_AFTER:
+        return f"its model host has not reported for {silent:.0f} s"
+    return None
 
 
 class DockerRuntime:
@@ -214,6 +228,9 @@ class DockerRuntime:
                 # Same versions: start the same container again (same ports, same routes).
                 (self._state_dir(model, active.name) / "status.json").unlink(missing_ok=True)
                 active.start()
+            elif self._stale(model, active):
+                (self._state_dir(model, active.name) / "status.json").unlink(missing_ok=True)
+                active.restart(timeout=STOP_TIMEOUT)
             return
         image = self._build_model_image(model, versions, desired)
         serving: list[str] = []
@@ -391,6 +408,7 @@ class DockerRuntime:
             return HostState(model=model, alive=False, reason=f"container {info.get('name')} was removed")
         alive = container.status == "running"
         status = _read_json(self._state_dir(model, container.name) / "status.json") or {}
+        stale = self._stale(model, container, status) if alive else None
         versions = {
             str(version): VersionProcess(
                 version=str(version), running=alive and v.get("state") == "running", pid=v.get("pid"),
@@ -399,8 +417,20 @@ class DockerRuntime:
             for version, v in (status.get("versions") or {}).items()
         }
         reason = None if alive else exit_reason(container.name, container.attrs.get("State") or {})
+        if stale:
+            alive, reason = False, f"container {container.name} is running but {stale}"
         pid = (container.attrs.get("State") or {}).get("Pid") or None
         return HostState(model=model, alive=alive, pid=pid, versions=versions, reason=reason)
+
+    def _stale(self, model: str, container: Any, status: dict[str, Any] | None = None) -> str | None:
+        if status is None:
+            status = _read_json(self._state_dir(model, container.name) / "status.json") or {}
+        started = (container.attrs.get("State") or {}).get("StartedAt") or ""
+        try:
+            started_at = datetime.fromisoformat(started[:26].rstrip("Z")).replace(tzinfo=timezone.utc).timestamp()
+        except ValueError:
+            return None
+        return stale_reason(status, started_at, time.time())
 
     def hosts(self) -> list[str]:
         return sorted({c.labels[LABEL_MODEL] for c in self._containers() if LABEL_MODEL in c.labels})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from supervisor.runtime.base import VersionLaunch
-from supervisor.runtime.docker import DockerRuntime, exit_reason
+from supervisor.runtime.docker import STATUS_STALE_AFTER, DockerRuntime, exit_reason, stale_reason
 from supervisor.settings import Settings
 
 
@@ -40,3 +40,13 @@ def test_address_is_the_runtimes_answer_in_both_network_modes(tmp_path: Path) ->
         (d / "active.json").write_text(json.dumps({"id": "abc", "name": "modelserve-model-x", "ports": {"1": 29999}}))
         assert rt.address("m", "1", 20000) == expected
         assert rt.address("m", "9", 20000) == ("127.0.0.1", 20000)  # not in the container
+
+
+def test_a_model_host_that_stops_reporting_counts_as_not_answering() -> None:
+    started = 1000.0
+    assert stale_reason({}, started, started + 5) is None  # just started, nothing written yet
+    assert stale_reason({"updated": started + 60}, started, started + 62) is None
+    late = stale_reason({"updated": started + 1}, started, started + 1 + STATUS_STALE_AFTER + 5)
+    assert late is not None and "has not reported" in late
+    # A status file from before this start (a restarted container) does not count against it.
+    assert stale_reason({"updated": started - 500}, started, started + 10) is None
