@@ -293,30 +293,35 @@ class DockerRuntime:
 
     def _start_container(self, model: str, versions: list[VersionLaunch], desired: str, image: str,
                          serving: list[str]) -> None:
-        import docker
 
         mid = naming.model_id(model)
         name = f"modelserve-model-{mid}-{desired[:10]}"
         with self._lock:
             self._starting.add(name)
         try:
-            with contextlib.suppress(docker.errors.NotFound):
-                self.client.containers.get(name).remove(force=True)  # a leftover of an interrupted switch
-            ports = self._choose_ports(versions)
-            state_dir = self._state_dir(model, name)
-            shutil.rmtree(state_dir, ignore_errors=True)
-            (state_dir / "versions").mkdir(parents=True)
-            _write_json(state_dir / "spec.json", self._spec(model, versions, ports))
-            network: dict[str, Any] = (
-                {"network_mode": HOST_NETWORK} if self.host_network
-                else {"network": self.settings.docker_network, "hostname": name}
-            )
-            container = self.client.containers.run(
-                image, name=name, detach=True,
-                labels=container_labels(model, mid, self.instance, desired, ports) | {"modelserve.image": image},
-                volumes={str(state_dir.resolve()): {"bind": CONTAINER_STATE_DIR, "mode": "rw"}},
-                **network,
-            )
+            container = self._reusable(name)
+            if container is not None:
+                # The same version set is still running there (a switch back within the drain
+                # time, e.g. after a new version failed): take it back rather than replace it.
+                ports = {k: int(v) for k, v in json.loads(container.labels.get(LABEL_PORTS) or "{}").items()}
+                state_dir = self._state_dir(model, name)
+            else:
+                ports = self._choose_ports(versions)
+                state_dir = self._state_dir(model, name)
+                shutil.rmtree(state_dir, ignore_errors=True)
+                (state_dir / "versions").mkdir(parents=True)
+                _write_json(state_dir / "spec.json", self._spec(model, versions, ports))
+                network: dict[str, Any] = (
+                    {"network_mode": HOST_NETWORK} if self.host_network
+                    else {"network": self.settings.docker_network, "hostname": name}
+                )
+                container = self.client.containers.run(
+                    image, name=name, detach=True,
+                    labels=container_labels(model, mid, self.instance, desired, ports) | {"modelserve.image": image},
+                    volumes={str(state_dir.resolve()): {"bind": CONTAINER_STATE_DIR, "mode": "rw"}},
+                    **network,
+                )
+            self._unrouted_since.pop(container.id, None)
             try:
                 self._wait_serving(container, serving, ports)
             except Exception:
@@ -329,6 +334,20 @@ class DockerRuntime:
         finally:
             with self._lock:
                 self._starting.discard(name)
+
+    def _reusable(self, name: str) -> Any | None:
+        """A running container of that name (same desired state), else None after removing any
+        stopped leftover of an interrupted switch."""
+        import docker
+
+        try:
+            container = self.client.containers.get(name)
+        except docker.errors.NotFound:
+            return None
+        if container.status == "running":
+            return container
+        container.remove(force=True)
+        return None
 
     def _wait_serving(self, container: Any, versions: list[str], ports: dict[str, int]) -> None:
         """Every version the old container serves must answer in the new one before the switch."""
