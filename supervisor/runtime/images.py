@@ -43,6 +43,7 @@ MODELS_ROOT = "/opt/models"
 CONTAINER_STATE_DIR = "/state"
 _EXACT_VERSION_RE = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
 _SAFE_VERSION_RE = re.compile(r"^[A-Za-z0-9._-]+$")
+_ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 # Package-index settings a build may need; only network URLs go in (a host's file:// index
 # cannot be reached from inside a build).
 _INDEX_VARS = ("UV_INDEX_URL", "UV_DEFAULT_INDEX", "UV_EXTRA_INDEX_URL", "UV_INDEX", "PIP_INDEX_URL",
@@ -219,34 +220,40 @@ def _tar(members: Mapping[str, Path | bytes]) -> bytes:
 
 def build_image(api: Any, context: bytes, tag: str, log_path: Path, build_args: Mapping[str, str] | None = None,
                 progress: Callable[[str], None] | None = None, labels: Mapping[str, str] | None = None) -> None:
-    """``docker build`` through the engine API, every output line appended to ``log_path``;
-    lines our build script marks with ``==> modelserve:`` are also reported to ``progress``."""
+    """``docker build`` through the engine API, its output appended to ``log_path`` (without the
+    colour codes the engine wraps stderr in); lines our build script marks with
+    ``==> modelserve:`` are also reported to ``progress``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    tail: list[str] = []
     with log_path.open("a", encoding="utf-8") as log:
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         log.write(f"[{stamp}] docker build -t {tag}\n")
         log.flush()
+        start = log.tell()
         stream = api.build(fileobj=io.BytesIO(context), custom_context=True, tag=tag, rm=True, forcerm=True,
                            buildargs=dict(build_args or {}), network_mode="host", decode=True,
                            labels=dict(labels or {}))
         error = None
+        pending = ""  # the engine sends pieces of lines: report whole lines only
         for chunk in stream:
-            text = chunk.get("stream") or chunk.get("status") or ""
             if chunk.get("error"):
-                error = str(chunk["error"])
-                text = error + "\n"
+                error = _ANSI_RE.sub("", str(chunk["error"])).strip()
+            text = _ANSI_RE.sub("", str(chunk.get("stream") or chunk.get("status") or ""))
             if not text:
                 continue
-            log.write(text if text.endswith("\n") else text + "\n")
+            log.write(text)
             log.flush()
-            for line in text.splitlines():
-                if line.strip():
-                    tail = (tail + [line.rstrip()])[-15:]
+            pending += text
+            *lines, pending = pending.split("\n")
+            for line in lines:
                 if progress and line.startswith("==> modelserve: "):
                     progress(line.removeprefix("==> modelserve: "))
-        if error is not None:
-            raise ImageBuildError(f"docker build of {tag} failed: {error}\n" + "\n".join(tail))
+        if pending:
+            log.write("\n")
+    if error is not None:
+        with log_path.open(encoding="utf-8", errors="replace") as f:
+            f.seek(start)
+            tail = [ln.rstrip() for ln in f.read().splitlines() if ln.strip()][-15:]
+        raise ImageBuildError(f"docker build of {tag} failed: {error}\n" + "\n".join(tail))
 
 
 def container_labels(model: str, model_id: str, instance: str, desired: str, ports: Mapping[str, int]) -> dict[str, str]:

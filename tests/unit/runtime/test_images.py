@@ -6,8 +6,12 @@ import tarfile
 from io import BytesIO
 from pathlib import Path
 
+import pytest
+
 from supervisor.envs import EnvSpec
 from supervisor.runtime.images import (
+    ImageBuildError,
+    build_image,
     env_context,
     index_build_args,
     model_context,
@@ -77,3 +81,29 @@ def test_build_contexts_are_byte_identical_for_identical_content(tmp_path: Path)
     with tarfile.open(fileobj=BytesIO(first)) as tar:
         names = tar.getnames()
     assert {"Dockerfile", "modelserve/modelhost.py", "modelserve/server.py", "models/1/MLmodel"} <= set(names)
+
+
+class FakeApi:
+    """The engine's build stream as the legacy builder sends it: pieces of lines, stderr in colour."""
+
+    def __init__(self, chunks: list[dict[str, str]]) -> None:
+        self.chunks = chunks
+
+    def build(self, **kwargs: object) -> list[dict[str, str]]:
+        assert kwargs["network_mode"] == "host" and kwargs["custom_context"] is True
+        return self.chunks
+
+
+def test_build_output_goes_to_the_log_in_whole_clean_lines(tmp_path: Path) -> None:
+    log = tmp_path / "1.build.log"
+    seen: list[str] = []
+    chunks = [{"stream": "Step 6/7 : RUN sh build-env.sh\n"}, {"stream": "==> modelserve: step 2/3: ins"},
+              {"stream": "talling 7 requirements\n"}, {"stream": "\x1b[91merror\x1b[0m"},
+              {"stream": "\x1b[91m: No solution found\n\x1b[0m"},
+              {"error": "The command returned a non-zero code: 1", "stream": ""}]
+    with pytest.raises(ImageBuildError) as failed:
+        build_image(FakeApi(chunks), b"", "modelserve-env:x", log, progress=seen.append)
+    assert seen == ["step 2/3: installing 7 requirements"]
+    text = log.read_text()
+    assert "\x1b" not in text and "error: No solution found" in text
+    assert "error: No solution found" in str(failed.value) and "non-zero code" in str(failed.value)
