@@ -390,6 +390,8 @@ class DockerRuntime:
                 self.client.images.remove(image)
 
     def stop_host(self, model: str) -> None:
+        # Forget which container is current first: from here on nobody routes to or adopts it.
+        (self._model_dir(model) / "active.json").unlink(missing_ok=True)
         for container in self._containers(model):
             self._remove(container)
         shutil.rmtree(self._model_dir(model), ignore_errors=True)

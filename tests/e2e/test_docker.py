@@ -213,5 +213,6 @@ def test_archive_then_disable_removes_the_container(dsystem: System, iris: pd.Da
                      and "1" not in docker("inspect", "--format", '{{index .Config.Labels "modelserve.versions"}}',
                                            containers(dsystem)[0]["id"]).split(","), timeout=180)
     assert dsystem.api("POST", "disable", registered_model_name=NAME).status_code == 200
-    dsystem.wait_for("container gone", lambda: containers(dsystem) == [], timeout=120)
-    assert not list(Path(dsystem.data_dir / "hosts").glob("*/active.json"))
+    dsystem.wait_for("container gone", lambda: containers(dsystem) == [] and not list(
+        Path(dsystem.data_dir / "hosts").glob("*/active.json")), timeout=120)
+    dsystem.wait_for("stop recorded", lambda: any("Serving stopped" in m for m in messages(dsystem)), timeout=60)
