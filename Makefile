@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-packages up down test lint unit e2e
+.PHONY: setup system-packages docker-engine up down test lint unit e2e
 
 setup: system-packages $(VENV)/.installed
 
@@ -16,6 +16,20 @@ system-packages:
 	@command -v wrk >/dev/null 2>&1 || { \
 	  echo "installing wrk (apt; the benchmarks' load generator)"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk >/dev/null; }
+
+# The docker runtime's tests need a real Docker engine and a base image. Without a registry the
+# base image is built from Debian packages (images/build-base-image.sh, skipped once it exists).
+DOCKER_BASE_IMAGE ?= modelserve-base:bookworm
+docker-engine:
+	@command -v dockerd >/dev/null 2>&1 && command -v debootstrap >/dev/null 2>&1 && command -v docker-compose >/dev/null 2>&1 || { \
+	  echo "installing docker.io, docker-compose and debootstrap (apt)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq docker.io docker-compose debootstrap >/dev/null; }
+	@docker info >/dev/null 2>&1 || { \
+	  echo "starting dockerd (log: /tmp/modelserve-dockerd.log)"; \
+	  $(SUDO) sh -c 'setsid dockerd >/tmp/modelserve-dockerd.log 2>&1 </dev/null &'; \
+	  for i in $$(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done; \
+	  docker info >/dev/null 2>&1 || { echo "dockerd did not start:"; tail -20 /tmp/modelserve-dockerd.log; exit 1; }; }
+	bash images/build-base-image.sh $(DOCKER_BASE_IMAGE)
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -36,8 +50,8 @@ lint: setup
 unit: setup
 	PATH="$(CURDIR)/$(VENV)/bin:/usr/sbin:$$PATH" $(PY) -m pytest tests/unit
 
-e2e: setup
+e2e: setup docker-engine
 	PATH="$(CURDIR)/$(VENV)/bin:/usr/sbin:$$PATH" $(PY) -m pytest tests/e2e
 
-test: setup lint
+test: setup docker-engine lint
 	PATH="$(CURDIR)/$(VENV)/bin:/usr/sbin:$$PATH" $(PY) -m pytest -ra

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from supervisor import naming
-from supervisor.envs import EnvBuilder, EnvBuildError, EnvSpecError, read_env_spec
+from supervisor.envs import EnvBuildError, EnvSpecError, read_env_spec
 from supervisor.registry import Registry, RegistryUnavailable, RegistryVersion
 from supervisor.runtime.base import Runtime, VersionLaunch
 from supervisor.settings import Settings
@@ -97,7 +97,6 @@ class Deployer:
         self.host_lock = host_lock
         self.wake = wake
         self.publish = publish or self._record
-        self.envs = EnvBuilder(settings)
 
     def _log(self, path: Path, line: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -158,13 +157,13 @@ class Deployer:
         spec = read_env_spec(model_dir)
         self._log(log, f"environment {spec.hash} from {spec.source}: python {spec.python}, "
                        f"{len(spec.requirements)} requirements")
-        building = "Reusing environment" if self.envs.is_built(spec) else "Building environment"
+        building = "Reusing environment" if self.runtime.env_ready(spec) else "Building environment"
         self.store.upsert_deployment(model, version, state_message=f"{building} {spec.hash}", env_hash=spec.hash)
 
         def progress(msg: str) -> None:
             self.store.upsert_deployment(model, version, state_message=f"Environment {spec.hash}: {msg}"[:500])
 
-        python = self.envs.build(spec, log, progress=progress)
+        python = self.runtime.build_env(spec, log, progress=progress)
         self._still_wanted(model, version)
         port = self.store.allocate_port(
             model, version, self.settings.port_range_start, self.settings.port_range_end, _port_is_free

@@ -360,7 +360,7 @@ class EnvBuilder:
         if self.is_built(spec):
             log.step(f"reusing cached environment {spec.hash}")
             return self.python_of(spec)
-        uv = self._uv_binary(log_path)
+        uv = self.uv_binary(log_path)
         with self._locked(spec, log):
             if self.is_built(spec):
                 log.step(f"reusing cached environment {spec.hash} (built by a concurrent build)")
@@ -556,7 +556,7 @@ class EnvBuilder:
         tmp_marker.write_text(json.dumps(marker, indent=2))
         os.replace(tmp_marker, final / MARKER_NAME)
 
-    def _uv_binary(self, log_path: Path) -> str:
+    def uv_binary(self, log_path: Path) -> str:
         configured = self.settings.uv_bin
         if configured:
             found = configured if os.path.sep in configured else shutil.which(configured)

@@ -184,8 +184,15 @@ class Reconciler:
         for model in models:
             if not self.store.is_enabled(model):
                 continue
-            with self.host_lock(model):
+            lock = self.host_lock(model)
+            # Held by a deploy that is changing this host right now (a container build can take a
+            # minute): the next tick looks again, and the other models are not kept waiting.
+            if not lock.acquire(blocking=False):
+                continue
+            try:
                 self._supervise_host(model)
+            finally:
+                lock.release()
 
     def _supervise_host(self, model: str) -> None:
         wanted = launches(self.store, model)
@@ -246,6 +253,10 @@ class Reconciler:
             for m in enabled
         ]
         result = self.gateway.apply_routes(tables)
+        # Only now, with the gateway running these routes, may a runtime retire what they replaced.
+        self.runtime.routes_applied(
+            v.address for t in tables for v in t.versions if v.address is not None
+        )
         for name in result.rejected:
             if name not in self._rejected_reported:
                 self._rejected_reported.add(name)

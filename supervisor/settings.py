@@ -47,6 +47,15 @@ class Settings(BaseSettings):
     nginx_templates: Path = REPO_ROOT / "nginx"
     webhook_secret: str = ""  # HMAC secret of the MLflow webhook that wakes the reconciler
     uv_bin: str = ""  # empty: the uv installed beside this Python, else from PATH
+    # Docker runtime (MODELSERVE_RUNTIME=docker). The base image must have python3; hosts without
+    # a registry build one with images/build-base-image.sh.
+    docker_base_image: str = "python:3.11-slim"
+    # "host": containers share the host's network, each version on its own 127.0.0.1 port (tests,
+    # a single machine). Any other value is a Docker network that Nginx is on too (compose): Nginx
+    # then reaches a version at <container name>:<port> on that network.
+    docker_network: str = "host"
+    # Seconds an old container keeps running after the gateway stopped routing to it.
+    docker_drain_seconds: float = 2.0
 
     @property
     def gateway_url(self) -> str:

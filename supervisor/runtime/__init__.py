@@ -15,4 +15,8 @@ def make_runtime(settings: Settings) -> Runtime:
         from supervisor.runtime.process import ProcessRuntime
 
         return ProcessRuntime(settings)
-    raise ValueError(f"unknown runtime {settings.runtime!r} (known: process)")
+    if settings.runtime == "docker":
+        from supervisor.runtime.docker import DockerRuntime
+
+        return DockerRuntime(settings)
+    raise ValueError(f"unknown runtime {settings.runtime!r} (known: process, docker)")

@@ -9,9 +9,13 @@ idempotently; nothing here remembers what it started beyond what it can find aga
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from supervisor.envs import EnvSpec
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,13 @@ class HostState:
 class Runtime(Protocol):
     name: str
 
+    def env_ready(self, spec: EnvSpec) -> bool:
+        """Whether the environment of ``spec`` is already built (so a deploy can say "reusing")."""
+
+    def build_env(self, spec: EnvSpec, log_path: Path, progress: Callable[[str], None] | None = None) -> Path:
+        """Build (or reuse) the environment of ``spec``; return its python as the host will run it.
+        Raises ``EnvBuildError`` with the story in ``log_path`` when it cannot be built."""
+
     def apply_host(self, model: str, versions: list[VersionLaunch]) -> None:
         """Make the model's host run exactly ``versions`` (start it if absent or dead)."""
 
@@ -60,7 +71,11 @@ class Runtime(Protocol):
         """Names of models that have a host (running or dead) this runtime knows about."""
 
     def address(self, model: str, version: str, port: int) -> tuple[str, int]:
-        """The address Nginx uses to reach that version's scoring server."""
+        """The address Nginx uses to reach that version's scoring server. ``port`` is the one the
+        store gave the version; a runtime that chooses its own ports (docker) answers with those."""
+
+    def routes_applied(self, addresses: Iterable[tuple[str, int]]) -> None:
+        """The gateway now routes to exactly ``addresses``: a runtime may stop what it replaced."""
 
     def version_log(self, model: str, version: str, max_bytes: int = 200_000) -> str:
         """The tail of that version's scoring server output."""

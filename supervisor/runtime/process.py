@@ -17,10 +17,12 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from supervisor import naming
+from supervisor.envs import EnvBuilder, EnvSpec
 from supervisor.runtime.base import HostState, VersionLaunch, VersionProcess
 from supervisor.settings import Settings
 
@@ -64,6 +66,13 @@ class ProcessRuntime:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.envs = EnvBuilder(settings)
+
+    def env_ready(self, spec: EnvSpec) -> bool:
+        return self.envs.is_built(spec)
+
+    def build_env(self, spec: EnvSpec, log_path: Path, progress: Callable[[str], None] | None = None) -> Path:
+        return self.envs.build(spec, log_path, progress=progress)
 
     def state_dir(self, model: str) -> Path:
         return self.settings.hosts_dir / naming.model_id(model)
@@ -156,6 +165,9 @@ class ProcessRuntime:
 
     def address(self, model: str, version: str, port: int) -> tuple[str, int]:
         return ("127.0.0.1", port)
+
+    def routes_applied(self, addresses: Iterable[tuple[str, int]]) -> None:
+        """A version keeps its port across host changes: nothing is ever left to retire."""
 
     def version_log(self, model: str, version: str, max_bytes: int = 200_000) -> str:
         path = self._version_log(model, version)

@@ -5,6 +5,7 @@ at the end. Helpers log and register real scikit-learn models through the gatewa
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -69,9 +70,9 @@ class System:
                              and self.versions(model)[version], timeout)
 
 
-@pytest.fixture(scope="session")
-def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
-    data = tmp_path_factory.mktemp("modelserve")
+@contextlib.contextmanager
+def running_system(data: Path, extra_env: dict[str, str] | None = None) -> Iterator[System]:
+    """``modelserve up --detach`` on free loopback ports and ``data``; ``modelserve down`` after."""
     port, api_port, mlflow_port = free_port(), free_port(), free_port()
     base = 30000 + (os.getpid() % 200) * 100
     env = dict(os.environ)
@@ -87,6 +88,7 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
         "MODELSERVE_URL": f"http://127.0.0.1:{port}",
         "PATH": f"{Path(sys.executable).parent}:/usr/sbin:{env.get('PATH', '')}",
     })
+    env.update(extra_env or {})
     up = subprocess.run([sys.executable, "-m", "supervisor.cli", "up", "--detach"], env=env, capture_output=True,
                         text=True, timeout=400)
     sys_ = System(url=f"http://127.0.0.1:{port}", data_dir=data, env=env)
@@ -95,6 +97,12 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
         yield sys_
     finally:
         subprocess.run([sys.executable, "-m", "supervisor.cli", "down"], env=env, capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    with running_system(tmp_path_factory.mktemp("modelserve")) as sys_:
+        yield sys_
 
 
 @pytest.fixture(scope="session")
@@ -108,16 +116,19 @@ def iris() -> Any:
 
 @pytest.fixture(scope="session")
 def register(system: System, iris: Any) -> Callable[..., str]:
+    return registrar(system, iris)
+
+
+def registrar(system: System, iris: Any) -> Callable[..., str]:
     """Log a scikit-learn classifier on iris and register it; returns the new version."""
     import mlflow
     from sklearn.linear_model import LogisticRegression
-
-    mlflow.set_tracking_uri(system.url)
 
     def _register(name: str, label_shift: int = 0, extra_pip_requirements: list[str] | None = None) -> str:
         # label_shift gives a version whose predictions differ from the first's on every row.
         x, y = iris.drop(columns=["target"]), (iris["target"] + label_shift) % 3
         c = 1.0
+        mlflow.set_tracking_uri(system.url)  # several systems may run in one session
         model = LogisticRegression(C=c, max_iter=500).fit(x, y)
         with mlflow.start_run():
             info = mlflow.sklearn.log_model(model, name="model", input_example=x.head(3),

@@ -44,6 +44,9 @@ class FakeRuntime:
     def address(self, model: str, version: str, port: int) -> tuple[str, int]:
         return ("127.0.0.1", port)
 
+    def routes_applied(self, addresses: Any) -> None:
+        self.calls.append(("routed", ",".join(f"{h}:{p}" for h, p in addresses)))
+
 
 class FakeGateway:
     def __init__(self, runtime: FakeRuntime) -> None:
@@ -127,3 +130,16 @@ def test_disabled_model_is_stopped_and_unrouted(rec: Reconciler) -> None:
     assert "m" not in rec.runtime.running  # type: ignore[attr-defined]
     assert rec.store.deployments("m") == []
     assert rec.gateway.tables[-1] == []  # type: ignore[attr-defined]
+
+
+def test_runtime_hears_the_routed_addresses_only_after_the_gateway_applied_them(rec: Reconciler) -> None:
+    rec.registry.models["m"] = RegistryModel("m", (RegistryVersion("1"),))  # type: ignore[attr-defined]
+    rec.store.enable("m")
+    rec.store.upsert_deployment("m", "1", state=READY, port=5, python="p", model_dir="d")
+    rec.tick()  # starts the host: the version relaunches
+    rec.store.upsert_deployment("m", "1", state=READY)
+    rec.runtime.calls.clear()  # type: ignore[attr-defined]
+    rec.tick()
+    calls = rec.runtime.calls  # type: ignore[attr-defined]
+    routed = calls.index(("routed", "127.0.0.1:5"))
+    assert calls[routed - 1] == ("routes", "m")

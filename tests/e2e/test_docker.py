@@ -1,0 +1,218 @@
+"""The docker runtime end to end, with a real Docker engine: one system (``MODELSERVE_RUNTIME=docker``,
+host networking, 127.0.0.1 ports) shared by the whole module, because every image and
+environment built here costs CI minutes. The tests run in order and build on each other:
+serve -> new version under continuous load -> failing version -> killed container -> restarted
+supervisor -> archive -> disable.
+
+The engine is required, not optional: without one these tests fail (CI installs and starts it).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import requests
+from mlflow import MlflowClient
+
+from tests.e2e.conftest import System, registrar, running_system
+
+pytestmark = pytest.mark.e2e
+
+NAME = "iris docker"  # a space: the name must be escaped everywhere it goes
+BASE_IMAGE = os.environ.get("MODELSERVE_DOCKER_BASE_IMAGE", "modelserve-base:bookworm")
+
+
+def docker(*args: str) -> str:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=120, check=True).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def dsystem(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    info = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True,
+                          timeout=60)
+    assert info.returncode == 0, f"these tests need a running Docker engine (dockerd): {info.stderr.strip()}"
+    assert subprocess.run(["docker", "image", "inspect", BASE_IMAGE], capture_output=True).returncode == 0, (
+        f"base image {BASE_IMAGE} is missing: run images/build-base-image.sh")
+    extra = {"MODELSERVE_RUNTIME": "docker", "MODELSERVE_DOCKER_BASE_IMAGE": BASE_IMAGE,
+             "MODELSERVE_DOCKER_NETWORK": "host", "MODELSERVE_DOCKER_DRAIN_SECONDS": "1"}
+    with running_system(tmp_path_factory.mktemp("modelserve-docker"), extra) as sys_:
+        yield sys_
+
+
+@pytest.fixture(scope="module")
+def dregister(dsystem: System, iris: pd.DataFrame) -> Callable[..., str]:
+    return registrar(dsystem, iris)
+
+
+def containers(system: System) -> list[dict[str, str]]:
+    """The model containers this system started: id, name, image, state."""
+    from supervisor.runtime.docker import DockerRuntime
+    from supervisor.settings import Settings
+
+    instance = DockerRuntime(Settings(data_dir=system.data_dir)).instance
+    out = docker("ps", "-a", "--no-trunc", "--filter", f"label=modelserve.instance={instance}",
+                 "--format", "{{.ID}}\t{{.Names}}\t{{.Image}}\t{{.State}}")
+    return [dict(zip(("id", "name", "image", "state"), line.split("\t"), strict=True))
+            for line in out.splitlines() if line]
+
+
+def answer(url: str, rows: list[dict[str, Any]]) -> list[Any] | None:
+    try:
+        r = requests.post(url, json=rows, timeout=30)
+    except requests.RequestException:
+        return None
+    return list(r.json()) if r.status_code == 200 else None
+
+
+def messages(system: System) -> list[str]:
+    return [e["message"] for e in system.api("GET", "get-event-history", registered_model_name=NAME).json()["events"]]
+
+
+class Load:
+    """Requests without pause to the given URLs from one thread, each on a new connection (as the
+    seed's clients do), counting every answer that is not a 200. Bounded: stops by itself."""
+
+    def __init__(self, urls: list[str], rows: list[dict[str, Any]], max_seconds: float = 900.0) -> None:
+        self.urls, self.rows, self.max_seconds = urls, rows, max_seconds
+        self.ok = 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + self.max_seconds
+        i = 0
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            url = self.urls[i % len(self.urls)]
+            i += 1
+            try:
+                r = requests.post(url, json=self.rows, timeout=30)
+                if r.status_code == 200:
+                    self.ok += 1
+                else:
+                    self.failures.append(f"{url}: {r.status_code} {r.text[:200]}")
+            except requests.RequestException as exc:
+                self.failures.append(f"{url}: {exc}")
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+
+def test_serve_and_deploy_a_new_version_without_losing_a_request(
+        dsystem: System, dregister: Callable[..., str], iris: pd.DataFrame) -> None:
+    rows = iris.drop(columns=["target"]).head(4).to_dict(orient="records")
+    quoted = NAME.replace(" ", "%20")
+    v1_url = f"{dsystem.url}/model/{quoted}/1/invocations"
+    prod_url = f"{dsystem.url}/model/{quoted}/Production/invocations"
+
+    assert dregister(NAME) == "1"
+    assert dsystem.api("POST", "enable", registered_model_name=NAME).status_code == 200
+    dsystem.wait_version(NAME, "1", "VERSION_STATE_READY", timeout=900)
+    status = dsystem.api("GET", "get-status", registered_model_name=NAME).json()["endpoint_status"]
+    assert status["state"] == "ENDPOINT_STATE_READY"
+    first = answer(v1_url, rows)
+    assert first is not None and len(first) == 4
+    [running] = [c for c in containers(dsystem) if c["state"] == "running"]
+    assert running["name"].startswith("modelserve-model-iris-docker-")
+
+    MlflowClient(dsystem.url).transition_model_version_stage(NAME, "1", "Production")
+    dsystem.wait_for("Production routed", lambda: answer(prod_url, rows) == first, timeout=60)
+
+    # Version 2 is built and started in a new container while version 1 keeps answering.
+    with Load([v1_url, prod_url], rows) as load:
+        assert dregister(NAME, label_shift=1) == "2"
+        dsystem.wait_version(NAME, "2", "VERSION_STATE_READY", timeout=600)
+        dsystem.wait_for("old container removed",
+                         lambda: [c["id"] for c in containers(dsystem)] not in ([], [running["id"]])
+                         and len(containers(dsystem)) == 1, timeout=120)
+        time.sleep(1)
+    assert load.failures == [], load.failures[:5]
+    assert load.ok > 10
+    [new] = containers(dsystem)
+    assert new["id"] != running["id"] and new["state"] == "running"
+    second = answer(f"{dsystem.url}/model/{quoted}/2/invocations", rows)
+    assert second is not None and second != first
+    assert answer(v1_url, rows) == first
+    # Same requirements: version 2 reused version 1's environment image.
+    build_log = dsystem.api("GET", "get-version-logs", registered_model_name=NAME,
+                            endpoint_version_name="2").json()["logs"]
+    assert "reusing environment image" in build_log
+    assert "scoring server: model loaded" in build_log  # the version's own output, from the container
+
+
+def test_a_version_whose_build_fails_is_failed_alone(dsystem: System, dregister: Callable[..., str],
+                                                      iris: pd.DataFrame) -> None:
+    rows = iris.drop(columns=["target"]).head(2).to_dict(orient="records")
+    before = containers(dsystem)
+    version = dregister(NAME, extra_pip_requirements=["modelserve-no-such-package-anywhere==0.0.1"])
+    failed = dsystem.wait_version(NAME, version, "VERSION_STATE_FAILED", timeout=600)
+    assert "Environment build failed" in failed["state_message"] or "build" in failed["state_message"]
+    logs = dsystem.api("GET", "get-version-logs", registered_model_name=NAME,
+                       endpoint_version_name=version).json()["logs"]
+    assert "modelserve-no-such-package-anywhere" in logs and "docker build" in logs
+    assert containers(dsystem) == before  # nothing else was touched
+    assert answer(f"{dsystem.url}/model/{NAME}/2/invocations", rows) is not None
+    MlflowClient(dsystem.url).transition_model_version_stage(NAME, version, "Archived")
+    dsystem.wait_for("failed version gone", lambda: version not in dsystem.versions(NAME), timeout=60)
+
+
+def test_a_killed_container_is_restarted_with_an_event(dsystem: System, iris: pd.DataFrame) -> None:
+    rows = iris.drop(columns=["target"]).head(2).to_dict(orient="records")
+    [container] = containers(dsystem)
+    docker("kill", container["id"])
+    dsystem.wait_for("restart event", lambda: any(
+        "exited unexpectedly" in m and "SIGKILL" in m for m in messages(dsystem)), timeout=60)
+    for version in ("1", "2"):
+        dsystem.wait_version(NAME, version, "VERSION_STATE_READY", timeout=180)
+        assert answer(f"{dsystem.url}/model/{NAME}/{version}/invocations", rows) is not None
+    [again] = containers(dsystem)
+    assert again["state"] == "running"
+
+
+def test_a_restarted_supervisor_adopts_the_container(dsystem: System, iris: pd.DataFrame) -> None:
+    import json
+
+    rows = iris.drop(columns=["target"]).head(2).to_dict(orient="records")
+    [before] = containers(dsystem)
+    up = json.loads((dsystem.data_dir / "run" / "up.json").read_text())
+    for name in ("reconciler", "api"):
+        os.killpg(up["children"][name], signal.SIGKILL)
+    assert answer(f"{dsystem.url}/model/{NAME}/1/invocations", rows) is not None  # serving never depended on them
+    dsystem.wait_for("supervisor back", lambda: dsystem.api("GET", "list").status_code == 200, timeout=60)
+    reconciler_log = dsystem.data_dir / "logs" / "reconciler.log"
+    dsystem.wait_for("a few ticks of the new reconciler",
+                     lambda: reconciler_log.read_text(errors="replace").count("reconciler running") >= 2, timeout=60)
+    time.sleep(4)
+    assert containers(dsystem) == [before]  # the same container: adopted, not rebuilt
+    assert dsystem.versions(NAME)["2"]["state"] == "VERSION_STATE_READY"
+    assert answer(f"{dsystem.url}/model/{NAME}/2/invocations", rows) is not None
+
+
+def test_archive_then_disable_removes_the_container(dsystem: System, iris: pd.DataFrame) -> None:
+    rows = iris.drop(columns=["target"]).head(2).to_dict(orient="records")
+    MlflowClient(dsystem.url).transition_model_version_stage(NAME, "1", "Archived")
+    dsystem.wait_for("v1 removed", lambda: "1" not in dsystem.versions(NAME), timeout=120)
+    dsystem.wait_for("v1 unrouted", lambda: requests.post(
+        f"{dsystem.url}/model/{NAME}/1/invocations", json=rows, timeout=30).status_code == 404, timeout=120)
+    assert answer(f"{dsystem.url}/model/{NAME}/2/invocations", rows) is not None
+    dsystem.wait_for("one container serving v2", lambda: len(containers(dsystem)) == 1
+                     and "1" not in docker("inspect", "--format", '{{index .Config.Labels "modelserve.versions"}}',
+                                           containers(dsystem)[0]["id"]).split(","), timeout=180)
+    assert dsystem.api("POST", "disable", registered_model_name=NAME).status_code == 200
+    dsystem.wait_for("container gone", lambda: containers(dsystem) == [] and not list(
+        Path(dsystem.data_dir / "hosts").glob("*/active.json")), timeout=120)
+    dsystem.wait_for("stop recorded", lambda: any("Serving stopped" in m for m in messages(dsystem)), timeout=60)

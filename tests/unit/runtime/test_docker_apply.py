@@ -1,0 +1,165 @@
+"""The docker runtime's apply/adopt/switch/retire decisions against a fake engine (the real engine
+is exercised end to end in tests/e2e/test_docker.py)."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+from supervisor.runtime.base import VersionLaunch
+from supervisor.runtime.docker import DockerRuntime
+from supervisor.settings import Settings
+
+_ids = itertools.count(1)
+
+
+class FakeContainer:
+    def __init__(self, engine: FakeEngine, name: str, labels: dict[str, str]) -> None:
+        self.engine, self.name, self.labels = engine, name, labels
+        self.id = f"c{next(_ids)}"
+        self.status = "running"
+        self.starts = 1
+        started = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        self.attrs: dict[str, Any] = {"State": {"Status": "running", "StartedAt": started}}
+
+    def reload(self) -> None:
+        self.attrs["State"]["Status"] = self.status
+
+    def start(self) -> None:
+        self.status, self.starts = "running", self.starts + 1
+
+    def restart(self, timeout: int = 10) -> None:
+        self.start()
+
+    def stop(self, timeout: int = 10) -> None:
+        self.status = "exited"
+
+    def remove(self, force: bool = False) -> None:
+        self.engine.removed.append(self.name)
+        self.engine.items.remove(self)
+
+
+class FakeEngine:
+    """Just enough of docker.DockerClient: containers, images, api.build."""
+
+    def __init__(self) -> None:
+        self.items: list[FakeContainer] = []
+        self.images_built: list[str] = []
+        self.removed: list[str] = []
+        self.containers, self.images, self.api = self, self, self
+
+    # containers
+    def list(self, **kwargs: Any) -> list[FakeContainer]:
+        wanted = [f.split("=", 1) for f in (kwargs.get("filters") or {}).get("label", [])]
+
+        def matches(c: FakeContainer) -> bool:
+            return all(kv[0] in c.labels and (len(kv) == 1 or c.labels[kv[0]] == kv[1]) for kv in wanted)
+
+        return [c for c in self.items if (kwargs.get("all") or c.status == "running") and matches(c)]
+
+    def get(self, key: str) -> Any:
+        if key.startswith("modelserve-model-") and ":" in key or key.startswith("modelserve-env:"):
+            if key in self.images_built:
+                return key
+            raise docker.errors.ImageNotFound(key)
+        for c in self.items:
+            if key in (c.id, c.name):
+                return c
+        raise docker.errors.NotFound(key)
+
+    def run(self, image: str, name: str, labels: dict[str, str], **kwargs: Any) -> FakeContainer:
+        assert kwargs["network_mode"] == "host" and kwargs["detach"] is True
+        c = FakeContainer(self, name, labels)
+        self.items.append(c)
+        return c
+
+    # images
+    def build(self, tag: str, **kwargs: Any) -> list[dict[str, str]]:
+        self.images_built.append(tag)
+        return [{"stream": f"Successfully tagged {tag}\n"}]
+
+    def remove(self, image: str) -> None:
+        pass
+
+
+@pytest.fixture()
+def rt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> DockerRuntime:
+    runtime = DockerRuntime(Settings(data_dir=tmp_path, docker_drain_seconds=0, port_range_start=47000,
+                                     port_range_end=47099))
+    engine = FakeEngine()
+    runtime._client = engine
+    engine.images_built.append("modelserve-env:e1-" + runtime_base_hash(runtime))
+    runtime.waited = []  # type: ignore[attr-defined]
+    monkeypatch.setattr(runtime, "_wait_serving", lambda c, versions, ports: runtime.waited.append(versions))  # type: ignore[attr-defined]
+    return runtime
+
+
+def runtime_base_hash(rt: DockerRuntime) -> str:
+    from supervisor.runtime.images import short_hash
+
+    return short_hash(rt.settings.docker_base_image, 8)
+
+
+def launch(tmp_path: Path, version: str) -> VersionLaunch:
+    model_dir = tmp_path / "models" / version
+    model_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / "MLmodel").write_text("flavors: {}")
+    return VersionLaunch(version, Path("/opt/envs/e1/bin/python"), model_dir, 20000, "e1")
+
+
+def test_same_version_set_is_adopted_and_a_dead_container_started_again(rt: DockerRuntime, tmp_path: Path) -> None:
+    engine: FakeEngine = rt._client
+    rt.apply_host("m", [launch(tmp_path, "1")])
+    [first] = engine.items
+    assert first.labels["modelserve.model"] == "m" and first.labels["modelserve.versions"] == "1"
+    state = rt.host_state("m")
+    assert state is not None and state.alive
+    assert rt.address("m", "1", 20000)[1] != 20000  # the runtime's own port, not the store's
+
+    restarted = DockerRuntime(rt.settings)  # a restarted supervisor: nothing in memory
+    restarted._client = engine
+    restarted.apply_host("m", [launch(tmp_path, "1")])
+    assert engine.items == [first] and first.starts == 1 and len(engine.images_built) == 2
+
+    first.status = "exited"
+    first.attrs["State"].update(Status="exited", ExitCode=137)
+    state = rt.host_state("m")
+    assert state is not None and not state.alive and "SIGKILL" in (state.reason or "")
+    rt.apply_host("m", [launch(tmp_path, "1")])
+    assert engine.items == [first] and first.starts == 2
+
+
+def test_a_new_version_set_switches_containers_and_the_old_one_goes_only_once_unrouted(
+        rt: DockerRuntime, tmp_path: Path) -> None:
+    engine: FakeEngine = rt._client
+    rt.apply_host("m", [launch(tmp_path, "1")])
+    [old] = engine.items
+    old_address = rt.address("m", "1", 20000)
+    rt.apply_host("m", [launch(tmp_path, "1"), launch(tmp_path, "2")])
+    assert rt.waited == [[], ["1"]]  # type: ignore[attr-defined]  # the switch waited for version 1
+    new = engine.items[-1]
+    assert new is not old and rt.address("m", "1", 20000) != old_address
+    rt.routes_applied([old_address])  # the gateway still routes to the old container
+    assert old in engine.items
+    rt.routes_applied([rt.address("m", "1", 20000), rt.address("m", "2", 20000)])
+    assert old not in engine.items and new in engine.items
+
+    rt.stop_host("m")
+    assert engine.items == [] and rt.host_state("m") is None and rt.hosts() == []
+
+
+def test_switching_back_before_the_old_container_is_retired_takes_it_back(rt: DockerRuntime, tmp_path: Path) -> None:
+    engine: FakeEngine = rt._client
+    rt.apply_host("m", [launch(tmp_path, "1")])
+    [first] = engine.items
+    address = rt.address("m", "1", 20000)
+    rt.apply_host("m", [launch(tmp_path, "1"), launch(tmp_path, "2")])  # e.g. version 2 then fails
+    rt.apply_host("m", [launch(tmp_path, "1")])
+    assert rt.address("m", "1", 20000) == address and first in engine.items and len(engine.items) == 2
+    rt.routes_applied([address])
+    assert engine.items == [first]  # the container of the failed set is retired, the first one kept
