@@ -215,7 +215,8 @@ class DockerRuntime:
             "network": self.settings.docker_network,
             "workers": self.settings.scoring_workers,
             "code": code_hash(),
-            "versions": sorted([v.version, v.env_hash, str(v.python), str(v.model_dir)] for v in versions),
+            "versions": sorted([v.version, v.env_hash, str(v.python), str(v.model_dir), v.batching] for v in versions),
+            "batching": self.settings.batching,
         }
         return short_hash(json.dumps(data, sort_keys=True), 16)
 
@@ -283,7 +284,8 @@ class DockerRuntime:
                 v.version: {
                     "argv": [str(v.python), "/opt/modelserve/server.py", "--model-dir", f"{MODELS_ROOT}/{v.version}",
                              "--host", bind, "--port", str(ports[v.version]),
-                             "--workers", str(self.settings.scoring_workers)],
+                             "--workers", str(self.settings.scoring_workers),
+                             "--batching", v.batching or self.settings.batching],
                     "env": {"PYTHONUNBUFFERED": "1"},
                     "log": f"{CONTAINER_STATE_DIR}/versions/{v.version}.log",
                 }

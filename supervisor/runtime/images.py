@@ -37,7 +37,7 @@ from supervisor.settings import REPO_ROOT
 IMAGES_DIR = REPO_ROOT / "images"
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 MODELHOST = PACKAGE_DIR / "host" / "modelhost.py"
-SCORING_SERVER = PACKAGE_DIR / "scoring" / "server.py"
+SCORING_DIR = PACKAGE_DIR / "scoring"  # server.py imports its siblings: the whole folder ships
 ENVS_ROOT = "/opt/envs"
 MODELS_ROOT = "/opt/models"
 CONTAINER_STATE_DIR = "/state"
@@ -188,7 +188,7 @@ def model_context(dockerfile: str, versions: list[ModelImageVersion]) -> bytes:
     members: dict[str, Path | bytes] = {
         "Dockerfile": dockerfile.encode(),
         "modelserve/modelhost.py": MODELHOST,
-        "modelserve/server.py": SCORING_SERVER,
+        **{f"modelserve/{path.name}": path for path in scoring_files()},
     }
     for v in versions:
         for path in sorted(v.model_dir.rglob("*")):
@@ -197,9 +197,13 @@ def model_context(dockerfile: str, versions: list[ModelImageVersion]) -> bytes:
     return _tar(members)
 
 
+def scoring_files() -> list[Path]:
+    return sorted(p for p in SCORING_DIR.glob("*.py") if p.name != "__init__.py")
+
+
 def code_hash() -> str:
     """Changes when the model host or the scoring server changes, so their images are rebuilt."""
-    return short_hash(MODELHOST.read_text() + SCORING_SERVER.read_text(), 16)
+    return short_hash(MODELHOST.read_text() + "".join(p.read_text() for p in scoring_files()), 16)
 
 
 def _tar(members: Mapping[str, Path | bytes]) -> bytes:
