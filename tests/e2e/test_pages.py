@@ -77,11 +77,15 @@ def test_serving_pages_in_a_browser(system: System, register: Any, browser: Any)
     page.get_by_role("button", name="Enable Serving").click()
     expect(state).to_have_text("Pending", timeout=30_000)
     shot(page, "03-model-pending")
+    expect(page.locator('tr[data-version="1"]')).to_be_visible(timeout=60_000)
+    shot(page, "03b-model-deploying")  # the version's state message and build progress
     expect(state).to_have_text("Ready", timeout=600_000)
     assert page.evaluate("window.__sameDocument") is True  # never reloaded
     expect(page.locator('tr[data-version="1"]')).to_contain_text("Ready")
     uri = page.locator('.uri[data-uri="/model/iris%20pages/1/invocations"]')
     expect(uri).to_contain_text(f"{system.url}/model/iris%20pages/1/invocations")
+    uri.get_by_role("button", name="Copy").click()
+    expect(uri.get_by_role("button", name="Copied")).to_be_visible()
     shot(page, "04-model-ready")
 
     # The test box: Load Example fills it with the logged example, Send Request shows predictions.
@@ -122,7 +126,10 @@ def test_serving_pages_in_a_browser(system: System, register: Any, browser: Any)
     assert (metric(text, "modelserve_version_build_seconds", model=NAME, version="1") or 0) > 0
     history = system.api("GET", "get-metric-history", registered_model_name=NAME).json()["metrics"]
     assert sum(m["value"] for m in history if m["key"] == "requests") == 43
-    expect(page.locator(".charts figure").first).not_to_contain_text("peak 0.0 req/s", timeout=15_000)
+    requests_chart = page.locator(".charts figure").first
+    expect(requests_chart).to_contain_text("Requests")
+    expect(requests_chart).not_to_have_attribute("data-peak", "0.000", timeout=15_000)  # the live panel redraws it
+    assert float(requests_chart.get_attribute("data-peak") or 0) > 0
     shot(page, "06-model-metrics")
 
     # Model Events, then one version's Logs and Version Events.
@@ -159,3 +166,9 @@ def test_serving_pages_in_a_browser(system: System, register: Any, browser: Any)
     expect(page.locator(f'tr[data-model="{NAME}"]')).to_contain_text("Not served")
     assert not errors, errors
     page.close()
+
+    # Load Example for a version that was never downloaded reads just its example from the registry.
+    assert register(NAME) == "2"
+    r = requests.get(f"{system.url}/serving/example", params={"name": NAME, "version": "2"}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert json.loads(r.json()["body"]) == body
