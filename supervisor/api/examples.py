@@ -34,11 +34,18 @@ class Example:
     source: str  # the file it came from
 
 
+def _plain(name: object, default: str) -> str:
+    """An example file name from MLmodel (model content, so untrusted): a bare file name or the default."""
+    if isinstance(name, str) and name and "/" not in name and "\\" not in name and name not in (".", ".."):
+        return name
+    return default
+
+
 def example_files(model_dir: Path) -> list[str]:
     """The files ``load_example`` may read, relative to the model dir (for a partial download)."""
     info = _info(model_dir)
-    names = [info.get("artifact_path"), info.get("serving_input_path")]
-    return [n for n in names if isinstance(n, str) and n] or ["input_example.json", "serving_input_example.json"]
+    return [_plain(info.get("artifact_path"), "input_example.json"),
+            _plain(info.get("serving_input_path"), "serving_input_example.json")]
 
 
 def _info(model_dir: Path) -> dict[str, Any]:
@@ -70,8 +77,8 @@ def _records(split: dict[str, Any]) -> list[Any]:
 
 def load_example(model_dir: Path) -> Example:
     info = _info(model_dir)
-    artifact = model_dir / str(info.get("artifact_path") or "input_example.json")
-    serving = model_dir / str(info.get("serving_input_path") or "serving_input_example.json")
+    artifact = model_dir / _plain(info.get("artifact_path"), "input_example.json")
+    serving = model_dir / _plain(info.get("serving_input_path"), "serving_input_example.json")
     kind = info.get("type")
     if not artifact.is_file() and not serving.is_file():
         raise ExampleUnavailable(NO_EXAMPLE)

@@ -207,8 +207,12 @@ def model_page() -> Response:
     tab = request.args.get("tab", "versions")
     if tab not in ("versions", "events"):
         tab = "versions"
-    registered, down = _require_model(name)
     _, store, _, _ = _ctx()
+    if request.args.get("partial") and store.is_enabled(name):
+        # A served model's live panel needs only the store; spare the registry a call every 2 s.
+        registered, down = None, None
+    else:
+        registered, down = _require_model(name)
     model = _model_view(name, registered)
     events = [e for e in store.events(name, limit=500) if not e.internal] if tab == "events" else []
     charts = request_charts(load_state(store).timeline_of(name), int(time.time() * 1000))
@@ -252,6 +256,8 @@ def example() -> Response:
     settings, store, registry, _ = _ctx()
     name = request.args.get("name", "")
     version = request.args.get("version", "")
+    if not version.isdigit():  # registry versions are numbers; anything else could walk the file system
+        return _json_message(f"“{version}” is not a model version number.", 400)
     d = store.deployment(name, version)
     local = Path(d.model_dir) if d and d.model_dir else settings.models_dir / naming.model_id(name) / version
     tmp: Path | None = None

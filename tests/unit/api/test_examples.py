@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.api.examples import SEED_CONTENT_TYPE, ExampleUnavailable, load_example
+from supervisor.api.examples import SEED_CONTENT_TYPE, ExampleUnavailable, example_files, load_example
 
 
 def model_dir(tmp_path: Path, info: dict[str, str] | None, files: dict[str, object]) -> Path:
@@ -66,3 +66,13 @@ def test_no_example_too_large_and_broken(tmp_path: Path) -> None:
         load_example(bad)
     with pytest.raises(ExampleUnavailable, match="cannot be read"):
         load_example(tmp_path / "nowhere")
+
+
+def test_example_names_cannot_leave_the_model_dir(tmp_path: Path) -> None:
+    inner = tmp_path / "model"
+    inner.mkdir()
+    (tmp_path / "secret.json").write_text(json.dumps({"columns": ["s"], "data": [["top secret"]]}))
+    d = model_dir(inner, {"artifact_path": "../secret.json", "type": "dataframe"}, {})
+    assert example_files(d) == ["input_example.json", "serving_input_example.json"]
+    with pytest.raises(ExampleUnavailable, match="not logged with an input example"):
+        load_example(d)
