@@ -16,6 +16,10 @@ system-packages:
 	@command -v wrk >/dev/null 2>&1 || { \
 	  echo "installing wrk (apt; the benchmarks' load generator)"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk >/dev/null; }
+	@# Debian's Chromium drives the browser tests of the serving pages (Playwright never downloads one).
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing chromium (apt)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
 # The docker runtime's tests need a real Docker engine and a base image. Without a registry the
 # base image is built from Debian packages (images/build-base-image.sh, skipped once it exists).

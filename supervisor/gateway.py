@@ -67,6 +67,7 @@ class Gateway:
             mlflow_upstream=self.mlflow_upstream,
             max_body_mb=self.settings.max_body_mb,
             routes_path=str(routes_path),
+            metrics_log=str(self.settings.metrics_log),
         )
 
     def _nginx(self, *args: str, conf: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -145,6 +146,10 @@ class Gateway:
             if new and not any(self._accepting(w) for w in before):
                 return
             time.sleep(0.02)
+
+    def reopen_logs(self) -> bool:
+        """Have Nginx flush and reopen its log files (after one was renamed); False if it could not."""
+        return self.is_running() and self._nginx("-s", "reopen").returncode == 0
 
     def stop(self, timeout: float = 15.0) -> None:
         pid = self.pid()

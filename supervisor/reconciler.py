@@ -30,6 +30,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from supervisor.deployer import Deployer, launches
 from supervisor.gateway import Gateway
+from supervisor.metrics.collector import Collector
 from supervisor.plan import Plan, compute_plan, model_routes
 from supervisor.registry import Registry, RegistryModel, RegistryUnavailable
 from supervisor.runtime import make_runtime
@@ -275,6 +276,9 @@ class Reconciler:
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, lambda *_: stop.set())
         threading.Thread(target=self._listen_for_wakes, args=(stop,), daemon=True).start()
+        # The reconciler is the single reader of the gateway's metrics log (supervisor/metrics).
+        collector = Collector(self.settings, self.store, self.gateway.reopen_logs)
+        threading.Thread(target=collector.run, args=(stop,), name="metrics", daemon=True).start()
         self.scheduler.start()
         log.info("reconciler running (every %.1f s, runtime %s)", self.settings.reconcile_interval, self.runtime.name)
         stop.wait()

@@ -163,3 +163,21 @@ class Registry:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return dest
+
+    def fetch_files(self, name: str, version: str, paths: list[str], dest: Path) -> Path:
+        """Download only some files of a version's model (e.g. its MLmodel and input example)
+        into ``dest``; a file the model does not have is skipped."""
+        try:
+            uri = self.client.get_model_version_download_uri(name, version).rstrip("/")
+        except Exception as exc:
+            raise RegistryUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        dest.mkdir(parents=True, exist_ok=True)
+        for rel in paths:
+            try:
+                mlflow.artifacts.download_artifacts(artifact_uri=f"{uri}/{rel}", dst_path=str(dest),
+                                                    tracking_uri=self.tracking_uri)
+            except MlflowException:
+                continue  # not logged with this model
+            except OSError as exc:
+                raise RegistryUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        return dest

@@ -90,6 +90,11 @@ class Settings(BaseSettings):
         return self.data_dir / "nginx"
 
     @property
+    def metrics_log(self) -> Path:
+        """Nginx's one-line-per-scoring-request log, read by the reconciler (supervisor/metrics)."""
+        return self.nginx_dir / "metrics.log"
+
+    @property
     def run_dir(self) -> Path:
         return self.data_dir / "run"
 

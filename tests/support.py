@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
+from pathlib import Path
 
 from supervisor.registry import RegistryModel, RegistryUnavailable
 
@@ -20,8 +22,25 @@ class FakeRegistry:
     def __init__(self, models: dict[str, RegistryModel] | None = None) -> None:
         self.models: dict[str, RegistryModel] = dict(models or {})
         self.down = False
+        self.files: dict[tuple[str, str], Path] = {}
 
     def get_model(self, name: str) -> RegistryModel | None:
         if self.down:
             raise RegistryUnavailable("connection refused")
         return self.models.get(name)
+
+    def list_models(self) -> list[str]:
+        if self.down:
+            raise RegistryUnavailable("connection refused")
+        return sorted(self.models)
+
+    def fetch_files(self, name: str, version: str, paths: list[str], dest: Path) -> Path:
+        """Copies from ``files[(name, version)]``, a local model dir standing in for the artifacts."""
+        if self.down:
+            raise RegistryUnavailable("connection refused")
+        src = self.files.get((name, version))
+        for rel in paths:
+            if src is not None and (src / rel).is_file():
+                dest.mkdir(parents=True, exist_ok=True)
+                shutil.copy(src / rel, dest / rel)
+        return dest

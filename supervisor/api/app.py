@@ -13,7 +13,7 @@ import hmac
 
 from flask import Flask, Response, jsonify, request
 
-from supervisor.api import errors, legacy
+from supervisor.api import errors, legacy, monitoring, pages
 from supervisor.reconciler import send_wake
 from supervisor.registry import Registry
 from supervisor.runtime import make_runtime
@@ -40,6 +40,8 @@ def create_app(
     errors.register(app)
     for prefix in legacy.PREFIXES:
         app.register_blueprint(legacy.make_blueprint(prefix))
+    app.register_blueprint(monitoring.bp)
+    app.register_blueprint(pages.bp)
 
     @app.get("/api/2.0/modelserve/health")
     def health() -> Response:

@@ -14,6 +14,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from supervisor.api.errors import ApiError
 from supervisor.deployer import build_log_path
+from supervisor.metrics.exposition import load_state, metric_history
 from supervisor.reconciler import send_wake
 from supervisor.registry import Registry, RegistryUnavailable
 from supervisor.runtime.base import Runtime
@@ -134,6 +135,24 @@ def make_blueprint(prefix: str) -> Blueprint:
         served = runtime.version_log(name, version, MAX_LOG_BYTES)
         logs = f"=== build ===\n{text}\n=== scoring server ===\n{served}"
         return jsonify({"logs": logs})
+
+    @bp.get("/get-metric-history")
+    def get_metric_history() -> Response:
+        """Per-bucket request figures (``STEP_MS`` buckets, the last hour) from the gateway's log."""
+        _, store, _, _ = _ctx()
+        params = _params()
+        name = _served_model(params)
+        bounds = {}
+        for key in ("start_timestamp", "end_timestamp"):
+            if params.get(key) not in (None, ""):
+                try:
+                    bounds[key] = int(params[key])
+                except (TypeError, ValueError):
+                    raise ApiError("INVALID_PARAMETER_VALUE", f"'{key}' must be milliseconds since the epoch") from None
+        version = params.get("endpoint_version_name")
+        metrics = metric_history(load_state(store), name, str(version) if version not in (None, "") else None,
+                                 bounds.get("start_timestamp"), bounds.get("end_timestamp"))
+        return jsonify({"metrics": metrics})
 
     @bp.get("/get-event-history")
     def get_event_history() -> Response:

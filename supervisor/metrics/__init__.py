@@ -1,0 +1,1 @@
+"""Request metrics: Nginx logs each scoring request, the reconciler aggregates, the API exposes."""
