@@ -67,6 +67,8 @@ class Gateway:
             mlflow_upstream=self.mlflow_upstream,
             max_body_mb=self.settings.max_body_mb,
             routes_path=str(routes_path),
+            auth=self.settings.auth,
+            auth_cache_seconds=max(0, round(self.settings.auth_cache_seconds)),
         )
 
     def _nginx(self, *args: str, conf: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -79,8 +81,10 @@ class Gateway:
             raise GatewayConfigError(f"nginx -t refused the configuration:\n{result.stderr.strip()}")
 
     def write_main(self) -> None:
-        for sub in ("tmp/client_body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
+        for sub in ("tmp/client_body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi", "tmp/auth_cache"):
             (self.prefix / sub).mkdir(parents=True, exist_ok=True)
+        # Cached access decisions are keyed by the credential itself: owner-only.
+        (self.prefix / "tmp" / "auth_cache").chmod(0o700)
         if not self.routes_conf.exists():
             _atomic_write(self.routes_conf, render_routes([], self.settings.nginx_templates).text)
         _atomic_write(self.main_conf, self._render_main(self.routes_conf))
