@@ -94,9 +94,11 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def run_wrk(url: str, body: Path, concurrency: int, seconds: int, work: Path) -> tuple[float, float, float, int]:
-    script = work / f"{body.stem}.lua"
-    script.write_text(LUA.format(body=body))
+def run_wrk(url: str, body: Path, concurrency: int, seconds: int, work: Path,
+            script: Path | None = None) -> tuple[float, float, float, int]:
+    if script is None:
+        script = work / f"{body.stem}.lua"
+        script.write_text(LUA.format(body=body))
     out = subprocess.run(["wrk", "-t", str(min(concurrency, 2)), "-c", str(concurrency), "-d", f"{seconds}s",
                           "--latency", "-s", str(script), url], capture_output=True, text=True, timeout=seconds + 60).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
