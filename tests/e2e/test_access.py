@@ -65,7 +65,7 @@ def users(system: System, register: Any) -> Users:
         _mlflow(system, "POST", "/api/2.0/mlflow/users/create", username=name, password=password)
     # The embedded server's default_permission is READ: B is closed to the reader explicitly.
     _grant(system, reader[0], A, "READ")
-    _grant(system, reader[0], B, "NO_PERMISSIONS")
+    _grant(system, reader[0], B, "DENY")
     _grant(system, manager[0], A, "MANAGE")
     for model in (A, B):
         system.wait_version(model, "1", "VERSION_STATE_READY")
