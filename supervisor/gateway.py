@@ -26,6 +26,15 @@ from supervisor.routing import ModelRoutes, render_routes
 from supervisor.settings import Settings
 
 
+def nginx_cache_seconds(auth_cache_seconds: float) -> int:
+    """Nginx's share of the access-decision cache time.
+
+    Two caches stand in a row (Nginx's, then the API worker's cache of MLflow's answers), and
+    Nginx counts in whole seconds (an entry valid for N s may serve up to N + 1 s): each gets
+    half, so a removed permission stops working within about ``auth_cache_seconds``."""
+    return 0 if auth_cache_seconds <= 0 else max(1, int(auth_cache_seconds / 2))
+
+
 class GatewayConfigError(Exception):
     """Nginx refused a configuration; the message holds its own words."""
 
@@ -68,7 +77,7 @@ class Gateway:
             max_body_mb=self.settings.max_body_mb,
             routes_path=str(routes_path),
             auth=self.settings.auth,
-            auth_cache_seconds=max(0, round(self.settings.auth_cache_seconds)),
+            auth_cache_seconds=nginx_cache_seconds(self.settings.auth_cache_seconds),
         )
 
     def _nginx(self, *args: str, conf: Path | None = None) -> subprocess.CompletedProcess[str]:

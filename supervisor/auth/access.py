@@ -45,8 +45,9 @@ class Access:
         self.store = store
         self.users = users
         if self.enabled and users is None:
+            # Half the cache time: Nginx's decision cache holds the other half (gateway.py).
             self.users = MlflowUsers(settings.resolved_tracking_uri, settings.admin_username,
-                                     settings.resolved_admin_password(), settings.auth_cache_seconds)
+                                     settings.resolved_admin_password(), settings.auth_cache_seconds / 2)
 
     def _users(self) -> MlflowUsers:
         assert self.users is not None

@@ -60,6 +60,10 @@ def mlflow_server_env(settings: Settings, password: str) -> dict[str, str]:
         "admin_username": settings.admin_username,
         "authorization_function": PLUGIN,
         "grant_default_workspace_access": "false",
+        # MLflow checks a password with a deliberately slow hash (seconds on a busy 2-core machine)
+        # on every request; remembering a good one for as long as we cache decisions anyway keeps
+        # the supervisor's lookups (made as the admin) and users' MLflow calls fast.
+        "auth_cache_ttl_seconds": str(max(0, round(settings.auth_cache_seconds))),
     }
     text = io.StringIO()
     config.write(text)

@@ -3,8 +3,8 @@
     python -m tests.benchmarks.auth [--seconds 5] [--concurrency 1,8,32]
 
 One run, one scoring server (iris LogisticRegression, our scoring server in the model's own uv
-environment), and three gateways in front of it: authentication off; on, with Nginx caching
-access decisions (``MODELSERVE_AUTH_CACHE_SECONDS=10``, the default); and on with Nginx's cache
+environment), and three gateways in front of it: authentication off; on, with the default
+``MODELSERVE_AUTH_CACHE_SECONDS=10`` (Nginx caches decisions 5 s); and on with Nginx's cache
 off, so every request is checked by the supervisor (gunicorn, real ``Access``), which still
 caches MLflow's answers in process. Behind the checks: a real ``mlflow server --app-name
 basic-auth`` and a non-admin user with a token and a password. Traffic goes to 127.0.0.1 only;
@@ -91,7 +91,7 @@ def main() -> None:
         wait_ping(f"http://127.0.0.1:{api_port}/api/2.0/modelserve/health")
         wait_ping(f"http://127.0.0.1:{scoring}/ping")
         routes = [ModelRoutes("iris", (VersionRoute("1", "ready", ("127.0.0.1", scoring)),))]
-        variants = {"auth off": dict(auth=False), "auth on, Nginx cache 10 s": dict(auth_cache_seconds=10.0),
+        variants = {"auth off": dict(auth=False), "auth on (default cache)": dict(auth_cache_seconds=10.0),
                     "auth on, no Nginx cache": dict(auth_cache_seconds=0.0)}
         urls = {}
         for i, (name, extra) in enumerate(variants.items()):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -63,7 +64,7 @@ def gateway(tmp_path: Path) -> Iterator[tuple[Gateway, int]]:
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     settings = Settings(data_dir=tmp_path, port=free_port(), api_port=api_port, mlflow_port=free_port(),
-                        nginx_bin=shutil.which("nginx") or "/usr/sbin/nginx", auth_cache_seconds=2)
+                        nginx_bin=shutil.which("nginx") or "/usr/sbin/nginx", auth_cache_seconds=4)
     gw = Gateway(settings)
     gw.start()
     routes = [ModelRoutes(name, (VersionRoute("1", "ready", ("127.0.0.1", api_port)),)) for name in ("my model", "b")]
@@ -113,8 +114,19 @@ def test_decisions_are_cached_per_credential_and_model(gateway: tuple[Gateway, i
         assert score(gw, "/model/my%20model/1/invocations", Authorization="Bearer good").status_code == 200
         assert score(gw, "/model/b/1/invocations", Authorization="Bearer good").status_code == 403
         assert score(gw, "/model/b/1/invocations", Authorization="Bearer other").status_code == 403
-    assert len(Recorder.checks) == 3  # one per (credential, model) within MODELSERVE_AUTH_CACHE_SECONDS
+    assert len(Recorder.checks) == 3  # one per (credential, model) while the decision is cached
     # An unavailable check is not cached.
     for _ in range(2):
         assert score(gw, "/model/b/1/invocations", Authorization="Bearer down").status_code == 503
     assert len(Recorder.checks) == 5
+
+
+
+def test_an_expired_decision_is_asked_again(gateway: tuple[Gateway, int]) -> None:
+    gw, _ = gateway
+    assert score(gw, "/model/my%20model/1/invocations", Authorization="Bearer good").status_code == 200
+    # Nginx keeps a decision for half of MODELSERVE_AUTH_CACHE_SECONDS (2 of 4 s here), counted in
+    # whole seconds: a revoked token cannot outlive that.
+    time.sleep(3.2)
+    assert score(gw, "/model/my%20model/1/invocations", Authorization="Bearer good").status_code == 200
+    assert len(Recorder.checks) == 2
