@@ -177,6 +177,8 @@ def status(ctx: click.Context, name: str | None, as_json: bool) -> None:
         if as_json:
             click.echo(json.dumps(endpoints, indent=2))
             return
+        if c.call("GET", "health", api="/api/2.0/modelserve").get("auth") == "off":
+            click.echo("authentication is OFF: anyone who reaches the gateway may do anything")
         if not endpoints:
             click.echo("no model is served")
         for e in endpoints:
