@@ -89,10 +89,13 @@ def _served_model(params: dict[str, Any], need: Need = "read") -> str:
 def make_blueprint(prefix: str) -> Blueprint:
     bp = Blueprint("legacy_" + prefix.split("/")[1].replace("-", "_"), __name__, url_prefix=prefix)
 
+    @bp.before_request
+    def _authenticate() -> None:
+        caller()  # 401 before anything else, even before a malformed body
+
     @bp.post("/enable")
     def enable() -> Response:
         settings, store, registry, _ = _ctx()
-        caller()
         params = _params()
         if "registered_model_name" not in params and "experiment_id" in params:
             raise ApiError("INVALID_PARAMETER_VALUE", "Serving by experiment_id is not supported; "
@@ -108,7 +111,6 @@ def make_blueprint(prefix: str) -> Blueprint:
     @bp.post("/disable")
     def disable() -> Response:
         settings, store, _, _ = _ctx()
-        caller()
         name = _served_model(_params(), "manage")
         if store.disable(name):
             store.add_event(name, MODEL_UPDATE, "Serving disabled")
@@ -118,7 +120,6 @@ def make_blueprint(prefix: str) -> Blueprint:
     @bp.get("/get-status")
     def get_status() -> Response:
         _, store, _, runtime = _ctx()
-        caller()
         name = _served_model(_params())
         return jsonify({"endpoint_status": endpoint_status(store, runtime, name)})
 
@@ -132,21 +133,18 @@ def make_blueprint(prefix: str) -> Blueprint:
     @bp.get("/list-versions")
     def list_versions() -> Response:
         _, store, _, _ = _ctx()
-        caller()
         name = _served_model(_params())
         return jsonify({"endpoint_versions": [version_status(d) for d in store.deployments(name)]})
 
     @bp.get("/list-version-aliases")
     def list_version_aliases() -> Response:
         _, store, _, _ = _ctx()
-        caller()
         name = _served_model(_params())
         return jsonify({"aliases": version_aliases(store, name)})
 
     @bp.route("/get-version-logs", methods=["GET", "POST"])
     def get_version_logs() -> Response:
         settings, store, _, runtime = _ctx()
-        caller()
         params = _params()
         name = _served_model(params)
         version = _required(params, "endpoint_version_name")
@@ -161,7 +159,6 @@ def make_blueprint(prefix: str) -> Blueprint:
     @bp.get("/get-event-history")
     def get_event_history() -> Response:
         _, store, _, _ = _ctx()
-        caller()
         params = _params()
         name = _allowed_model(params, "read")
         found = store.events(name)

@@ -52,6 +52,7 @@ def err(resp: Any, status: int, code: str) -> None:
 def test_serving_api_permissions(client: FlaskClient) -> None:
     reader, boss = basic("reader", "readerpw"), basic("boss", "bosspw")
     err(client.get(f"{API}/list"), 401, "UNAUTHENTICATED")
+    err(client.post(f"{API}/enable", data=b"{not json", content_type="application/json"), 401, "UNAUTHENTICATED")
     assert client.get(f"{API}/list").headers["WWW-Authenticate"].startswith("Basic")
     err(client.get(f"{API}/list", headers=basic("reader", "nope")), 401, "UNAUTHENTICATED")
     names = [e["registered_model_name"] for e in client.get(f"{API}/list", headers=reader).get_json()["endpoints"]]
