@@ -4,8 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from supervisor.launcher import Launcher
 from supervisor.settings import Settings
+
+
+@pytest.fixture(autouse=True)
+def embedded(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The e2e tests (same session) point MLflow's client at their gateway, which would read as external.
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MODELSERVE_TRACKING_URI", raising=False)
 
 
 def test_auth_on_by_default(tmp_path: Path) -> None:
