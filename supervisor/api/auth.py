@@ -41,8 +41,11 @@ def check_blueprint() -> Blueprint:
 
     @bp.route("/internal/auth/check", methods=["GET", "POST", "HEAD"])
     def check() -> Response:
-        model = unquote(request.headers.get("X-Modelserve-Model", ""), errors="strict")
         who = caller()
+        try:
+            model = unquote(request.headers.get("X-Modelserve-Model", ""), errors="strict")
+        except UnicodeDecodeError:
+            model = ""  # never from Nginx: it sends names Python encoded
         if not model:
             raise ApiError("PERMISSION_DENIED", "No served model at this path", 403)
         access().require(who, model, "read")

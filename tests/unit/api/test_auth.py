@@ -81,6 +81,7 @@ def test_gateway_check(client: FlaskClient) -> None:
                       ).status_code == 200
     assert client.get(CHECK, headers={**reader, "X-Modelserve-Model": "%61"}).status_code == 200  # "a"
     assert client.get(CHECK, headers={**reader, "X-Modelserve-Model": "a%00"}).status_code == 403
+    assert client.get(CHECK, headers={**reader, "X-Modelserve-Model": "%ff%fe"}).status_code == 403
 
 
 def test_token_api(client: FlaskClient) -> None:
