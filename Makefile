@@ -13,9 +13,9 @@ system-packages:
 	@command -v nginx >/dev/null 2>&1 || command -v /usr/sbin/nginx >/dev/null 2>&1 || { \
 	  echo "installing nginx (apt)"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nginx >/dev/null; }
-	@command -v wrk >/dev/null 2>&1 || { \
-	  echo "installing wrk (apt; the benchmarks' load generator)"; \
-	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk >/dev/null; }
+	@{ command -v wrk && command -v curl; } >/dev/null 2>&1 || { \
+	  echo "installing wrk and curl (apt; the benchmarks' load generator, the seed's curl in tests)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk curl >/dev/null; }
 	@# Debian's Chromium drives the browser tests of the serving pages (Playwright never downloads one).
 	@command -v chromium >/dev/null 2>&1 || { \
 	  echo "installing chromium (apt)"; \

@@ -3,11 +3,16 @@
 Serving commands are thin clients of the same HTTP API everyone else uses (through the gateway),
 so the CLI can never do something the API would refuse, and it works against a remote system
 with ``--url``.
+
+Credentials, first found wins: ``MODELSERVE_TOKEN`` or ``MLFLOW_TRACKING_TOKEN`` (a modelserve
+token), ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD`` (an MLflow user), else the
+admin password file of the local system when this user can read it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from datetime import datetime
@@ -21,15 +26,36 @@ from supervisor.settings import Settings
 API = "/api/2.0/preview/mlflow/endpoints"
 
 
+class BearerAuth(requests.auth.AuthBase):
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        r.headers["Authorization"] = f"Bearer {self.token}"
+        return r
+
+
+def credentials(settings: Settings) -> requests.auth.AuthBase | None:
+    token = os.environ.get("MODELSERVE_TOKEN") or os.environ.get("MLFLOW_TRACKING_TOKEN")
+    if token:
+        return BearerAuth(token)
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        return requests.auth.HTTPBasicAuth(user, password)
+    admin = settings.resolved_admin_password()
+    return requests.auth.HTTPBasicAuth(settings.admin_username, admin) if admin else None
+
+
 class Client:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, auth: requests.auth.AuthBase | None = None) -> None:
         self.url = url.rstrip("/")
         self.session = requests.Session()
+        self.session.auth = auth
 
-    def call(self, method: str, op: str, **params: Any) -> dict[str, Any]:
+    def call(self, method: str, op: str, api: str = API, **params: Any) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"params": params} if method == "GET" else {"json": params}
         try:
-            resp = self.session.request(method, f"{self.url}{API}/{op}", timeout=30, **kwargs)
+            resp = self.session.request(method, f"{self.url}{api}/{op}", timeout=30, **kwargs)
         except requests.ConnectionError as exc:
             raise click.ClickException(f"cannot reach modelserve at {self.url} (is it up?): {exc}") from exc
         try:
@@ -48,7 +74,7 @@ def _ts(ms: int) -> str:
 
 
 def _client(ctx: click.Context) -> Client:
-    return Client(ctx.obj["url"])
+    return Client(ctx.obj["url"], credentials(Settings()))
 
 
 @click.group()
@@ -62,11 +88,21 @@ def main(ctx: click.Context, url: str | None) -> None:
 
 @main.command()
 @click.option("--detach", "-d", is_flag=True, help="Run in the background; stop with `modelserve down`.")
-def up(detach: bool) -> None:
+@click.option("--no-auth", is_flag=True, help="Turn authentication off (local play only; same as MODELSERVE_AUTH=off).")
+def up(detach: bool, no_auth: bool) -> None:
     """Start the whole system (tracking server, supervisor, reconciler, Nginx). Ctrl-C stops it."""
+    from supervisor.auth.bootstrap import ensure_admin_password
     from supervisor.launcher import Launcher, up_detached
 
+    if no_auth:
+        os.environ["MODELSERVE_AUTH"] = "off"
     settings = Settings()
+    if settings.auth:
+        # Made here, not in the launcher, so that it is shown on this terminal and in no log file.
+        password, created = ensure_admin_password(settings)
+        if created:
+            click.echo(f"created the MLflow admin user '{settings.admin_username}' with password: {password}\n"
+                       f"  (shown once; kept in {settings.admin_password_file}, readable by you only)")
     if detach:
         up_detached(settings, echo=click.echo)
         return
@@ -141,6 +177,8 @@ def status(ctx: click.Context, name: str | None, as_json: bool) -> None:
         if as_json:
             click.echo(json.dumps(endpoints, indent=2))
             return
+        if c.call("GET", "health", api="/api/2.0/modelserve").get("auth") == "off":
+            click.echo("authentication is OFF: anyone who reaches the gateway may do anything")
         if not endpoints:
             click.echo("no model is served")
         for e in endpoints:
@@ -186,6 +224,58 @@ def logs(ctx: click.Context, name: str, version: str) -> None:
     """Build log and scoring server output of one version."""
     body = _client(ctx).call("POST", "get-version-logs", registered_model_name=name, endpoint_version_name=version)
     sys.stdout.write(body["logs"] + "\n")
+
+
+TOKENS = "/api/2.0/modelserve/tokens"
+
+
+@main.group()
+def token() -> None:
+    """Personal access tokens: create, list, revoke (your MLflow username and password prove who you are)."""
+
+
+def _password_client(ctx: click.Context) -> Client:
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME") or click.prompt("MLflow username")
+    password = os.environ.get("MLFLOW_TRACKING_PASSWORD") or click.prompt("MLflow password", hide_input=True)
+    return Client(ctx.obj["url"], requests.auth.HTTPBasicAuth(user, password))
+
+
+@token.command("create")
+@click.option("--comment", default="", help="What the token is for.")
+@click.option("--lifetime-days", type=float, default=None, help="Expire after this many days (default: never).")
+@click.pass_context
+def token_create(ctx: click.Context, comment: str, lifetime_days: float | None) -> None:
+    """Create a token; it is shown once: keep it."""
+    params: dict[str, Any] = {"comment": comment}
+    if lifetime_days is not None:
+        params["lifetime_seconds"] = lifetime_days * 86400
+    body = _password_client(ctx).call("POST", "create", api=TOKENS, **params)
+    info = body["token_info"]
+    click.echo(body["token_value"])
+    expiry = "never expires" if info["expiry_time"] < 0 else f"expires {_ts(info['expiry_time'])}"
+    click.echo(f"token id {info['token_id']} for {info['created_by_username']}; {expiry}. "
+               "It is shown only this once.", err=True)
+
+
+@token.command("list")
+@click.pass_context
+def token_list(ctx: click.Context) -> None:
+    """Your live tokens (never their values)."""
+    infos = _password_client(ctx).call("GET", "list", api=TOKENS)["token_infos"]
+    if not infos:
+        click.echo("no tokens")
+    for t in infos:
+        expiry = "never" if t["expiry_time"] < 0 else _ts(t["expiry_time"])
+        click.echo(f"{t['token_id']}  created {_ts(t['creation_time'])}  expires {expiry}  {t['comment']}")
+
+
+@token.command("revoke")
+@click.argument("token_id")
+@click.pass_context
+def token_revoke(ctx: click.Context, token_id: str) -> None:
+    """Revoke one of your tokens; it stops working within MODELSERVE_AUTH_CACHE_SECONDS."""
+    _password_client(ctx).call("POST", "delete", api=TOKENS, token_id=token_id)
+    click.echo(f"token {token_id} revoked")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,15 @@ from supervisor.routing import ModelRoutes, render_routes
 from supervisor.settings import Settings
 
 
+def nginx_cache_seconds(auth_cache_seconds: float) -> int:
+    """Nginx's share of the access-decision cache time.
+
+    Two caches stand in a row (Nginx's, then the API worker's cache of MLflow's answers), and
+    Nginx counts in whole seconds (an entry valid for N s may serve up to N + 1 s): each gets
+    half, so a removed permission stops working within about ``auth_cache_seconds``."""
+    return 0 if auth_cache_seconds <= 0 else max(1, int(auth_cache_seconds / 2))
+
+
 class GatewayConfigError(Exception):
     """Nginx refused a configuration; the message holds its own words."""
 
@@ -68,6 +77,8 @@ class Gateway:
             max_body_mb=self.settings.max_body_mb,
             routes_path=str(routes_path),
             metrics_log=str(self.settings.metrics_log),
+            auth=self.settings.auth,
+            auth_cache_seconds=nginx_cache_seconds(self.settings.auth_cache_seconds),
         )
 
     def _nginx(self, *args: str, conf: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -80,8 +91,10 @@ class Gateway:
             raise GatewayConfigError(f"nginx -t refused the configuration:\n{result.stderr.strip()}")
 
     def write_main(self) -> None:
-        for sub in ("tmp/client_body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
+        for sub in ("tmp/client_body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi", "tmp/auth_cache"):
             (self.prefix / sub).mkdir(parents=True, exist_ok=True)
+        # Cached access decisions are keyed by the credential itself: owner-only.
+        (self.prefix / "tmp" / "auth_cache").chmod(0o700)
         if not self.routes_conf.exists():
             _atomic_write(self.routes_conf, render_routes([], self.settings.nginx_templates).text)
         _atomic_write(self.main_conf, self._render_main(self.routes_conf))

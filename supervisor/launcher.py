@@ -6,6 +6,10 @@ lock), the API under gunicorn, and Nginx, the gateway. It then watches them and 
 that dies (with backoff), until Ctrl-C or ``modelserve down``. Model hosts are NOT its children:
 they run detached and keep serving while the supervisor restarts; ``down`` stops them explicitly.
 Every pid is written to ``run/up.json`` so ``down`` and ``status`` work from another terminal.
+
+Authentication is on unless ``MODELSERVE_AUTH=off``: the embedded tracking server runs MLflow's
+basic-auth app (``supervisor/auth/bootstrap.py`` makes its secrets), and the supervisor's own
+processes get the admin's credentials through their environment.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 from typing import IO
 
 from supervisor import webhooks
+from supervisor.auth import bootstrap
 from supervisor.gateway import Gateway
 from supervisor.runtime import make_runtime
 from supervisor.settings import Settings
@@ -95,6 +100,7 @@ class Launcher:
         self.gateway = Gateway(settings, mlflow_upstream=self._mlflow_upstream())
         self._stopping = False
         self.secret = settings.webhook_secret or webhooks.kept_secret(settings.run_dir / "webhook_secret")
+        self.admin_password = bootstrap.ensure_admin_password(settings)[0] if settings.auth else ""
 
     def _mlflow_upstream(self) -> str:
         if not self.external:
@@ -116,7 +122,10 @@ class Launcher:
             "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
             "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
             "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": webhooks.encryption_key(self.settings.run_dir / "webhook_key"),
+            "MODELSERVE_AUTH": "on" if self.settings.auth else "off",
         })
+        if self.settings.auth:
+            env.update(bootstrap.client_env(self.settings, self.admin_password))
         # Our own processes talk to the tracking server directly, not through the gateway.
         env.pop("MLFLOW_TRACKING_URI", None)
         return env
@@ -128,12 +137,14 @@ class Launcher:
         if not self.external:
             mlflow_dir = s.data_dir / "mlflow"
             mlflow_dir.mkdir(parents=True, exist_ok=True)
+            auth_args = ["--app-name", "basic-auth"] if s.auth else []
             out.append(Child(
                 "mlflow", [str(bindir / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(s.mlflow_port),
                            "--backend-store-uri", f"sqlite:///{mlflow_dir / 'mlflow.db'}",
                            "--artifacts-destination", str(mlflow_dir / "artifacts"),
-                           "--serve-artifacts", "--workers", "2"],
-                s.logs_dir / "mlflow.log", f"http://127.0.0.1:{s.mlflow_port}/health"))
+                           "--serve-artifacts", "--workers", "2", *auth_args],
+                s.logs_dir / "mlflow.log", f"http://127.0.0.1:{s.mlflow_port}/health",
+                env=bootstrap.mlflow_server_env(s, self.admin_password) if s.auth else {}))
         out.append(Child("reconciler", [sys.executable, "-m", "supervisor.reconciler"],
                          s.logs_dir / "reconciler.log", None))
         out.append(Child(
@@ -142,11 +153,23 @@ class Launcher:
             s.logs_dir / "api.log", f"http://127.0.0.1:{s.api_port}/api/2.0/modelserve/health"))
         return out
 
+    def _check_auth(self) -> None:
+        """With auth on, the admin credentials we hold must work before anything relies on them."""
+        if not self.settings.auth:
+            return
+        uri = self._child_env()["MODELSERVE_TRACKING_URI"]
+        problem = bootstrap.check_admin(uri, self.settings.admin_username, self.admin_password)
+        if problem:
+            self.stop()
+            raise SystemExit(f"access control: {problem}")
+        # The launcher's own MLflow calls (webhook registration) go as the admin too.
+        os.environ.update(bootstrap.client_env(self.settings, self.admin_password))
+
     def _spawn(self, child: Child) -> None:
         child.log.parent.mkdir(parents=True, exist_ok=True)
         logf: IO[bytes] = open(child.log, "ab")  # noqa: SIM115 - handed to the child
         child.proc = subprocess.Popen(child.argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                      env=self._child_env(), start_new_session=True)
+                                      env={**self._child_env(), **child.env}, start_new_session=True)
         logf.close()
 
     def start(self) -> None:
@@ -161,7 +184,11 @@ class Launcher:
             raise SystemExit(f"nginx not found ({s.nginx_bin}); install it (make setup does) and retry")
         if self.external:
             self.echo(f"using the MLflow tracking server at {self.external}")
+        if not s.auth:
+            self.echo("AUTHENTICATION IS OFF (MODELSERVE_AUTH=off): anyone who reaches the gateway may do anything")
         self.children = self._children()
+        if self.external:
+            self._check_auth()
         for child in self.children:
             t0 = time.monotonic()
             self.echo(f"starting {child.name} ... (log: {child.log})")
@@ -171,6 +198,8 @@ class Launcher:
                 tail = child.log.read_text(errors="replace")[-3000:] if child.log.exists() else ""
                 raise SystemExit(f"{child.name} did not start; last lines of {child.log}:\n{tail}")
             self.echo(f"  {child.name} ready in {time.monotonic() - t0:.1f} s")
+            if child.name == "mlflow":
+                self._check_auth()
         if webhooks.register(self._child_env()["MODELSERVE_TRACKING_URI"],
                              f"http://127.0.0.1:{s.api_port}/api/2.0/modelserve/webhook", self.secret):
             self.echo("  MLflow webhooks wake the reconciler on registry changes")

@@ -6,6 +6,10 @@ and a percent-encoded or double-slashed path can only ever select the route its 
 names, never another model's. Model names are user input: they appear only inside double-quoted
 map keys with ``\\`` and ``"`` escaped, and names that cannot be quoted safely (control
 characters) are refused, never rendered. Upstream names are hashes (``naming.upstream_name``).
+
+A second map gives, for the same keys, the model's name percent-encoded (``$ms_model``): the
+gateway hands it to the access check, so the permission checked is always that of the model
+whose route the decoded path selects, and any name fits safely into a header.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+from urllib.parse import quote as url_quote
 
 import jinja2
 
@@ -97,7 +102,7 @@ def _template(templates_dir: Path) -> jinja2.Template:
 
 def render_routes(models: Sequence[ModelRoutes], templates_dir: Path) -> RenderedRoutes:
     rejected = [m.name for m in models if not routable(m.name)]
-    unique: list[tuple[str, str]] = []
+    unique: list[tuple[str, str, str]] = []
     upstreams: list[Upstream] = []
     # Nginx compares map keys case-insensitively (so /Production/ and /production/ both work),
     # and refuses a config with two keys that differ only in case. Two models whose names differ
@@ -113,9 +118,10 @@ def render_routes(models: Sequence[ModelRoutes], templates_dir: Path) -> Rendere
         for key, tgt in entries:
             if key.casefold() not in owner:
                 owner[key.casefold()] = m.name
-                unique.append((key, tgt))
+                unique.append((key, tgt, url_quote(m.name, safe="")))
         upstreams += ups
     text = _template(templates_dir).render(
-        entries=[(quote(k), quote(t)) for k, t in unique], upstreams=upstreams
+        entries=[(quote(k), quote(t)) for k, t, _ in unique],
+        models=[(quote(k), quote(n)) for k, _, n in unique], upstreams=upstreams
     )
     return RenderedRoutes(text=text, rejected=rejected)

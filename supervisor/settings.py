@@ -56,6 +56,16 @@ class Settings(BaseSettings):
     docker_network: str = "host"
     # Seconds an old container keeps running after the gateway stopped routing to it.
     docker_drain_seconds: float = 2.0
+    # Access control (supervisor/auth/). On by default: ``MODELSERVE_AUTH=off`` is for local play only.
+    auth: bool = True
+    admin_username: str = "admin"
+    admin_password: str = ""  # empty: the one kept in <data_dir>/auth/admin_password
+    # How long Nginx and each API worker may reuse an access decision (a revoked token or a
+    # removed permission stops working within this time). 0 asks MLflow every time.
+    auth_cache_seconds: float = 10.0
+    # MLflow's default_permission for the embedded tracking server (a user's permission on a
+    # model nobody granted them anything on): READ (MLflow's default) or NO_PERMISSIONS.
+    auth_default_permission: str = "READ"
 
     @property
     def gateway_url(self) -> str:
@@ -101,6 +111,23 @@ class Settings(BaseSettings):
     @property
     def logs_dir(self) -> Path:
         return self.data_dir / "logs"
+
+    @property
+    def auth_dir(self) -> Path:
+        return self.data_dir / "auth"
+
+    @property
+    def admin_password_file(self) -> Path:
+        return self.auth_dir / "admin_password"
+
+    def resolved_admin_password(self) -> str:
+        """The admin password: from the environment, else the file ``up`` created ('' if none)."""
+        if self.admin_password:
+            return self.admin_password
+        try:
+            return self.admin_password_file.read_text().strip()
+        except OSError:
+            return ""
 
     @property
     def wake_socket(self) -> Path:

@@ -1,4 +1,4 @@
-"""The supervisor's durable memory: enabled models, per-version deployments, events, settings.
+"""The supervisor's durable memory: enabled models, per-version deployments, events, tokens, settings.
 
 Everything that must survive a restart of every process lives here, never only in memory.
 SQLAlchemy Core keeps it portable: SQLite (WAL, busy timeout, so several API workers and the
@@ -77,6 +77,19 @@ meta = Table(
     Column("value", Text, nullable=False),
 )
 
+# Personal access tokens: only a hash of each is kept (supervisor/auth/tokens.py).
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("token_id", String(32), primary_key=True),
+    Column("owner", String(256), nullable=False, index=True),
+    Column("comment", Text, nullable=False, default=""),
+    Column("token_hash", String(64), nullable=False),
+    Column("created", BigInteger, nullable=False),
+    Column("expires", BigInteger, nullable=True),
+    Column("revoked", BigInteger, nullable=True),
+)
+
 # Version states, as the legacy API names them.
 PENDING = "VERSION_STATE_PENDING"
 LAUNCHING = "VERSION_STATE_LAUNCHING"
@@ -123,6 +136,17 @@ class Event:
         if self.internal:
             out["internal"] = True
         return out
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    token_id: str
+    owner: str
+    comment: str
+    token_hash: str
+    created: int
+    expires: int | None
+    revoked: int | None
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -266,6 +290,34 @@ class Store:
                 c.execute(update(deployments).where(where).values(port=port, updated=now_ms()))
                 return port
         raise RuntimeError(f"no free port left in {start}-{end}")
+
+    # --- tokens --------------------------------------------------------------------------
+    def add_token(self, token_id: str, owner: str, comment: str, token_hash: str, created: int,
+                  expires: int | None) -> TokenRecord:
+        record = TokenRecord(token_id, owner, comment, token_hash, created, expires, None)
+        with self._tx() as c:
+            c.execute(insert(tokens).values(**record.__dict__))
+        return record
+
+    def token(self, token_id: str) -> TokenRecord | None:
+        with self._tx() as c:
+            r = c.execute(select(tokens).where(tokens.c.token_id == token_id)).first()
+        return TokenRecord(**r._mapping) if r else None
+
+    def tokens(self, owner: str | None = None) -> list[TokenRecord]:
+        q = select(tokens).order_by(tokens.c.created)
+        if owner is not None:
+            q = q.where(tokens.c.owner == owner)
+        with self._tx() as c:
+            return [TokenRecord(**r._mapping) for r in c.execute(q)]
+
+    def revoke_token(self, token_id: str, owner: str | None, when: int) -> bool:
+        """False when there is no live token with that id (and that owner, unless None)."""
+        where = and_(tokens.c.token_id == token_id, tokens.c.revoked.is_(None))
+        if owner is not None:
+            where = and_(where, tokens.c.owner == owner)
+        with self._tx() as c:
+            return c.execute(update(tokens).where(where).values(revoked=when)).rowcount > 0
 
     # --- meta ----------------------------------------------------------------------------
     def set_meta(self, key: str, value: str | None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import socket
 from pathlib import Path
+from typing import Any
 
 from supervisor.registry import RegistryModel, RegistryUnavailable
 
@@ -44,3 +45,34 @@ class FakeRegistry:
                 dest.mkdir(parents=True, exist_ok=True)
                 shutil.copy(src / rel, dest / rel)
         return dest
+
+class FakeUsers:
+    """MLflow's users and per-model permissions held in dicts (the ``MlflowUsers`` interface)."""
+
+    def __init__(self) -> None:
+        from supervisor.auth.mlflow_users import User
+
+        self._user = User
+        self.passwords: dict[str, str] = {}
+        self.admins: set[str] = set()
+        self.grants: dict[tuple[str, str], str] = {}
+        self.default = "NO_PERMISSIONS"
+        self.calls = 0
+
+    def add(self, name: str, password: str, admin: bool = False) -> None:
+        self.passwords[name] = password
+        if admin:
+            self.admins.add(name)
+
+    def check_password(self, username: str, password: str) -> Any:
+        self.calls += 1
+        ok = self.passwords.get(username) == password
+        return self._user(username, username in self.admins) if ok else None
+
+    def user(self, username: str) -> Any:
+        self.calls += 1
+        return self._user(username, username in self.admins) if username in self.passwords else None
+
+    def permission(self, username: str, model: str) -> str:
+        self.calls += 1
+        return self.grants.get((username, model), self.default)

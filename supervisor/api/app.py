@@ -13,7 +13,8 @@ import hmac
 
 from flask import Flask, Response, jsonify, request
 
-from supervisor.api import errors, legacy, monitoring, pages
+from supervisor.api import auth, errors, legacy, monitoring, pages
+from supervisor.auth.access import Access
 from supervisor.reconciler import send_wake
 from supervisor.registry import Registry
 from supervisor.runtime import make_runtime
@@ -27,13 +28,16 @@ def create_app(
     store: Store | None = None,
     registry: Registry | None = None,
     runtime: Runtime | None = None,
+    access: Access | None = None,
 ) -> Flask:
     settings = settings or Settings()
     app = Flask("modelserve")
     app.config["MAX_CONTENT_LENGTH"] = 1 << 20
+    store = store or Store(settings.resolved_store_url)
     app.extensions["modelserve"] = {
         "settings": settings,
-        "store": store or Store(settings.resolved_store_url),
+        "store": store,
+        "access": access or Access(settings, store),
         "registry": registry or Registry(settings.resolved_tracking_uri),
         "runtime": runtime or make_runtime(settings),
     }
@@ -42,10 +46,14 @@ def create_app(
         app.register_blueprint(legacy.make_blueprint(prefix))
     app.register_blueprint(monitoring.bp)
     app.register_blueprint(pages.bp)
+    app.register_blueprint(auth.check_blueprint())
+    for prefix in auth.TOKEN_PREFIXES:
+        app.register_blueprint(auth.token_blueprint(prefix))
 
     @app.get("/api/2.0/modelserve/health")
     def health() -> Response:
-        return jsonify({"status": "ok"})
+        # Unauthenticated on purpose: load balancers and `modelserve up` poll it.
+        return jsonify({"status": "ok", "auth": "on" if settings.auth else "off"})
 
     @app.post("/api/2.0/modelserve/webhook")
     def webhook() -> Response:

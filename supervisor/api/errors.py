@@ -11,6 +11,9 @@ import logging
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
+from supervisor.auth.access import Forbidden, Unauthenticated
+from supervisor.auth.mlflow_users import AuthBackendError
+
 log = logging.getLogger("modelserve.api")
 
 STATUS = {
@@ -54,6 +57,23 @@ def register(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError) -> Response:
         return error_response(exc.error_code, exc.message, exc.status)
+
+    @app.errorhandler(Unauthenticated)
+    def _unauthenticated(exc: Unauthenticated) -> Response:
+        resp = error_response("UNAUTHENTICATED", str(exc), 401)
+        resp.headers["WWW-Authenticate"] = 'Basic realm="modelserve"'
+        return resp
+
+    @app.errorhandler(Forbidden)
+    def _forbidden(exc: Forbidden) -> Response:
+        return error_response("PERMISSION_DENIED", str(exc), 403)
+
+    @app.errorhandler(AuthBackendError)
+    def _auth_backend(exc: AuthBackendError) -> Response:
+        log.warning("access check failed: %s", exc)
+        resp = error_response("TEMPORARILY_UNAVAILABLE", f"Cannot check access right now: {exc}", 503)
+        resp.headers["Retry-After"] = "5"
+        return resp
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:

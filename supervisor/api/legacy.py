@@ -4,6 +4,11 @@ Served both under ``/api/2.0/preview/mlflow/endpoints`` (REST clients) and under
 ``/ajax-api/2.0/preview/mlflow/endpoints`` (what the Databricks UI called). Handlers only read
 the store and the runtime, or record an intent (enable/disable) and wake the reconciler: the
 reconciler alone changes what runs.
+
+Every handler first asks ``Access`` (supervisor/auth/): the caller must be known (401), and hold
+MANAGE on the model to enable or disable it, READ to see anything about it (403); ``list`` shows
+only the models the caller may read. Permission comes before existence, so a caller without
+access cannot learn which models exist or are served.
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
+from supervisor.api.auth import access, caller
 from supervisor.api.errors import ApiError
+from supervisor.auth.access import Need
 from supervisor.deployer import build_log_path
 from supervisor.metrics.exposition import load_state, metric_history
 from supervisor.reconciler import send_wake
@@ -57,10 +64,18 @@ def _model_exists(registry: Registry, name: str) -> bool:
         raise ApiError("TEMPORARILY_UNAVAILABLE", f"The model registry is unreachable: {exc}") from exc
 
 
-def _served_model(params: dict[str, Any]) -> str:
+def _allowed_model(params: dict[str, Any], need: Need) -> str:
+    """The model named in ``params``, once the caller is known and may ``need`` it."""
+    who = caller()
+    name = _required(params, "registered_model_name")
+    access().require(who, name, need)
+    return name
+
+
+def _served_model(params: dict[str, Any], need: Need = "read") -> str:
     """The model name, which must be served; else the error the legacy API gave."""
     _, store, registry, _ = _ctx()
-    name = _required(params, "registered_model_name")
+    name = _allowed_model(params, need)
     if store.is_enabled(name):
         return name
     try:
@@ -75,6 +90,10 @@ def _served_model(params: dict[str, Any]) -> str:
 def make_blueprint(prefix: str) -> Blueprint:
     bp = Blueprint("legacy_" + prefix.split("/")[1].replace("-", "_"), __name__, url_prefix=prefix)
 
+    @bp.before_request
+    def _authenticate() -> None:
+        caller()  # 401 before anything else, even before a malformed body
+
     @bp.post("/enable")
     def enable() -> Response:
         settings, store, registry, _ = _ctx()
@@ -82,7 +101,7 @@ def make_blueprint(prefix: str) -> Blueprint:
         if "registered_model_name" not in params and "experiment_id" in params:
             raise ApiError("INVALID_PARAMETER_VALUE", "Serving by experiment_id is not supported; "
                                                       "pass registered_model_name")
-        name = _required(params, "registered_model_name")
+        name = _allowed_model(params, "manage")
         if not _model_exists(registry, name):
             raise ApiError("RESOURCE_DOES_NOT_EXIST", f"Registered model '{name}' does not exist")
         if store.enable(name):
@@ -93,7 +112,7 @@ def make_blueprint(prefix: str) -> Blueprint:
     @bp.post("/disable")
     def disable() -> Response:
         settings, store, _, _ = _ctx()
-        name = _served_model(_params())
+        name = _served_model(_params(), "manage")
         if store.disable(name):
             store.add_event(name, MODEL_UPDATE, "Serving disabled")
         send_wake(settings)
@@ -108,7 +127,9 @@ def make_blueprint(prefix: str) -> Blueprint:
     @bp.get("/list")
     def list_endpoints() -> Response:
         _, store, _, runtime = _ctx()
-        return jsonify({"endpoints": [endpoint_status(store, runtime, m) for m in store.enabled_models()]})
+        who = caller()
+        readable = [m for m in store.enabled_models() if access().allowed(who, m, "read")]
+        return jsonify({"endpoints": [endpoint_status(store, runtime, m) for m in readable]})
 
     @bp.get("/list-versions")
     def list_versions() -> Response:
@@ -158,7 +179,7 @@ def make_blueprint(prefix: str) -> Blueprint:
     def get_event_history() -> Response:
         _, store, _, _ = _ctx()
         params = _params()
-        name = _required(params, "registered_model_name")
+        name = _allowed_model(params, "read")
         found = store.events(name)
         if not found:
             _served_model(params)

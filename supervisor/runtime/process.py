@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from supervisor import naming
+from supervisor.auth.bootstrap import without_secrets
 from supervisor.envs import EnvBuilder, EnvSpec
 from supervisor.runtime.base import HostState, VersionLaunch, VersionProcess
 from supervisor.settings import Settings
@@ -118,6 +119,8 @@ class ProcessRuntime:
                 [sys.executable, str(MODELHOST), "--state-dir", str(d)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True, close_fds=True, cwd=str(d),
+                # A model's own code runs under this host: it must not inherit the admin's credentials.
+                env=without_secrets(os.environ),
             )
         _write_json(d / "host.json", {"model": model, "pid": proc.pid, "started": time.time()})
 

@@ -1,12 +1,21 @@
 """The whole system, for real: ``modelserve up --detach`` with a real ``mlflow server``, real Nginx
 and real model processes, on free loopback ports and a temporary data dir; ``modelserve down``
 at the end. Helpers log and register real scikit-learn models through the gateway.
+
+Authentication is on, as it is by default. The fixture chooses the admin password
+(``MODELSERVE_ADMIN_PASSWORD``) and makes every test talk as the admin unless it says otherwise:
+``MLFLOW_TRACKING_USERNAME``/``PASSWORD`` for MLflow's client and the CLI, and a netrc file
+(``NETRC``) for ``requests``, which uses it for any request to 127.0.0.1 that carries no auth of
+its own. Beware: requests lets netrc *replace* an ``Authorization`` header you set by hand; to send
+exact headers use ``System.raw`` (a session that ignores netrc). ``System.token`` is an admin
+token for clients that need one (the seed's ``score_model``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -29,6 +38,15 @@ class System:
     url: str
     data_dir: Path
     env: dict[str, str]
+    admin: tuple[str, str] = ("admin", "")
+    token: str = ""
+
+    @property
+    def raw(self) -> requests.Session:
+        """A session that sends exactly the headers given (no netrc, no admin credentials)."""
+        session = requests.Session()
+        session.trust_env = False
+        return session
 
     def api(self, method: str, op: str, **params: Any) -> requests.Response:
         if method == "GET":
@@ -70,11 +88,24 @@ class System:
                              and self.versions(model)[version], timeout)
 
 
+# One admin password for every system a test session starts, so MLflow's client, the CLI and
+# requests (through one netrc) act as the admin of whichever system they talk to.
+ADMIN_PASSWORD = "admin-" + secrets.token_urlsafe(12)
+
+
 @contextlib.contextmanager
 def running_system(data: Path, extra_env: dict[str, str] | None = None) -> Iterator[System]:
-    """``modelserve up --detach`` on free loopback ports and ``data``; ``modelserve down`` after."""
+    """``modelserve up --detach`` on free loopback ports and ``data``, with authentication on and
+    the tests acting as its admin; ``modelserve down`` after, and the environment restored."""
+    netrc = data / "netrc"
+    netrc.write_text(f"machine 127.0.0.1 login admin password {ADMIN_PASSWORD}\n")
+    netrc.chmod(0o600)
+    admin_env = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD,
+                 "NETRC": str(netrc)}
+    saved = {k: os.environ.get(k) for k in admin_env}
+    os.environ.update(admin_env)
     port, api_port, mlflow_port = free_port(), free_port(), free_port()
-    base = 30000 + (os.getpid() % 200) * 100
+    base = 30000 + (os.getpid() % 200) * 100 + (50 if extra_env else 0)
     env = dict(os.environ)
     env.pop("MLFLOW_TRACKING_URI", None)
     env.update({
@@ -83,20 +114,31 @@ def running_system(data: Path, extra_env: dict[str, str] | None = None) -> Itera
         "MODELSERVE_API_PORT": str(api_port),
         "MODELSERVE_MLFLOW_PORT": str(mlflow_port),
         "MODELSERVE_PORT_RANGE_START": str(base),
-        "MODELSERVE_PORT_RANGE_END": str(base + 99),
+        "MODELSERVE_PORT_RANGE_END": str(base + 49),
         "MODELSERVE_RECONCILE_INTERVAL": "1",
         "MODELSERVE_URL": f"http://127.0.0.1:{port}",
+        "MODELSERVE_ADMIN_PASSWORD": ADMIN_PASSWORD,
+        **admin_env,
         "PATH": f"{Path(sys.executable).parent}:/usr/sbin:{env.get('PATH', '')}",
     })
     env.update(extra_env or {})
     up = subprocess.run([sys.executable, "-m", "supervisor.cli", "up", "--detach"], env=env, capture_output=True,
                         text=True, timeout=400)
-    sys_ = System(url=f"http://127.0.0.1:{port}", data_dir=data, env=env)
+    sys_ = System(url=f"http://127.0.0.1:{port}", data_dir=data, env=env, admin=("admin", ADMIN_PASSWORD))
     try:
         assert up.returncode == 0, f"modelserve up failed:\n{up.stdout}\n{up.stderr}"
+        made = sys_.raw.post(f"{sys_.url}/api/2.0/modelserve/tokens/create", json={"comment": "tests"},
+                             auth=sys_.admin, timeout=30)
+        assert made.status_code == 200, made.text
+        sys_.token = made.json()["token_value"]
         yield sys_
     finally:
         subprocess.run([sys.executable, "-m", "supervisor.cli", "down"], env=env, capture_output=True, timeout=120)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @pytest.fixture(scope="session")

@@ -67,8 +67,8 @@ def test_serve_a_registered_model_end_to_end(system: System, register: Any, iris
 
     v1 = f"{system.url}/model/{NAME}/1/invocations"
     # The seed's request: format=pandas-records, a list of records -> a bare list, as MLflow 1.x answered.
-    assert score_model(v1, "no-token-needed", rows) == expected_v1
-    assert score_model(v1, "no-token-needed", rows.to_dict(orient="records")) == expected_v1
+    assert score_model(v1, system.token, rows) == expected_v1
+    assert score_model(v1, system.token, rows.to_dict(orient="records")) == expected_v1
 
     # The MLflow 2.x/3.x forms.
     split = rows.to_dict(orient="split")
@@ -89,7 +89,7 @@ def test_serve_a_registered_model_end_to_end(system: System, register: Any, iris
     prod = f"{system.url}/model/{NAME}/Production/invocations"
     system.wait_for("Production route", lambda: requests.post(prod, json=rows.to_dict(orient="records"),
                                                               timeout=10).status_code == 200, timeout=60)
-    assert score_model(prod, "x", rows) == expected_v1
+    assert score_model(prod, system.token, rows) == expected_v1
 
     # Version 2 is deployed without any call, reusing version 1's environment.
     assert register(NAME, label_shift=1) == "2"
@@ -98,12 +98,12 @@ def test_serve_a_registered_model_end_to_end(system: System, register: Any, iris
     assert "reusing" in logs["logs"].lower(), logs["logs"][:2000]
     expected_v2 = local_predict(NAME, "2", rows)
     assert expected_v2 != expected_v1
-    assert score_model(f"{system.url}/model/{NAME}/2/invocations", "x", rows) == expected_v2
+    assert score_model(f"{system.url}/model/{NAME}/2/invocations", system.token, rows) == expected_v2
 
     # Move Production to version 2; version 1's own URI keeps answering.
     client.transition_model_version_stage(NAME, "2", "Production")
-    system.wait_for("Production -> v2", lambda: score_model(prod, "x", rows) == expected_v2, timeout=60)
-    assert score_model(v1, "x", rows) == expected_v1
+    system.wait_for("Production -> v2", lambda: score_model(prod, system.token, rows) == expected_v2, timeout=60)
+    assert score_model(v1, system.token, rows) == expected_v1
     aliases = system.api("GET", "list-version-aliases", registered_model_name=NAME).json()["aliases"]
     assert {"alias": "Production", "endpoint_version_name": "2"} in aliases
 
@@ -119,7 +119,7 @@ def test_serve_a_registered_model_end_to_end(system: System, register: Any, iris
     alias_uri = f"{system.url}/model/{NAME}/@champion/invocations"
     system.wait_for("alias route", lambda: requests.post(alias_uri, json=rows.to_dict(orient="records"),
                                                          timeout=10).status_code == 200, timeout=60)
-    assert score_model(alias_uri, "x", rows) == expected_v2
+    assert score_model(alias_uri, system.token, rows) == expected_v2
 
     # Events tell the story.
     events = system.api("GET", "get-event-history", registered_model_name=NAME).json()["events"]

@@ -47,8 +47,9 @@ def backends() -> Iterator[list[int]]:
 
 @pytest.fixture()
 def gateway(tmp_path: Path) -> Iterator[Gateway]:
+    # Routing only; the access check in front of it is tested in tests/unit/test_gateway_auth.py.
     settings = Settings(data_dir=tmp_path, port=free_port(), api_port=free_port(), mlflow_port=free_port(),
-                        nginx_bin=shutil.which("nginx") or "/usr/sbin/nginx")
+                        nginx_bin=shutil.which("nginx") or "/usr/sbin/nginx", auth=False)
     gw = Gateway(settings)
     gw.start()
     yield gw

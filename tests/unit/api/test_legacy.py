@@ -30,7 +30,8 @@ class FakeRuntime:
 
 @pytest.fixture()
 def ctx(tmp_path: Path) -> tuple[FlaskClient, Store, FakeRegistry]:
-    settings = Settings(data_dir=tmp_path)
+    # Shapes only: access control has its own tests (tests/unit/api/test_auth.py).
+    settings = Settings(data_dir=tmp_path, auth=False)
     store = Store(f"sqlite:///{tmp_path / 's.db'}")
     registry = FakeRegistry({"iris": RegistryModel("iris", (RegistryVersion("1"),))})
     app = create_app(settings, store=store, registry=registry, runtime=FakeRuntime())  # type: ignore[arg-type]

@@ -1,0 +1,118 @@
+"""Access control over HTTP: the gateway's ``auth_request`` check and the personal access token API.
+
+``/internal/auth/check`` is what Nginx asks before every scoring request. It lives outside the
+paths the gateway sends to the supervisor, so a client cannot call it through the gateway, and
+it trusts exactly one header besides the credential: ``X-Modelserve-Model``, which Nginx always
+overwrites with the model its route map found for the decoded path (percent-encoded there,
+so any name fits in a header). Nginx caches its answers for ``MODELSERVE_AUTH_CACHE_SECONDS``.
+
+The token API uses the shapes of Databricks' ``/api/2.0/token/{create,list,delete}`` and is
+also served under ``/api/2.0/modelserve/tokens/``. Creating a token needs the MLflow password
+(a token cannot mint tokens); listing and revoking one's own tokens needs any valid credential.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import unquote
+
+from flask import Blueprint, Response, current_app, g, jsonify, make_response, request
+
+from supervisor.api.errors import ApiError
+from supervisor.auth import tokens
+from supervisor.auth.access import Access, Principal
+
+TOKEN_PREFIXES = ("/api/2.0/modelserve/tokens", "/api/2.0/token")
+
+
+def access() -> Access:
+    return current_app.extensions["modelserve"]["access"]  # type: ignore[no-any-return]
+
+
+def caller() -> Principal:
+    """The authenticated caller of this request (computed once per request)."""
+    if "ms_principal" not in g:
+        g.ms_principal = access().authenticate(request.headers.getlist("Authorization"))
+    return g.ms_principal  # type: ignore[no-any-return]
+
+
+def check_blueprint() -> Blueprint:
+    bp = Blueprint("auth_check", __name__)
+
+    @bp.route("/internal/auth/check", methods=["GET", "POST", "HEAD"])
+    def check() -> Response:
+        who = caller()
+        try:
+            model = unquote(request.headers.get("X-Modelserve-Model", ""), errors="strict")
+        except UnicodeDecodeError:
+            model = ""  # never from Nginx: it sends names Python encoded
+        if not model:
+            raise ApiError("PERMISSION_DENIED", "No served model at this path", 403)
+        access().require(who, model, "read")
+        resp = make_response("", 200)
+        resp.headers["X-Modelserve-User"] = who.username
+        return resp
+
+    return bp
+
+
+def _body() -> dict[str, Any]:
+    if not request.data:
+        return {}
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ApiError("MALFORMED_REQUEST", "The request body must be a JSON object")
+    return body
+
+
+def _auth_on() -> None:
+    if not access().enabled:
+        raise ApiError("BAD_REQUEST", "Authentication is off (MODELSERVE_AUTH=off): there are no tokens to manage")
+
+
+def token_blueprint(prefix: str) -> Blueprint:
+    bp = Blueprint("tokens_" + prefix.strip("/").replace("/", "_").replace(".", "_"), __name__,
+                   url_prefix=prefix)
+
+    @bp.post("/create")
+    def create() -> Response:
+        _auth_on()
+        who = caller()
+        if who.via != "password":
+            raise ApiError("PERMISSION_DENIED", "Creating a token needs your MLflow username and password "
+                                                "(Basic auth), not a token", 403)
+        body = _body()
+        lifetime = body.get("lifetime_seconds")
+        comment = body.get("comment", "")
+        if lifetime is not None and (isinstance(lifetime, bool) or not isinstance(lifetime, (int, float))):
+            raise ApiError("INVALID_PARAMETER_VALUE", "lifetime_seconds must be a number")
+        if not isinstance(comment, str):
+            raise ApiError("INVALID_PARAMETER_VALUE", "comment must be a string")
+        try:
+            value, info = tokens.create_token(access().store, who.username, comment, lifetime)
+        except tokens.TokenError as exc:
+            raise ApiError("INVALID_PARAMETER_VALUE", str(exc)) from exc
+        return jsonify({"token_value": value, "token_info": info.to_json()})
+
+    @bp.get("/list")
+    def list_() -> Response:
+        _auth_on()
+        who = caller()
+        everyone = request.args.get("all", "").lower() in ("1", "true") and who.is_admin
+        found = tokens.list_tokens(access().store, None if everyone else who.username)
+        return jsonify({"token_infos": [t.to_json() for t in found]})
+
+    @bp.post("/delete")
+    def delete() -> Response:
+        _auth_on()
+        who = caller()
+        token_id = _body().get("token_id")
+        if not isinstance(token_id, str) or not token_id:
+            raise ApiError("INVALID_PARAMETER_VALUE", "Missing required parameter 'token_id'")
+        try:
+            tokens.revoke_token(access().store, token_id, None if who.is_admin else who.username)
+        except tokens.TokenError as exc:
+            raise ApiError("RESOURCE_DOES_NOT_EXIST", str(exc)) from exc
+        return jsonify({})
+
+    return bp

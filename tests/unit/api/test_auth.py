@@ -1,0 +1,108 @@
+"""The serving API and the gateway's check, with access control on and MLflow's users faked."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from supervisor.api.app import create_app
+from supervisor.auth.access import Access
+from supervisor.registry import RegistryModel, RegistryVersion
+from supervisor.settings import Settings
+from supervisor.store import Store
+from tests.support import FakeRegistry, FakeUsers
+from tests.unit.api.test_legacy import FakeRuntime
+
+API = "/api/2.0/preview/mlflow/endpoints"
+CHECK = "/internal/auth/check"
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+@pytest.fixture()
+def client(tmp_path: Path) -> FlaskClient:
+    settings = Settings(data_dir=tmp_path)
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    users = FakeUsers()
+    users.add("root", "rootpw", admin=True)
+    users.add("reader", "readerpw")
+    users.add("boss", "bosspw")
+    users.grants.update({("reader", "a"): "READ", ("boss", "a"): "MANAGE", ("boss", "b"): "READ"})
+    registry = FakeRegistry({n: RegistryModel(n, (RegistryVersion("1"),)) for n in ("a", "b", "my model/x")})
+    app = create_app(settings, store=store, registry=registry, runtime=FakeRuntime(),  # type: ignore[arg-type]
+                     access=Access(settings, store, users))  # type: ignore[arg-type]
+    c = app.test_client()
+    for name in ("a", "b"):
+        assert c.post(f"{API}/enable", json={"registered_model_name": name}, headers=basic("root", "rootpw")
+                      ).status_code == 200
+    return c
+
+
+def err(resp: Any, status: int, code: str) -> None:
+    assert resp.status_code == status, resp.get_data(as_text=True)
+    assert resp.get_json()["error_code"] == code
+
+
+def test_serving_api_permissions(client: FlaskClient) -> None:
+    reader, boss = basic("reader", "readerpw"), basic("boss", "bosspw")
+    err(client.get(f"{API}/list"), 401, "UNAUTHENTICATED")
+    err(client.post(f"{API}/enable", data=b"{not json", content_type="application/json"), 401, "UNAUTHENTICATED")
+    assert client.get(f"{API}/list").headers["WWW-Authenticate"].startswith("Basic")
+    err(client.get(f"{API}/list", headers=basic("reader", "nope")), 401, "UNAUTHENTICATED")
+    names = [e["registered_model_name"] for e in client.get(f"{API}/list", headers=reader).get_json()["endpoints"]]
+    assert names == ["a"]
+    assert client.get(f"{API}/get-status?registered_model_name=a", headers=reader).status_code == 200
+    err(client.get(f"{API}/get-status?registered_model_name=b", headers=reader), 403, "PERMISSION_DENIED")
+    err(client.get(f"{API}/get-event-history?registered_model_name=b", headers=reader), 403, "PERMISSION_DENIED")
+    err(client.post(f"{API}/disable", json={"registered_model_name": "a"}, headers=reader), 403, "PERMISSION_DENIED")
+    err(client.post(f"{API}/enable", json={"registered_model_name": "a"}, headers=reader), 403, "PERMISSION_DENIED")
+    err(client.post(f"{API}/disable", json={"registered_model_name": "b"}, headers=boss), 403, "PERMISSION_DENIED")
+    assert client.post(f"{API}/disable", json={"registered_model_name": "a"}, headers=boss).status_code == 200
+    assert client.post(f"{API}/enable", json={"registered_model_name": "a"}, headers=boss).status_code == 200
+    # Permission comes before existence: no probing for model names.
+    err(client.get(f"{API}/get-status?registered_model_name=secret", headers=reader), 403, "PERMISSION_DENIED")
+
+
+def test_gateway_check(client: FlaskClient) -> None:
+    reader = basic("reader", "readerpw")
+    ok = client.get(CHECK, headers={**reader, "X-Modelserve-Model": "a"})
+    assert ok.status_code == 200 and ok.headers["X-Modelserve-User"] == "reader"
+    assert client.get(CHECK, headers={**reader, "X-Modelserve-Model": "b"}).status_code == 403
+    assert client.get(CHECK, headers={**reader, "X-Modelserve-Model": ""}).status_code == 403
+    assert client.get(CHECK, headers={"X-Modelserve-Model": "a"}).status_code == 401
+    # The model name arrives percent-encoded; decoding it cannot turn into another model.
+    assert client.get(CHECK, headers={**basic("root", "rootpw"), "X-Modelserve-Model": "my%20model%2Fx"}
+                      ).status_code == 200
+    assert client.get(CHECK, headers={**reader, "X-Modelserve-Model": "%61"}).status_code == 200  # "a"
+    assert client.get(CHECK, headers={**reader, "X-Modelserve-Model": "a%00"}).status_code == 403
+    assert client.get(CHECK, headers={**reader, "X-Modelserve-Model": "%ff%fe"}).status_code == 403
+
+
+def test_token_api(client: FlaskClient) -> None:
+    reader = basic("reader", "readerpw")
+    made = client.post("/api/2.0/token/create", json={"comment": "ci", "lifetime_seconds": 3600}, headers=reader)
+    assert made.status_code == 200
+    body = made.get_json()
+    token, info = body["token_value"], body["token_info"]
+    assert info["comment"] == "ci" and info["expiry_time"] > info["creation_time"]
+    bearer = {"Authorization": f"Bearer {token}"}
+    assert client.get(CHECK, headers={**bearer, "X-Modelserve-Model": "a"}).status_code == 200
+    err(client.post("/api/2.0/modelserve/tokens/create", json={}, headers=bearer), 403, "PERMISSION_DENIED")
+    err(client.post("/api/2.0/token/create", json={"lifetime_seconds": "soon"}, headers=reader), 400,
+        "INVALID_PARAMETER_VALUE")
+    listed = client.get("/api/2.0/modelserve/tokens/list", headers=bearer).get_json()["token_infos"]
+    assert [t["token_id"] for t in listed] == [info["token_id"]] and token not in str(listed)
+    assert client.get("/api/2.0/token/list", headers=basic("boss", "bosspw")).get_json()["token_infos"] == []
+    assert len(client.get("/api/2.0/token/list?all=true", headers=basic("root", "rootpw")).get_json()
+               ["token_infos"]) == 1
+    err(client.post("/api/2.0/token/delete", json={"token_id": info["token_id"]}, headers=basic("boss", "bosspw")),
+        404, "RESOURCE_DOES_NOT_EXIST")
+    assert client.post("/api/2.0/token/delete", json={"token_id": info["token_id"]}, headers=reader
+                       ).status_code == 200
+    err(client.get(CHECK, headers={**bearer, "X-Modelserve-Model": "a"}), 401, "UNAUTHENTICATED")

@@ -1,0 +1,35 @@
+"""``modelserve up`` starts MLflow with its auth app unless told not to, and hands out credentials carefully."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from supervisor.launcher import Launcher
+from supervisor.settings import Settings
+
+
+@pytest.fixture(autouse=True)
+def embedded(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The e2e tests (same session) point MLflow's client at their gateway, which would read as external.
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MODELSERVE_TRACKING_URI", raising=False)
+
+
+def test_auth_on_by_default(tmp_path: Path) -> None:
+    launcher = Launcher(Settings(data_dir=tmp_path, admin_password="s3cret-admin"), echo=lambda _: None)
+    mlflow = next(c for c in launcher._children() if c.name == "mlflow")
+    assert mlflow.argv[-2:] == ["--app-name", "basic-auth"]
+    assert Path(mlflow.env["MLFLOW_AUTH_CONFIG_PATH"]).exists()
+    env = launcher._child_env()
+    assert env["MODELSERVE_AUTH"] == "on" and env["MLFLOW_TRACKING_PASSWORD"] == "s3cret-admin"
+
+
+def test_no_auth_is_explicit(tmp_path: Path) -> None:
+    launcher = Launcher(Settings(data_dir=tmp_path, auth=False), echo=lambda _: None)
+    mlflow = next(c for c in launcher._children() if c.name == "mlflow")
+    assert "--app-name" not in mlflow.argv and mlflow.env == {}
+    env = launcher._child_env()
+    assert env["MODELSERVE_AUTH"] == "off" and "MODELSERVE_ADMIN_PASSWORD" not in env
+    assert not (tmp_path / "auth" / "admin_password").exists()
