@@ -10,6 +10,7 @@ from collections import defaultdict
 
 from flask import Blueprint, Response, current_app
 
+from supervisor.api import auth
 from supervisor.metrics.exposition import load_state, prometheus_text
 from supervisor.store import Event, Store
 
@@ -19,10 +20,16 @@ bp = Blueprint("monitoring", __name__)
 @bp.get("/metrics")
 def metrics() -> Response:
     store: Store = current_app.extensions["modelserve"]["store"]
-    deployments = store.deployments()
-    models = sorted(set(store.enabled_models()) | {d.model for d in deployments})
+    # A scraper signs in like any client (a token); it sees the models its user may read.
+    who = auth.caller()
+    readable = {m for m in set(store.enabled_models()) | {d.model for d in store.deployments()}
+                if auth.access().allowed(who, m, "read")}
+    deployments = [d for d in store.deployments() if d.model in readable]
+    models = sorted(readable)
     events: dict[str, list[Event]] = defaultdict(list)
     for model in models:
         events[model] = store.events(model, limit=100_000)
-    text = prometheus_text(load_state(store), deployments, events)
+    state = load_state(store)  # a fresh copy per scrape: narrowing it changes nothing stored
+    state.routes = {k: v for k, v in state.routes.items() if k.model in readable}
+    text = prometheus_text(state, deployments, events)
     return Response(text, mimetype="text/plain", content_type="text/plain; version=0.0.4; charset=utf-8")

@@ -7,8 +7,11 @@ gateway's ``/model/...`` URL (same origin). Every page renders from the store an
 first and treats the registry as optional, so a registry that is down, a model without
 versions or a failed version is a message on the page, never a stack trace.
 
-Identity and permissions are one hook each (``current_user``, ``can_manage``) so that access
-control can be wired in at one place.
+Sign-in is the gateway's: the same credentials as everywhere behind it (the browser asks for the
+MLflow username and password on the first 401, then sends them with every request, the page's
+own ``fetch`` calls included). Identity and permissions are one hook each (``current_user``,
+``can_manage``): a page lists and shows only models the caller may read, and offers Enable/Stop
+only to those who may manage the model (the legacy API checks again when it is called).
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
 from werkzeug.exceptions import HTTPException, NotFound
 
 from supervisor import naming
+from supervisor.api import auth
 from supervisor.api.charts import request_charts
 from supervisor.api.examples import ExampleUnavailable, example_files, load_example
+from supervisor.auth.access import AuthBackendError, Forbidden, Principal, Unauthenticated
 from supervisor.deployer import build_log_path
 from supervisor.metrics.exposition import load_state
 from supervisor.plan import alias_targets, stage_targets
@@ -59,14 +64,24 @@ BUILD_TAIL_LINES = 12
 
 
 # --- identity: the one place access control plugs in -------------------------------------
-def current_user() -> str | None:
-    """The signed-in user; None while the system has no access control."""
-    return None
+def current_user() -> Principal:
+    """The signed-in user (an anonymous admin when access control is off); a request without
+    valid credentials ends here with a 401 that makes the browser ask for them."""
+    return auth.caller()
+
+
+def can_read(model: str) -> bool:
+    return auth.access().allowed(g.user, model, "read")
 
 
 def can_manage(model: str) -> bool:
-    """May the current user enable or stop serving ``model``? (Everyone, without access control.)"""
-    return True
+    """May the current user enable or stop serving ``model``?"""
+    return auth.access().allowed(g.user, model, "manage")
+
+
+def _require_read(model: str) -> None:
+    if model:
+        auth.access().require(g.user, model, "read")
 
 
 @bp.before_request
@@ -194,7 +209,7 @@ def status_page() -> Response:
         names = registry.list_models()
     except RegistryUnavailable as exc:
         names, down = [], str(exc).splitlines()[0][:300]
-    names = sorted(set(names) | set(store.enabled_models()))
+    names = sorted(n for n in set(names) | set(store.enabled_models()) if can_read(n))
     models = [_model_view(n, None) for n in names]
     down = down or registry_error(store)
     template = "status_live.html.j2" if request.args.get("partial") else "status.html.j2"
@@ -207,6 +222,7 @@ def model_page() -> Response:
     tab = request.args.get("tab", "versions")
     if tab not in ("versions", "events"):
         tab = "versions"
+    _require_read(name)
     _, store, _, _ = _ctx()
     if request.args.get("partial") and store.is_enabled(name):
         # A served model's live panel needs only the store; spare the registry a call every 2 s.
@@ -231,6 +247,7 @@ def version_page() -> Response:
     tab = request.args.get("tab", "logs")
     if tab not in ("logs", "events"):
         tab = "logs"
+    _require_read(name)
     _require_model(name)
     d = store.deployment(name, version)
     if d is None:
@@ -258,6 +275,7 @@ def example() -> Response:
     version = request.args.get("version", "")
     if not version.isdigit():  # registry versions are numbers; anything else could walk the file system
         return _json_message(f"“{version}” is not a model version number.", 400)
+    _require_read(name)
     d = store.deployment(name, version)
     local = Path(d.model_dir) if d and d.model_dir else settings.models_dir / naming.model_id(name) / version
     tmp: Path | None = None
@@ -291,6 +309,29 @@ def _json_message(message: str, status: int) -> Response:
 @bp.errorhandler(HTTPException)
 def _http_error(exc: HTTPException) -> Response:
     return _render("error.html.j2", status=exc.code or 500, title=exc.name, message=exc.description or "")
+
+
+# A blueprint's handlers are asked before the app's for every class of the exception, so the
+# access errors need their own here, or the catch-all below would turn them into a 500 page.
+@bp.errorhandler(Unauthenticated)
+def _unauthenticated(exc: Unauthenticated) -> Response:
+    resp = _render("error.html.j2", status=401, title="Sign in",
+                   message=f"{exc} Sign in with your MLflow username and password.")
+    resp.headers["WWW-Authenticate"] = 'Basic realm="modelserve"'
+    return resp
+
+
+@bp.errorhandler(Forbidden)
+def _forbidden(exc: Forbidden) -> Response:
+    return _render("error.html.j2", status=403, title="Not allowed", message=str(exc))
+
+
+@bp.errorhandler(AuthBackendError)
+def _auth_backend(exc: AuthBackendError) -> Response:
+    resp = _render("error.html.j2", status=503, title="Access cannot be checked right now",
+                   message=f"The model registry did not answer the access check ({exc}); retry shortly.")
+    resp.headers["Retry-After"] = "5"
+    return resp
 
 
 @bp.errorhandler(Exception)

@@ -57,7 +57,8 @@ def test_serving_pages_in_a_browser(system: System, register: Any, browser: Any)
     from playwright.sync_api import expect
 
     assert register(NAME) == "1"
-    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    signed_in = {"username": system.admin[0], "password": system.admin[1]}  # the browser's Basic sign-in
+    page = browser.new_page(viewport={"width": 1200, "height": 900}, http_credentials=signed_in)
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.on("dialog", lambda dialog: dialog.accept())  # the confirmations of Enable and Stop
@@ -147,7 +148,7 @@ def test_serving_pages_in_a_browser(system: System, register: Any, browser: Any)
     shot(page, "09-version-events")
 
     # On a narrow screen nothing sticks out sideways.
-    phone = browser.new_page(viewport={"width": 390, "height": 844})
+    phone = browser.new_page(viewport={"width": 390, "height": 844}, http_credentials=signed_in)
     phone.goto(f"{system.url}/serving/model?name=iris%20pages")
     expect(phone.locator("#state")).to_have_text("Ready")
     assert phone.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")

@@ -38,7 +38,7 @@ class FakeRuntime:
 
 class Ctx:
     def __init__(self, tmp_path: Path) -> None:
-        self.settings = Settings(data_dir=tmp_path)
+        self.settings = Settings(data_dir=tmp_path, auth=False)  # access control: test_pages_access.py
         self.store = Store(f"sqlite:///{tmp_path / 's.db'}")
         self.registry = FakeRegistry({
             "iris": RegistryModel("iris", (RegistryVersion("1", "Production", ("champion",)), RegistryVersion("2"),
