@@ -172,7 +172,8 @@ def main() -> None:
     t0 = time.monotonic()
     python = EnvBuilder(settings).build(spec, work / "build.log")
     print(f"environment {spec.hash}: {time.monotonic() - t0:.1f} s (python {spec.python}); "
-          f"{os.cpu_count()} cores; ours: --workers {args.scoring_workers} --batching {args.batching}", flush=True)
+          f"{os.cpu_count()} cores; ours: --workers {args.scoring_workers} --batching {args.batching}; "
+          f"extra headers: {', '.join(k for k, _ in headers) or 'none'}", flush=True)
     gateway = Gateway(settings)
     gateway.start()
     results: list[wrk.Result] = []
