@@ -268,6 +268,21 @@ def test_paths_and_forged_headers_cannot_reach_another_model(system: System, use
         assert r.status_code in (401, 403, 404), (path, r.status_code)
 
 
+def test_a_removed_permission_stops_working_within_the_cache_time(system: System, users: Users) -> None:
+    temp = ("acl-temp", "temp-pw-3x9z0")
+    _mlflow(system, "POST", "/api/2.0/mlflow/users/create", username=temp[0], password=temp[1])
+    _grant(system, temp[0], A, "READ")
+    token = _new_token(system, temp)
+    assert _score(system, A, _bearer(token)).status_code == 200
+    _mlflow(system, "POST", "/api/3.0/mlflow/users/permissions/revoke", username=temp[0],
+            resource_type="registered_model", resource_id=A)
+    _grant(system, temp[0], A, "DENY")
+    removed_at = time.monotonic()
+    system.wait_for("denied", lambda: _score(system, A, _bearer(token)).status_code == 403, timeout=40)
+    # MODELSERVE_AUTH_CACHE_SECONDS is 10 (split between Nginx and the API workers), plus slack.
+    assert time.monotonic() - removed_at < 10 + 4
+
+
 def test_manage_permission_enables_and_disables(system: System, users: Users) -> None:
     def post(op: str, auth: tuple[str, str]) -> requests.Response:
         return system.raw.post(f"{system.url}{API}/{op}", json={"registered_model_name": A}, auth=auth, timeout=30)
