@@ -14,7 +14,7 @@ every measurement is bounded by --seconds.
 from __future__ import annotations
 
 import argparse
-import base64
+import contextlib
 import json
 import os
 import shutil
@@ -23,24 +23,18 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import requests
 
-from supervisor.auth import bootstrap, tokens
 from supervisor.envs import EnvBuilder, read_env_spec
 from supervisor.gateway import Gateway
 from supervisor.routing import ModelRoutes, VersionRoute
 from supervisor.runtime.process import SCORING_SERVER
-from supervisor.settings import Settings
-from supervisor.store import Store
-from tests.benchmarks import wrk
-from tests.benchmarks.scoring import iris_model, save, wait_ping, write_bodies
+from tests.benchmarks import authstack, wrk
+from tests.benchmarks.procs import spawn, stop, wait_ping
+from tests.benchmarks.scoring import iris_model, save, write_bodies
 from tests.support import free_port
-
-
-def start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "ab") as f:
-        return subprocess.Popen(argv, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def main() -> None:
@@ -52,52 +46,32 @@ def main() -> None:
         raise SystemExit("wrk is needed: apt-get install wrk")
     levels = [int(c) for c in args.concurrency.split(",")]
     work = Path(tempfile.mkdtemp(prefix="modelserve-bench-auth-"))
-    bindir = Path(sys.executable).parent
-    mlflow_port, api_port = free_port(), free_port()
-    base = Settings(data_dir=work / "data", mlflow_port=mlflow_port, api_port=api_port,
-                    tracking_uri=f"http://127.0.0.1:{mlflow_port}", admin_password="bench-" + os.urandom(8).hex())
-    base.data_dir.mkdir(parents=True)
+    base = authstack.auth_settings(work)  # the default 10 s decision cache
     procs: list[subprocess.Popen[bytes]] = []
-    gateways: list[Gateway] = []
-    try:
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(shutil.rmtree, work, True)
+        cleanup.callback(stop, procs)
         estimator, x = iris_model()
         model = save(estimator, x, work / "model")
         python = EnvBuilder(base).build(read_env_spec(model), work / "build.log")
         scoring = free_port()
-        procs.append(start([str(python), str(SCORING_SERVER), "--model-dir", str(model), "--port", str(scoring)],
+        procs.append(spawn([str(python), str(SCORING_SERVER), "--model-dir", str(model), "--port", str(scoring)],
                            dict(os.environ), work / "scoring.log"))
         # A real MLflow auth app, and the supervisor's API asking it.
-        env = {**os.environ, **bootstrap.mlflow_server_env(base, base.admin_password)}
-        procs.append(start([str(bindir / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port),
-                            "--backend-store-uri", f"sqlite:///{work / 'mlflow.db'}", "--app-name", "basic-auth",
-                            "--workers", "1"], env, work / "mlflow.log"))
-        wait_ping(f"http://127.0.0.1:{mlflow_port}/health", 300)
-        admin = (base.admin_username, base.admin_password)
-        user = ("bench-user", "bench-pw-" + os.urandom(6).hex())
-        r = requests.post(f"{base.tracking_uri}/api/2.0/mlflow/users/create", auth=admin, timeout=30,
-                          json={"username": user[0], "password": user[1]})
-        r.raise_for_status()
-        token, _ = tokens.create_token(Store(base.resolved_store_url), user[0], "benchmark")
-        api_env = {**os.environ, "MODELSERVE_DATA_DIR": str(base.data_dir), "MODELSERVE_API_PORT": str(api_port),
-                   "MODELSERVE_TRACKING_URI": base.tracking_uri, "MODELSERVE_ADMIN_PASSWORD": base.admin_password,
-                   "MODELSERVE_AUTH_CACHE_SECONDS": "10"}
-        procs.append(start([str(bindir / "gunicorn"), "--workers", "2", "--bind", f"127.0.0.1:{api_port}",
-                            "supervisor.api.wsgi:app"], api_env, work / "api.log"))
-        wait_ping(f"http://127.0.0.1:{api_port}/api/2.0/modelserve/health")
-        wait_ping(f"http://127.0.0.1:{scoring}/ping")
+        stack = cleanup.enter_context(authstack.running(base, work))
         routes = [ModelRoutes("iris", (VersionRoute("1", "ready", ("127.0.0.1", scoring)),))]
-        variants = {"auth off": dict(auth=False), "auth on (default cache)": dict(auth_cache_seconds=10.0),
+        variants: dict[str, dict[str, Any]] = {"auth off": dict(auth=False), "auth on (default cache)": dict(auth_cache_seconds=10.0),
                     "auth on, no Nginx cache": dict(auth_cache_seconds=0.0)}
         urls = {}
         for i, (name, extra) in enumerate(variants.items()):
             s = base.model_copy(update={"data_dir": work / f"gw{i}", "port": free_port(), **extra})
             gw = Gateway(s)
             gw.start()
-            gateways.append(gw)
+            cleanup.callback(gw.stop)
             gw.apply_routes(routes)
             urls[name] = f"{s.gateway_url}/model/iris/1/invocations"
-        basic = "Basic " + base64.b64encode(f"{user[0]}:{user[1]}".encode()).decode()
-        creds = {"token": f"Bearer {token}", "password": basic}
+        wait_ping(f"http://127.0.0.1:{scoring}/ping")
+        creds = {"token": stack.bearer, "password": stack.basic}
         body = write_bodies("iris", x, work)[1]
         # Every variant must answer 200 with each credential before it is measured (this also
         # warms the caches), and 401 without one when authentication is on.
@@ -126,20 +100,6 @@ def main() -> None:
                     print(f"c={c:<3} {label:<40} {rps:9.1f} req/s p50 {p50:7.2f} ms p99 {p99:7.2f} ms "
                           f"errors {errors}  x{rps / baseline:.2f} vs auth off", flush=True)
         print(json.dumps(results), file=sys.stderr)
-    finally:
-        for gw in gateways:
-            gw.stop()
-        for p in procs:
-            try:
-                os.killpg(p.pid, 15)
-            except ProcessLookupError:
-                pass
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, 9)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,9 @@ the environment cache empty (cold: the environment is built, uv's own package ca
 the machine has); version 2 has the same requirements (warm: the environment is reused). The
 clock starts when ``log_model(..., registered_model_name=...)`` returns and stops when
 ``list-versions`` says READY, which promises the gateway already routes the version.
+With authentication on (the default) the system gets a known admin password and this process
+talks as that admin, as a team's CI would: MLflow's client through ``MLFLOW_TRACKING_USERNAME``/
+``PASSWORD`` (restored afterwards), the endpoint calls with basic auth.
 """
 
 from __future__ import annotations
@@ -25,8 +28,8 @@ from tests.support import free_port
 API = "/api/2.0/preview/mlflow/endpoints"
 
 
-def _state(url: str, model: str, version: str) -> str:
-    r = requests.get(f"{url}{API}/list-versions", params={"registered_model_name": model}, timeout=30)
+def _state(url: str, model: str, version: str, auth: tuple[str, str] | None) -> str:
+    r = requests.get(f"{url}{API}/list-versions", params={"registered_model_name": model}, auth=auth, timeout=30)
     if r.status_code != 200:
         return ""
     for v in r.json().get("endpoint_versions", []):
@@ -35,10 +38,10 @@ def _state(url: str, model: str, version: str) -> str:
     return ""
 
 
-def _wait_ready(url: str, model: str, version: str, timeout: float = 900) -> None:
+def _wait_ready(url: str, model: str, version: str, auth: tuple[str, str] | None, timeout: float = 900) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        state = _state(url, model, version)
+        state = _state(url, model, version, auth)
         if state == "VERSION_STATE_READY":
             return
         if "FAILED" in state:
@@ -47,7 +50,7 @@ def _wait_ready(url: str, model: str, version: str, timeout: float = 900) -> Non
     raise RuntimeError(f"{model} v{version} not ready after {timeout:.0f} s")
 
 
-def measure(model_factory: Any) -> list[tuple[str, float]]:
+def measure(model_factory: Any, auth: bool = True) -> list[tuple[str, float]]:
     """[(label, seconds)] for a cold and a warm registration; ``model_factory(i)`` -> (sk model, example)."""
     import mlflow.sklearn
 
@@ -62,6 +65,15 @@ def measure(model_factory: Any) -> list[tuple[str, float]]:
         "MODELSERVE_PORT_RANGE_END": str(base + 99),
         "PATH": f"{Path(sys.executable).parent}:/usr/sbin:{env.get('PATH', '')}",
     })
+    admin: tuple[str, str] | None = None
+    client_env: dict[str, str] = {}
+    if auth:
+        admin = ("admin", "bench-admin-" + os.urandom(8).hex())
+        client_env = {"MLFLOW_TRACKING_USERNAME": admin[0], "MLFLOW_TRACKING_PASSWORD": admin[1]}
+        env.update({"MODELSERVE_ADMIN_PASSWORD": admin[1], **client_env})
+    else:
+        env["MODELSERVE_AUTH"] = "off"
+    saved = {k: os.environ.get(k) for k in client_env}
     url = f"http://127.0.0.1:{port}"
     up = subprocess.run([sys.executable, "-m", "supervisor.cli", "up", "--detach"], env=env, capture_output=True,
                         text=True, timeout=400)
@@ -69,6 +81,7 @@ def measure(model_factory: Any) -> list[tuple[str, float]]:
     try:
         if up.returncode != 0:
             raise RuntimeError(f"modelserve up failed:\n{up.stdout}\n{up.stderr}")
+        os.environ.update(client_env)
         mlflow.set_tracking_uri(url)
         name = "bench-registration"
         for i, label in enumerate(("cold environment cache", "warm environment cache")):
@@ -79,11 +92,16 @@ def measure(model_factory: Any) -> list[tuple[str, float]]:
             version = str(info.registered_model_version)
             t0 = time.monotonic()
             if i == 0:
-                r = requests.post(f"{url}{API}/enable", json={"registered_model_name": name}, timeout=30)
+                r = requests.post(f"{url}{API}/enable", json={"registered_model_name": name}, auth=admin, timeout=30)
                 r.raise_for_status()
-            _wait_ready(url, name, version)
+            _wait_ready(url, name, version, admin)
             out.append((label, time.monotonic() - t0))
     finally:
         subprocess.run([sys.executable, "-m", "supervisor.cli", "down"], env=env, capture_output=True, timeout=120)
         subprocess.run(["rm", "-rf", str(data)], check=False)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     return out

@@ -1,7 +1,7 @@
 """Scoring throughput and the serving figures of issue 6, against ``mlflow models serve``, in one run.
 
     python -m tests.benchmarks.scoring [--seconds 5] [--concurrency 1,8,32] [--models iris,forest]
-        [--scoring-workers auto] [--batching auto] [--header 'Authorization: Bearer ...'] [--registration]
+        [--scoring-workers auto] [--batching auto] [--header 'Name: value'] [--no-auth] [--registration]
 
 One machine, one load generator (wrk from Debian's packages) and the same request bodies for every
 server, so the figures are comparable as ratios. Two models: LogisticRegression on iris (4
@@ -9,18 +9,25 @@ columns; the model costs nothing, so the server's own overhead is what is measur
 RandomForest of 100 trees on a synthetic 20-column dataset made here (the model costs something).
 Every server runs in the same uv environment, built from the model's own requirements as the
 reconciler would build it. ``mlflow models serve`` is run with 1 and 2 uvicorn workers and the
-better of the two at each point is the baseline; ours runs direct and through Nginx (the full
-path; ``--header`` adds e.g. an authentication header to every request of every server).
+better of the two at each point is the baseline; ours runs direct and through Nginx. The
+gateway target is the full path as shipped: authentication on, a real ``mlflow server
+--app-name basic-auth`` and the supervisor's API behind Nginx's ``auth_request``, and every
+request carrying a non-admin user's ``Authorization: Bearer`` token (``authstack``; only the
+gateway gets it, the servers without access control get nothing they would ignore anyway).
+``--no-auth`` measures the gateway with authentication off instead; ``--header`` adds a header
+to every request of every server.
 Then: answers compared between servers, resident memory per served version (RSS and PSS of each
-server's process tree), the gateway's added latency (p50 full path minus direct), a 16 MB request
-through the gateway, and with ``--registration`` the time from registration to READY on a whole
-system (cold and warm environment cache). Traffic goes to 127.0.0.1 only; every load run is
-bounded by --seconds.
+server's process tree), the gateway's added latency (p50 full path minus direct, so with
+authentication on it includes the access check), a 16 MB request through the gateway (with the
+token), and with ``--registration`` the time from registration to READY on a whole system (cold
+and warm environment cache, authentication as for the gateway). Traffic goes to 127.0.0.1 only;
+every load run is bounded by --seconds.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -29,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -40,22 +48,12 @@ from supervisor.gateway import Gateway
 from supervisor.routing import ModelRoutes, VersionRoute
 from supervisor.runtime.process import SCORING_SERVER
 from supervisor.settings import Settings
-from tests.benchmarks import procmem, wrk
+from tests.benchmarks import authstack, procmem, procs, wrk
+from tests.benchmarks.procs import wait_ping
 from tests.support import free_port
 
 IRIS_COLS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 FOREST_COLS = [f"f{i:02d}" for i in range(20)]
-
-
-def wait_ping(url: str, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except OSError:
-            time.sleep(0.3)
-    raise SystemExit(f"no answer from {url}")
 
 
 def iris_model(seed: int = 0) -> tuple[Any, pd.DataFrame]:
@@ -132,14 +130,7 @@ class Servers:
         return {k: v for k, v in self.urls.items() if k.startswith("mlflow")}
 
     def stop(self) -> None:
-        for p in self.procs.values():
-            p.terminate()
-        for p in self.procs.values():
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, 9)
-                p.wait()
+        procs.stop(list(self.procs.values()))
 
 
 def line(r: wrk.Result, best: wrk.Result | None) -> str:
@@ -158,6 +149,8 @@ def main() -> None:
     parser.add_argument("--scoring-workers", default="auto", help="processes of our scoring server (or auto)")
     parser.add_argument("--batching", default="auto", choices=("auto", "on", "off"))
     parser.add_argument("--header", action="append", default=[], help="'Name: value' added to every request")
+    parser.add_argument("--no-auth", action="store_true",
+                        help="measure the gateway with authentication off (default: on, as shipped)")
     parser.add_argument("--registration", action="store_true", help="also time registration -> READY")
     args = parser.parse_args()
     if not shutil.which("wrk"):
@@ -165,7 +158,8 @@ def main() -> None:
     headers = [wrk.parse_header(h) for h in args.header]
     levels = [int(c) for c in args.concurrency.split(",")]
     work = Path(tempfile.mkdtemp(prefix="modelserve-bench-"))
-    settings = Settings(data_dir=work / "data", port=free_port(), api_port=free_port(), mlflow_port=free_port())
+    settings = (Settings(data_dir=work / "data", port=free_port(), api_port=free_port(), mlflow_port=free_port(),
+                         auth=False) if args.no_auth else authstack.auth_settings(work))
     makers = {"iris": iris_model, "forest": forest_model}
     models = {name: save(*makers[name](), work / name) for name in args.models.split(",")}
     spec = read_env_spec(next(iter(models.values())))
@@ -173,11 +167,20 @@ def main() -> None:
     python = EnvBuilder(settings).build(spec, work / "build.log")
     print(f"environment {spec.hash}: {time.monotonic() - t0:.1f} s (python {spec.python}); "
           f"{os.cpu_count()} cores; ours: --workers {args.scoring_workers} --batching {args.batching}; "
+          f"gateway authentication: {'off' if args.no_auth else 'on (a non-admin user, Bearer token)'}; "
           f"extra headers: {', '.join(k for k, _ in headers) or 'none'}", flush=True)
-    gateway = Gateway(settings)
-    gateway.start()
     results: list[wrk.Result] = []
-    try:
+    with contextlib.ExitStack() as running:
+        running.callback(lambda: print(json.dumps([r.__dict__ for r in results]), file=sys.stderr))
+        # What the gateway asks before each request (MLflow basic-auth and our API), then the gateway.
+        stack = None if args.no_auth else running.enter_context(authstack.running(settings, work))
+        gateway = Gateway(settings)
+        gateway.start()
+        running.callback(gateway.stop)
+        # Only the gateway checks access, so only requests to it carry the user's token (unless
+        # --header already gives an Authorization header, which then goes everywhere as given).
+        given = any(k.lower() == "authorization" for k, _ in headers)
+        sent = {"ours (gateway)": headers if stack is None or given else [*headers, ("Authorization", stack.bearer)]}
         for name, model in models.items():
             x = makers[name]()[1]
             servers = Servers(python, model, args)
@@ -185,53 +188,51 @@ def main() -> None:
                 gateway.apply_routes([ModelRoutes(name, (VersionRoute("1", "ready", ("127.0.0.1", servers.ours_port)),))])
                 servers.urls["ours (gateway)"] = f"{settings.gateway_url}/model/{name}/1/invocations"
                 bodies = write_bodies(name, x, work)
-                answers = {t: post(u, bodies[1000].read_bytes(), headers) for t, u in servers.urls.items()}
+                if stack is not None:
+                    status, _ = post(servers.urls["ours (gateway)"], bodies[1].read_bytes(), headers)
+                    print(f"{name}: gateway without a token -> HTTP {status}", flush=True)
+                answers = {t: post(u, bodies[1000].read_bytes(), sent.get(t, headers)) for t, u in servers.urls.items()}
                 mlflow_answer = json.loads(answers["mlflow models serve -w 1"][1])
                 same = all(s == 200 and json.loads(b) == mlflow_answer for s, b in answers.values())
                 print(f"{name}: 1,000-row answers identical across all servers: {same}", flush=True)
                 for rows, body in bodies.items():
                     for c in levels:
                         best = None
-                        for target, url in servers.urls.items():
-                            if not target.startswith("mlflow"):
-                                continue
+                        for target, url in servers.mlflow().items():
                             r = wrk.Result(target, name, rows, c, *wrk.run(url, body, c, args.seconds, work, headers))
                             results.append(r)
                             best = r if best is None or r.rps > best.rps else best
                         for target in ("ours (direct)", "ours (gateway)"):
-                            r = wrk.Result(target, name, rows, c,
-                                           *wrk.run(servers.urls[target], body, c, args.seconds, work, headers))
+                            r = wrk.Result(target, name, rows, c, *wrk.run(servers.urls[target], body, c, args.seconds,
+                                                                           work, sent.get(target, headers)))
                             results.append(r)
                             print(line(r, best), flush=True)
                 for target, proc in servers.procs.items():
                     n, rss, pss = procmem.tree_memory(proc.pid)
                     print(f"{name}: memory of {target}: {n} processes, RSS {rss / 2**20:.0f} MiB, "
                           f"PSS {pss / 2**20:.0f} MiB", flush=True)
-                gateway_overhead(name, servers.urls, bodies[1], work, headers)
+                gateway_overhead(name, servers.urls, bodies[1], work, {t: sent.get(t, headers) for t in servers.urls})
                 if name == "iris":
-                    big_request(x, work, servers.urls["ours (gateway)"], headers)
+                    big_request(x, work, servers.urls["ours (gateway)"], sent["ours (gateway)"])
             finally:
                 servers.stop()
-    finally:
-        gateway.stop()
-        print(json.dumps([r.__dict__ for r in results]), file=sys.stderr)
     if args.registration:
         from tests.benchmarks import registration
 
-        for label, seconds in registration.measure(lambda i: iris_model(i)):
+        for label, seconds in registration.measure(lambda i: iris_model(i), auth=not args.no_auth):
             print(f"registration -> READY ({label}): {seconds:.1f} s", flush=True)
     shutil.rmtree(work, ignore_errors=True)
 
 
-def gateway_overhead(name: str, urls: dict[str, str], body: Path, work: Path, headers: list[tuple[str, str]],
-                     rounds: int = 5, seconds: int = 2) -> None:
+def gateway_overhead(name: str, urls: dict[str, str], body: Path, work: Path,
+                     headers: dict[str, list[tuple[str, str]]], rounds: int = 5, seconds: int = 2) -> None:
     """p50 through the gateway minus p50 direct, single rows at one connection. Direct and gateway
     runs alternate and the median difference is printed, so a busy moment of a shared machine
     does not land on one side only."""
     diffs, full, direct = [], [], []
     for _ in range(rounds):
-        d = wrk.run(urls["ours (direct)"], body, 1, seconds, work, headers)[1]
-        g = wrk.run(urls["ours (gateway)"], body, 1, seconds, work, headers)[1]
+        d = wrk.run(urls["ours (direct)"], body, 1, seconds, work, headers["ours (direct)"])[1]
+        g = wrk.run(urls["ours (gateway)"], body, 1, seconds, work, headers["ours (gateway)"])[1]
         diffs.append(g - d)
         full.append(g)
         direct.append(d)
