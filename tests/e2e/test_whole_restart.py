@@ -33,7 +33,11 @@ def test_down_and_up_keeps_everything_recorded(system: System, register: Any, ir
                         capture_output=True, text=True, timeout=400)
     assert up.returncode == 0, up.stdout + up.stderr
 
-    enabled_after = {e["registered_model_name"] for e in system.api("GET", "list").json()["endpoints"]}
+    # On a loaded machine the first access checks after a restart may meet a slow MLflow: a 503 with
+    # Retry-After is a fair answer then, so the test retries like a client would.
+    listed = system.wait_for("the serving API after up", lambda: (r := system.api("GET", "list")).status_code == 200
+                             and r, timeout=120)
+    enabled_after = {e["registered_model_name"] for e in listed.json()["endpoints"]}
     assert enabled_after == enabled_before and NAME in enabled_after
     system.wait_version(NAME, "1", "VERSION_STATE_READY")
     events_after = system.api("GET", "get-event-history", registered_model_name=NAME).json()["events"]
