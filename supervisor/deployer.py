@@ -10,7 +10,6 @@ the whole story in its build log.
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 import urllib.request
@@ -22,6 +21,7 @@ from supervisor import naming
 from supervisor.envs import EnvBuildError, EnvSpecError, read_env_spec
 from supervisor.registry import Registry, RegistryUnavailable, RegistryVersion
 from supervisor.runtime.base import Runtime, VersionLaunch
+from supervisor.runtime.statefiles import port_is_free
 from supervisor.settings import Settings
 from supervisor.store import FAILED, LAUNCHING, READY, VERSION_UPDATE, Deployment, Store
 
@@ -70,13 +70,6 @@ def launches(store: Store, model: str) -> list[VersionLaunch]:
     ]
 
 
-def _port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 class Deployer:
@@ -166,7 +159,7 @@ class Deployer:
         python = self.runtime.build_env(spec, log, progress=progress)
         self._still_wanted(model, version)
         port = self.store.allocate_port(
-            model, version, self.settings.port_range_start, self.settings.port_range_end, _port_is_free
+            model, version, self.settings.port_range_start, self.settings.port_range_end, port_is_free
         )
         self.store.upsert_deployment(
             model,

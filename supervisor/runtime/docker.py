@@ -24,7 +24,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import threading
 import time
 import urllib.request
@@ -54,6 +53,7 @@ from supervisor.runtime.images import (
     render_model_dockerfile,
     short_hash,
 )
+from supervisor.runtime.statefiles import port_is_free, read_json, write_json
 from supervisor.settings import Settings
 
 HOST_NETWORK = "host"
@@ -68,19 +68,8 @@ STOP_TIMEOUT = 10
 STATUS_STALE_AFTER = 45.0
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
 
 
 def exit_reason(name: str, state: dict[str, Any]) -> str:
@@ -184,7 +173,7 @@ class DockerRuntime:
         return self._model_dir(model) / container_name
 
     def _active_info(self, model: str) -> dict[str, Any] | None:
-        return _read_json(self._model_dir(model) / "active.json")
+        return read_json(self._model_dir(model) / "active.json")
 
     def _containers(self, model: str | None = None) -> list[Any]:
         labels = [f"{LABEL_INSTANCE}={self.instance}"]
@@ -270,7 +259,7 @@ class DockerRuntime:
         for port in range(self.settings.port_range_end, self.settings.port_range_start - 1, -1):
             if len(ports) == len(versions):
                 break
-            if port not in taken and _port_is_free(port):
+            if port not in taken and port_is_free(port):
                 ports[versions[len(ports)].version] = port
         if len(ports) < len(versions):
             raise RuntimeError("no free port left in MODELSERVE_PORT_RANGE_START..END for the new container")
@@ -312,7 +301,7 @@ class DockerRuntime:
                 state_dir = self._state_dir(model, name)
                 shutil.rmtree(state_dir, ignore_errors=True)
                 (state_dir / "versions").mkdir(parents=True)
-                _write_json(state_dir / "spec.json", self._spec(model, versions, ports))
+                write_json(state_dir / "spec.json", self._spec(model, versions, ports))
                 network: dict[str, Any] = (
                     {"network_mode": HOST_NETWORK} if self.host_network
                     else {"network": self.settings.docker_network, "hostname": name}
@@ -330,7 +319,7 @@ class DockerRuntime:
                 container.remove(force=True)
                 shutil.rmtree(state_dir, ignore_errors=True)
                 raise
-            _write_json(self._model_dir(model) / "active.json",
+            write_json(self._model_dir(model) / "active.json",
                         {"model": model, "id": container.id, "name": name, "ports": ports, "desired": desired,
                          "started": time.time()})
         finally:
@@ -430,7 +419,7 @@ class DockerRuntime:
         if container is None:
             return HostState(model=model, alive=False, reason=f"container {info.get('name')} was removed")
         alive = container.status == "running"
-        status = _read_json(self._state_dir(model, container.name) / "status.json") or {}
+        status = read_json(self._state_dir(model, container.name) / "status.json") or {}
         stale = self._stale(model, container, status) if alive else None
         versions = {
             str(version): VersionProcess(
@@ -447,7 +436,7 @@ class DockerRuntime:
 
     def _stale(self, model: str, container: Any, status: dict[str, Any] | None = None) -> str | None:
         if status is None:
-            status = _read_json(self._state_dir(model, container.name) / "status.json") or {}
+            status = read_json(self._state_dir(model, container.name) / "status.json") or {}
         started = (container.attrs.get("State") or {}).get("StartedAt") or ""
         try:
             started_at = datetime.fromisoformat(started[:26].rstrip("Z")).replace(tzinfo=timezone.utc).timestamp()
@@ -488,11 +477,3 @@ def _append(path: Path, line: str) -> None:
     with path.open("a", encoding="utf-8") as f:
         f.write(line + "\n")
 
-
-def _port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True

@@ -10,7 +10,6 @@ that state dir, which guards against pid reuse after a reboot or a crash.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -25,6 +24,7 @@ from supervisor import naming
 from supervisor.auth.bootstrap import without_secrets
 from supervisor.envs import EnvBuilder, EnvSpec
 from supervisor.runtime.base import HostState, VersionLaunch, VersionProcess
+from supervisor.runtime.statefiles import read_json, write_json
 from supervisor.settings import Settings
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -32,18 +32,8 @@ MODELHOST = PACKAGE_DIR / "host" / "modelhost.py"
 SCORING_SERVER = PACKAGE_DIR / "scoring" / "server.py"
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def host_is_alive(pid: int, state_dir: Path) -> bool:
@@ -98,14 +88,14 @@ class ProcessRuntime:
         }
 
     def _host_pid(self, model: str) -> int | None:
-        info = _read_json(self.state_dir(model) / "host.json")
+        info = read_json(self.state_dir(model) / "host.json")
         pid = info.get("pid") if info else None
         return int(pid) if isinstance(pid, int) else None
 
     def apply_host(self, model: str, versions: list[VersionLaunch]) -> None:
         d = self.state_dir(model)
         (d / "versions").mkdir(parents=True, exist_ok=True)
-        _write_json(d / "spec.json", self.spec(model, versions))
+        write_json(d / "spec.json", self.spec(model, versions))
         pid = self._host_pid(model)
         if pid is not None and host_is_alive(pid, d):
             os.kill(pid, signal.SIGHUP)
@@ -122,7 +112,7 @@ class ProcessRuntime:
                 # A model's own code runs under this host: it must not inherit the admin's credentials.
                 env=without_secrets(os.environ),
             )
-        _write_json(d / "host.json", {"model": model, "pid": proc.pid, "started": time.time()})
+        write_json(d / "host.json", {"model": model, "pid": proc.pid, "started": time.time()})
 
     def stop_host(self, model: str) -> None:
         d = self.state_dir(model)
@@ -145,7 +135,7 @@ class ProcessRuntime:
         if pid is None:
             return None
         alive = host_is_alive(pid, d)
-        status = _read_json(d / "status.json") or {}
+        status = read_json(d / "status.json") or {}
         versions = {}
         for version, v in (status.get("versions") or {}).items():
             versions[str(version)] = VersionProcess(
@@ -161,7 +151,7 @@ class ProcessRuntime:
     def hosts(self) -> list[str]:
         out = []
         for info_path in sorted(self.settings.hosts_dir.glob("*/host.json")):
-            info = _read_json(info_path)
+            info = read_json(info_path)
             if info and isinstance(info.get("model"), str):
                 out.append(info["model"])
         return out
