@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 
 import pytest
@@ -14,12 +13,8 @@ from supervisor.registry import RegistryModel, RegistryVersion
 from supervisor.settings import Settings
 from supervisor.store import READY, Store
 from tests.support import FakeRegistry, FakeUsers
+from tests.unit.api.test_auth import basic
 from tests.unit.api.test_pages import FakeRuntime
-
-
-def basic(user: str, password: str) -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
-
 
 READER, BOSS, ROOT = basic("reader", "readerpw"), basic("boss", "bosspw"), basic("root", "rootpw")
 
