@@ -40,6 +40,7 @@ from supervisor.metrics.exposition import load_state
 from supervisor.plan import alias_targets, stage_targets
 from supervisor.registry import Registry, RegistryModel, RegistryUnavailable
 from supervisor.runtime.base import Runtime
+from supervisor.runtime.statefiles import tail_text
 from supervisor.settings import Settings
 from supervisor.status import endpoint_status, registry_error
 from supervisor.store import FAILED, LAUNCHING, PENDING, READY, Deployment, Event, Store
@@ -108,17 +109,6 @@ _env.filters["when"] = _when
 _env.filters["urlpart"] = lambda s: quote(str(s), safe="")
 
 
-def _tail(path: Path, max_bytes: int = LOG_TAIL_BYTES) -> str:
-    try:
-        with path.open("rb") as f:
-            f.seek(0, 2)
-            size = f.tell()
-            f.seek(max(0, size - max_bytes))
-            return f.read().decode("utf-8", errors="replace")
-    except OSError:
-        return ""
-
-
 @dataclass
 class VersionView:
     version: str
@@ -152,7 +142,7 @@ def _version_views(settings: Settings, deps: list[Deployment]) -> list[VersionVi
     for d in deps:
         v = VersionView(d.version, VERSION_LABELS.get(d.state, d.state), d.state_message, d.stage, list(d.aliases))
         if d.state in (PENDING, LAUNCHING):
-            lines = _tail(build_log_path(settings, d.model, d.version), 20_000).splitlines()
+            lines = tail_text(build_log_path(settings, d.model, d.version), 20_000).splitlines()
             v.build_tail = "\n".join(lines[-BUILD_TAIL_LINES:])
         out.append(v)
     return out
@@ -257,7 +247,7 @@ def version_page() -> Response:
     build_log = served_log = ""
     events: list[Event] = []
     if tab == "logs":
-        build_log = _tail(build_log_path(settings, name, version))
+        build_log = tail_text(build_log_path(settings, name, version), LOG_TAIL_BYTES)
         served_log = runtime.version_log(name, version, LOG_TAIL_BYTES)
     else:
         events = [e for e in store.events(name, version=version, limit=500) if not e.internal]

@@ -53,7 +53,7 @@ from supervisor.runtime.images import (
     render_model_dockerfile,
     short_hash,
 )
-from supervisor.runtime.statefiles import port_is_free, read_json, write_json
+from supervisor.runtime.statefiles import port_is_free, read_json, tail_text, write_json
 from supervisor.settings import Settings
 
 HOST_NETWORK = "host"
@@ -463,13 +463,7 @@ class DockerRuntime:
         if info is None:
             return ""
         path = self._state_dir(model, str(info.get("name"))) / "versions" / f"{version}.log"
-        try:
-            with path.open("rb") as f:
-                size = f.seek(0, os.SEEK_END)
-                f.seek(max(0, size - max_bytes))
-                return f.read().decode(errors="replace")
-        except OSError:
-            return ""
+        return tail_text(path, max_bytes)
 
 
 def _append(path: Path, line: str) -> None:

@@ -24,7 +24,7 @@ from supervisor import naming
 from supervisor.auth.bootstrap import without_secrets
 from supervisor.envs import EnvBuilder, EnvSpec
 from supervisor.runtime.base import HostState, VersionLaunch, VersionProcess
-from supervisor.runtime.statefiles import read_json, write_json
+from supervisor.runtime.statefiles import read_json, tail_text, write_json
 from supervisor.settings import Settings
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -164,10 +164,4 @@ class ProcessRuntime:
 
     def version_log(self, model: str, version: str, max_bytes: int = 200_000) -> str:
         path = self._version_log(model, version)
-        try:
-            with path.open("rb") as f:
-                size = f.seek(0, os.SEEK_END)
-                f.seek(max(0, size - max_bytes))
-                return f.read().decode(errors="replace")
-        except OSError:
-            return ""
+        return tail_text(path, max_bytes)

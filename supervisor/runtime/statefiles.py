@@ -1,4 +1,4 @@
-"""The runtimes' JSON state files, and the probe for a free scoring port.
+"""The runtimes' state files (JSON records, the tail of a log), and the probe for a free scoring port.
 
 Both runtimes find what they started again from files (spec, status, host and active-container
 records), so a restarted supervisor adopts instead of restarting. Writes go to a temporary file
@@ -40,3 +40,14 @@ def port_is_free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def tail_text(path: Path, max_bytes: int) -> str:
+    """The last ``max_bytes`` of a log file as text ("" when it does not exist yet)."""
+    try:
+        with path.open("rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - max_bytes))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
