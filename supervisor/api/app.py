@@ -13,7 +13,7 @@ import hmac
 
 from flask import Flask, Response, jsonify, request
 
-from supervisor.api import auth, errors, legacy, monitoring, pages
+from supervisor.api import auth, errors, legacy, monitoring, openapi, pages
 from supervisor.auth.access import Access
 from supervisor.reconciler import send_wake
 from supervisor.registry import Registry
@@ -31,7 +31,9 @@ def create_app(
     access: Access | None = None,
 ) -> Flask:
     settings = settings or Settings()
-    app = Flask("modelserve")
+    # No static folder: the pages inline what they need, and a /static/ route would serve files
+    # from the working directory.
+    app = Flask("modelserve", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = 1 << 20
     store = store or Store(settings.resolved_store_url)
     app.extensions["modelserve"] = {
@@ -47,6 +49,7 @@ def create_app(
     app.register_blueprint(monitoring.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(auth.check_blueprint())
+    app.register_blueprint(openapi.bp)
     for prefix in auth.TOKEN_PREFIXES:
         app.register_blueprint(auth.token_blueprint(prefix))
 
