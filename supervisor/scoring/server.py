@@ -91,9 +91,16 @@ def _unsupported(content_type: str) -> ClientError:
 
 
 def _load_json(text: str) -> Any:
+    if orjson is not None:
+        try:
+            return orjson.loads(text)
+        except (ValueError, TypeError):
+            # orjson is strict JSON; MLflow's servers use the stdlib's parser, which also takes
+            # NaN/Infinity (what Python's json.dumps writes for them) and integers past 64 bits.
+            pass
     try:
-        return orjson.loads(text) if orjson is not None else json.loads(text)
-    except (ValueError, TypeError) as exc:
+        return json.loads(text)
+    except (ValueError, TypeError, RecursionError) as exc:
         raise ClientError(400, f"Invalid input. Ensure that input is a valid JSON formatted string. Error: {exc}")
 
 
@@ -105,14 +112,14 @@ def _split_frame(obj: Any, where: str) -> pd.DataFrame:
         raise ClientError(400, "Dataframe split format must have 'data' field and optionally 'columns' and 'index' "
                                f"fields. Got {sorted(obj)}.")
     data = obj["data"]
-    if not isinstance(data, list):
+    if data is not None and not isinstance(data, list):  # null: no rows, as MLflow reads it
         raise ClientError(400, "Dataframe split 'data' must be a list of rows.")
     columns, index = obj.get("columns"), obj.get("index")
     if columns is not None and not isinstance(columns, list):
         raise ClientError(400, "Dataframe split 'columns' must be a list.")
-    if index is not None and (not isinstance(index, list) or len(index) != len(data)):
+    if index is not None and (not isinstance(index, list) or (data is not None and len(index) != len(data))):
         raise ClientError(400, "Dataframe split 'index' must be a list as long as 'data'.")
-    if index is None:
+    if index is None and data is not None:
         fast = float_frame(data, columns)
         if fast is not None:
             return fast

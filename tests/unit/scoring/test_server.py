@@ -6,8 +6,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +17,9 @@ import requests
 from supervisor.scoring import server
 from supervisor.scoring.server import ClientError, jsonable, parse_content_type, parse_request
 from tests.support import free_port
+from tests.unit.scoring.conftest import COLS, SERVER
 
-COLS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
-SERVER = Path(server.__file__)
 
 
 def test_content_type_parsing() -> None:
@@ -82,34 +79,7 @@ def test_jsonable_handles_numpy_pandas_nan_and_dates() -> None:
     assert jsonable({"a": np.float32(0.5), "b": b"hi"}) == {"a": 0.5, "b": "aGk="}
 
 
-# --- a real server with a real model --------------------------------------------------------
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]]:
-    import mlflow.sklearn
-    from sklearn.linear_model import LogisticRegression
-
-    rng = np.random.default_rng(0)
-    x = pd.DataFrame(rng.normal(size=(60, 4)), columns=COLS)
-    y = (x["sepal_length"] + x["petal_width"] > 0).astype(int)
-    clf = LogisticRegression().fit(x, y)
-    path = tmp_path_factory.mktemp("m") / "model"
-    mlflow.sklearn.save_model(clf, str(path), input_example=x.head(2))
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, str(SERVER), "--model-dir", str(path), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"{url}/ping", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.2)
-    yield url, clf
-    proc.terminate()
-    proc.wait(timeout=20)
-
-
+# --- a real server with a real model (the `model` fixture: conftest.py) ------------------------
 def test_real_server_answers_old_and_new_forms(model: tuple[str, Any]) -> None:
     url, clf = model
     frame = pd.DataFrame(ROWS, columns=COLS)

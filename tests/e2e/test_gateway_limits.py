@@ -1,0 +1,182 @@
+"""Oversize, slow and truncated requests against the real gateway (Nginx) in front of a real model.
+
+What a hostile or broken client can do with raw sockets, checked where it matters: a body over
+the limit is refused by its Content-Length alone (413 JSON, fast, the body never read); a client
+that stalls in its headers or its body is cut off by Nginx's timeouts
+(nginx/nginx.conf.j2: client_header_timeout, client_body_timeout) while other clients keep being
+served; a body that ends early, plain or chunked, never reaches the model (Nginx buffers whole
+bodies first), so the model's process is the same one afterwards and the next request works;
+hundreds of idle connections take nothing from anyone else. The 16 MB that issue 6 promises
+still goes through. All traffic is to 127.0.0.1; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+import pytest
+import requests
+
+from supervisor.runtime import make_runtime
+from supervisor.settings import Settings
+from tests.e2e.conftest import System
+
+pytestmark = pytest.mark.e2e
+
+NAME = "gateway-limits-model"
+LIMIT = 16 * 1024 * 1024
+TIMEOUT = 10  # client_header_timeout / client_body_timeout in nginx/nginx.conf.j2
+ROW = {"dataframe_split": {"columns": ["sepal_length", "sepal_width", "petal_length", "petal_width"],
+                           "data": [[5.1, 3.5, 1.4, 0.2]]}}
+
+
+@pytest.fixture(scope="module")
+def target(system: System, register: Any) -> dict[str, Any]:
+    register(NAME)
+    assert system.api("POST", "enable", registered_model_name=NAME).status_code == 200
+    system.wait_version(NAME, "1", "VERSION_STATE_READY")
+    basic = base64.b64encode(f"{system.admin[0]}:{system.admin[1]}".encode()).decode()
+    return {"path": f"/model/{NAME}/1/invocations", "auth": f"Basic {basic}",
+            "port": int(system.url.rsplit(":", 1)[1]), "url": system.url}
+
+
+def _head(target: dict[str, Any], extra: str) -> bytes:
+    return (f"POST {target['path']} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {target['auth']}\r\n"
+            f"Content-Type: application/json\r\n{extra}\r\n").encode()
+
+
+@contextmanager
+def _conn(target: dict[str, Any], timeout: float = 30) -> Iterator[socket.socket]:
+    s = socket.create_connection(("127.0.0.1", target["port"]), timeout=timeout)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def _read_until_closed(s: socket.socket, limit: float) -> tuple[bytes, float]:
+    """Everything the server sends until it closes (or ``limit`` seconds pass), and when it closed."""
+    t0, got = time.monotonic(), b""
+    s.settimeout(1)
+    while time.monotonic() - t0 < limit:
+        try:
+            chunk = s.recv(65536)
+        except TimeoutError:
+            continue
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        got += chunk
+    return got, time.monotonic() - t0
+
+
+def _score(target: dict[str, Any]) -> int:
+    r = requests.post(target["url"] + target["path"], json=ROW, timeout=30,
+                      headers={"Authorization": target["auth"]})
+    return r.status_code
+
+
+def _model_pid(system: System) -> tuple[int | None, int]:
+    host = make_runtime(Settings(data_dir=system.data_dir)).host_state(NAME)
+    assert host is not None and host.alive
+    v = host.versions["1"]
+    return v.pid, v.restarts
+
+
+def test_a_body_over_the_limit_is_refused_from_its_content_length_alone(target: dict[str, Any]) -> None:
+    with _conn(target) as s:
+        t0 = time.monotonic()
+        s.sendall(_head(target, f"Content-Length: {LIMIT + 1}\r\n") + b"[" + b" " * 65536)
+        reply, _ = _read_until_closed(s, 10)
+        elapsed = time.monotonic() - t0
+    status, _, body = reply.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 413"), reply[:300]
+    assert json.loads(body)["error_code"] == "REQUEST_LIMIT_EXCEEDED"
+    assert elapsed < 5, f"413 took {elapsed:.1f}s: the body should not be read"
+
+
+def test_sixteen_megabytes_still_reach_the_model(target: dict[str, Any]) -> None:
+    body = json.dumps(ROW).encode()
+    body += b" " * (LIMIT - 1024 - len(body))  # trailing whitespace: valid JSON, cheap to parse
+    r = requests.post(target["url"] + target["path"], data=body, timeout=120,
+                      headers={"Authorization": target["auth"], "Content-Type": "application/json"})
+    assert r.status_code == 200, r.text[:300]
+    assert len(r.json()["predictions"]) == 1
+
+
+def test_stalled_clients_are_cut_off_and_others_are_served_meanwhile(target: dict[str, Any]) -> None:
+    """Slow headers, a stalled body and 300 idle connections at once, while a good client scores."""
+    outcomes: dict[str, tuple[bytes, float]] = {}
+    good: list[int] = []
+    stop = threading.Event()
+
+    def slow_headers() -> None:
+        with _conn(target, timeout=60) as s:
+            s.sendall(f"POST {target['path']} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode())
+            t0 = time.monotonic()
+            try:  # a header line every second, never the blank line that ends them
+                for i in range(3 * TIMEOUT):
+                    s.sendall(f"X-Slow-{i}: {i}\r\n".encode())
+                    time.sleep(1)
+            except OSError:
+                pass  # cut off while sending: what we want
+            got, _ = _read_until_closed(s, 3 * TIMEOUT)
+            outcomes["headers"] = (got, time.monotonic() - t0)
+
+    def stalled_body() -> None:
+        with _conn(target, timeout=60) as s:
+            s.sendall(_head(target, "Content-Length: 1000\r\n") + b'{"dataframe_split"')
+            outcomes["body"] = _read_until_closed(s, 3 * TIMEOUT)
+
+    def good_client() -> None:
+        while not stop.is_set() and len(good) < 10_000:
+            good.append(_score(target))
+            time.sleep(0.05)
+
+    with ExitStack() as idle:
+        for _ in range(300):  # connections that never send a byte
+            idle.enter_context(_conn(target))
+        threads = [threading.Thread(target=f) for f in (slow_headers, stalled_body)]
+        client = threading.Thread(target=good_client)
+        for t in [*threads, client]:
+            t.start()
+        for t in threads:
+            t.join(timeout=6 * TIMEOUT)
+        stop.set()
+        client.join(timeout=60)
+    assert outcomes.keys() == {"headers", "body"}
+    for what, (got, took) in outcomes.items():
+        assert took < TIMEOUT + 8, f"slow {what}: still open after {took:.1f}s"
+        assert b" 500 " not in got[:20] and b" 502 " not in got[:20], (what, got[:200])
+    assert len(good) >= 10 and set(good) == {200}, good
+
+
+def test_truncated_bodies_never_reach_the_model_and_the_next_request_works(system: System,
+                                                                           target: dict[str, Any]) -> None:
+    before = _model_pid(system)
+    with _conn(target) as s:  # Content-Length larger than what is sent, then the client goes away
+        s.sendall(_head(target, "Content-Length: 5000\r\n") + json.dumps(ROW).encode()[:40])
+        s.shutdown(socket.SHUT_WR)
+        got, took = _read_until_closed(s, 3 * TIMEOUT)
+    assert b" 500 " not in got[:20] and took < 3 * TIMEOUT, got[:200]
+    with _conn(target) as s:  # a chunked body cut inside a chunk
+        s.sendall(_head(target, "Transfer-Encoding: chunked\r\n") + b"100\r\n" + b'{"dataframe_split": {' + b" " * 20)
+        s.shutdown(socket.SHUT_WR)
+        got, took = _read_until_closed(s, 3 * TIMEOUT)
+    assert b" 500 " not in got[:20] and took < 3 * TIMEOUT, got[:200]
+    with _conn(target) as s:  # the same, complete: Nginx buffers it and the model gets a length
+        payload = json.dumps(ROW).encode()
+        s.sendall(_head(target, "Transfer-Encoding: chunked\r\nConnection: close\r\n")
+                  + f"{len(payload):x}\r\n".encode() + payload + b"\r\n0\r\n\r\n")
+        got, _ = _read_until_closed(s, 30)
+    assert got.startswith(b"HTTP/1.1 200"), got[:300]
+    assert _score(target) == 200
+    assert _model_pid(system) == before, "the model's process was restarted"
