@@ -77,7 +77,12 @@ class Registry:
     def get_model(self, name: str) -> RegistryModel | None:
         """The model and all its versions, or None when the registry says it does not exist."""
         try:
-            rm = self.client.get_registered_model(name)
+            try:
+                rm = self.client.get_registered_model(name)
+            except RestException as exc:
+                if exc.error_code == "INVALID_PARAMETER_VALUE":
+                    return None  # MLflow refuses the name itself (a '/' or ':'): no model has it
+                raise
             versions = self._versions(name)
         except RestException as exc:
             if _not_found(exc):

@@ -22,6 +22,9 @@ from supervisor.store import Store, TokenRecord
 PREFIX = "msk"
 _FORMAT = re.compile(rf"{PREFIX}([0-9a-f]{{16}})[0-9a-f]{{48}}")
 MAX_COMMENT = 200
+# Expiry is stored in milliseconds as a 64-bit integer: a lifetime past a century is a mistake,
+# and a huge one (schemathesis sent 1.4e307) would overflow the conversion.
+MAX_LIFETIME_SECONDS = 100 * 365 * 86400
 
 
 class TokenError(Exception):
@@ -55,8 +58,9 @@ def _info(r: TokenRecord) -> TokenInfo:
 def create_token(store: Store, owner: str, comment: str = "", lifetime_seconds: float | None = None
                  ) -> tuple[str, TokenInfo]:
     """A new token for ``owner``: (the token itself, shown this once; its info)."""
-    if lifetime_seconds is not None and lifetime_seconds <= 0:
-        raise TokenError("lifetime_seconds must be positive (omit it for a token that does not expire)")
+    if lifetime_seconds is not None and not 0 < lifetime_seconds <= MAX_LIFETIME_SECONDS:  # NaN fails too
+        raise TokenError(f"lifetime_seconds must be positive and at most {MAX_LIFETIME_SECONDS} "
+                         "(omit it for a token that does not expire)")
     if len(comment) > MAX_COMMENT:
         raise TokenError(f"comment is longer than {MAX_COMMENT} characters")
     token_id = secrets.token_hex(8)

@@ -117,7 +117,8 @@ def _split_frame(obj: Any, where: str) -> pd.DataFrame:
     columns, index = obj.get("columns"), obj.get("index")
     if columns is not None and not isinstance(columns, list):
         raise ClientError(400, "Dataframe split 'columns' must be a list.")
-    if index is not None and (not isinstance(index, list) or (data is not None and len(index) != len(data))):
+    if index is not None and (not isinstance(index, list) or len(index) != len(data or [])):
+        # pandas would repeat a short 'data' along a longer index; a client means no such thing.
         raise ClientError(400, "Dataframe split 'index' must be a list as long as 'data'.")
     if index is None and data is not None:
         fast = float_frame(data, columns)

@@ -52,3 +52,11 @@ def test_expiry(store: Store) -> None:
     assert tokens.verify_token(store, value) is None
     with pytest.raises(tokens.TokenError):
         tokens.create_token(store, "alice", lifetime_seconds=-1)
+
+
+@pytest.mark.parametrize("lifetime", [1.4749959427140329e307, float("inf"), float("nan"), 10**30])
+def test_absurd_lifetimes_are_refused_not_overflowed(store: Store, lifetime: float) -> None:
+    # Found by schemathesis: 1.47e307 s overflowed the millisecond conversion (HTTP 500).
+    with pytest.raises(tokens.TokenError):
+        tokens.create_token(store, "alice", lifetime_seconds=lifetime)
+    assert tokens.list_tokens(store, "alice") == []

@@ -123,8 +123,14 @@ def _well_formed(value: dict[str, Any]) -> bool:
         return isinstance(value["dataframe_records"], list) and all(
             isinstance(r, dict) for r in value["dataframe_records"])
     split = value["dataframe_split"]
-    return (isinstance(split, dict) and isinstance(split.get("data", []), (list, type(None)))
-            and isinstance(split.get("columns", []), list) and isinstance(split.get("index", []), list))
+    if not isinstance(split, dict):
+        return False
+    data = split.get("data")
+    rows = data if isinstance(data, list) else []
+    index = split.get("index", rows)
+    # An index as long as the rows: pandas would repeat rows along a longer one, we refuse that.
+    return (isinstance(data, (list, type(None))) and isinstance(split.get("columns", []), list)
+            and isinstance(index, list) and len(index) == len(rows))
 
 
 def _both_missing(a: Any, b: Any) -> bool:
