@@ -78,7 +78,11 @@ def register(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
-        return error_response(_HTTP_CODES.get(status, "INTERNAL_ERROR"), exc.description or exc.name, status)
+        resp = error_response(_HTTP_CODES.get(status, "INTERNAL_ERROR"), exc.description or exc.name, status)
+        allowed = getattr(exc, "valid_methods", None)
+        if allowed:  # a 405 names the methods that would work (RFC 9110; found by schemathesis)
+            resp.headers["Allow"] = ", ".join(allowed)
+        return resp
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

@@ -199,3 +199,12 @@ def test_truncated_bodies_never_reach_the_model_and_the_next_request_works(syste
     assert got.startswith(b"HTTP/1.1 200"), got[:300]
     assert _score(target) == 200
     assert _model_pid(system) == before, "the model's process was restarted"
+
+
+def test_a_method_nginx_refuses_itself_is_a_json_405(target: dict[str, Any]) -> None:
+    # Found by schemathesis' CLI: TRACE got Nginx's HTML page, unlike every other error.
+    with _conn(target) as s:
+        s.sendall(f"TRACE {target['path']} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+        head, body, _ = _read_response(s, 30)
+    assert head.startswith(b"HTTP/1.1 405"), head[:200]
+    assert json.loads(body)["error_code"] == "BAD_REQUEST"

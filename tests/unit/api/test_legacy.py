@@ -80,6 +80,7 @@ def test_errors_are_databricks_json(ctx: Any) -> None:
     err(client.post(f"{API}/enable", json={"registered_model_name": 5}), 400, "INVALID_PARAMETER_VALUE")
     err(client.post(f"{API}/disable", json={"registered_model_name": "iris"}), 400, "INVALID_PARAMETER_VALUE")
     err(client.get(f"{API}/enable"), 405, "BAD_REQUEST")
+    assert "POST" in client.get(f"{API}/enable").headers["Allow"]  # RFC 9110; found by schemathesis
     err(client.get(f"{API}/nothing-here"), 404, "ENDPOINT_NOT_FOUND")
     client.post(f"{API}/enable", json={"registered_model_name": "iris"})
     err(client.post(f"{API}/get-version-logs", json={"registered_model_name": "iris", "endpoint_version_name": "9"}),
