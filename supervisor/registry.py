@@ -172,11 +172,15 @@ class Registry:
     def fetch_files(self, name: str, version: str, paths: list[str], dest: Path) -> Path:
         """Download only some files of a version's model (e.g. its MLmodel and input example)
         into ``dest``; a file the model does not have is skipped."""
+        dest.mkdir(parents=True, exist_ok=True)
         try:
             uri = self.client.get_model_version_download_uri(name, version).rstrip("/")
+        except RestException as exc:
+            if _not_found(exc) or exc.error_code == "INVALID_PARAMETER_VALUE":
+                return dest  # no such version (or a name MLflow refuses): nothing to fetch
+            raise RegistryUnavailable(f"{type(exc).__name__}: {exc}") from exc
         except Exception as exc:
             raise RegistryUnavailable(f"{type(exc).__name__}: {exc}") from exc
-        dest.mkdir(parents=True, exist_ok=True)
         for rel in paths:
             try:
                 mlflow.artifacts.download_artifacts(artifact_uri=f"{uri}/{rel}", dst_path=str(dest),

@@ -263,6 +263,8 @@ def example() -> Response:
     settings, store, registry, _ = _ctx()
     name = request.args.get("name", "")
     version = request.args.get("version", "")
+    if not name:  # found by schemathesis: MLflow's refusal of an empty name read as "registry down"
+        return _json_message("Which model? Pass name=<registered model name>.", 400)
     if not version.isdigit():  # registry versions are numbers; anything else could walk the file system
         return _json_message(f"“{version}” is not a model version number.", 400)
     _require_read(name)

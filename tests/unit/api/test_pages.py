@@ -176,6 +176,8 @@ def test_load_example(ctx: Ctx, tmp_path: Path) -> None:
     assert r.status_code == 404 and "no model files" in r.get_json()["message"]
     r = ctx.client.get("/serving/example?name=iris&version=../../x")
     assert r.status_code == 400 and "not a model version number" in r.get_json()["message"]
+    r = ctx.client.get("/serving/example?version=1")  # no name: the client's mistake, not "registry down"
+    assert r.status_code == 400 and "Which model" in r.get_json()["message"]
     ctx.registry.down = True
     r = ctx.client.get("/serving/example?name=iris&version=2")
     assert r.status_code == 503 and "unreachable" in r.get_json()["message"]
