@@ -179,3 +179,17 @@ def registrar(system: System, iris: Any) -> Callable[..., str]:
         return str(info.registered_model_version)
 
     return _register
+
+
+BAD_INPUT_MODEL = "bad-input-model"
+
+
+@pytest.fixture(scope="session")
+def bad_input_model(system: System, register: Callable[..., str]) -> str:
+    """One served model (version 1) for the bad-input tests (test_api_fuzz, test_gateway_limits):
+    one deployment instead of one per module. Nothing in the OpenAPI document names it, so the
+    API fuzzer cannot disable it."""
+    register(BAD_INPUT_MODEL)
+    assert system.api("POST", "enable", registered_model_name=BAD_INPUT_MODEL).status_code == 200
+    system.wait_version(BAD_INPUT_MODEL, "1", "VERSION_STATE_READY")
+    return BAD_INPUT_MODEL

@@ -26,11 +26,10 @@ import requests
 
 from supervisor.runtime import make_runtime
 from supervisor.settings import Settings
-from tests.e2e.conftest import System
+from tests.e2e.conftest import BAD_INPUT_MODEL, System
 
 pytestmark = pytest.mark.e2e
 
-NAME = "gateway-limits-model"
 LIMIT = 16 * 1024 * 1024
 TIMEOUT = 10  # client_header_timeout / client_body_timeout in nginx/nginx.conf.j2
 ROW = {"dataframe_split": {"columns": ["sepal_length", "sepal_width", "petal_length", "petal_width"],
@@ -38,12 +37,9 @@ ROW = {"dataframe_split": {"columns": ["sepal_length", "sepal_width", "petal_len
 
 
 @pytest.fixture(scope="module")
-def target(system: System, register: Any) -> dict[str, Any]:
-    register(NAME)
-    assert system.api("POST", "enable", registered_model_name=NAME).status_code == 200
-    system.wait_version(NAME, "1", "VERSION_STATE_READY")
+def target(system: System, bad_input_model: str) -> dict[str, Any]:
     basic = base64.b64encode(f"{system.admin[0]}:{system.admin[1]}".encode()).decode()
-    return {"path": f"/model/{NAME}/1/invocations", "auth": f"Basic {basic}",
+    return {"path": f"/model/{bad_input_model}/1/invocations", "auth": f"Basic {basic}",
             "port": int(system.url.rsplit(":", 1)[1]), "url": system.url}
 
 
@@ -106,7 +102,7 @@ def _score(target: dict[str, Any]) -> int:
 
 
 def _model_pid(system: System) -> tuple[int | None, int]:
-    host = make_runtime(Settings(data_dir=system.data_dir)).host_state(NAME)
+    host = make_runtime(Settings(data_dir=system.data_dir)).host_state(BAD_INPUT_MODEL)
     assert host is not None and host.alive
     v = host.versions["1"]
     return v.pid, v.restarts
