@@ -2,7 +2,7 @@
 
 Hand-picked bad requests (test_server.py) cover the mistakes we thought of; these generate the
 rest: arbitrary bytes, content types (valid, charset variants, missing, garbage) and JSON of any
-shape (nested, wrong types, huge numbers, NaN, unicode, duplicate keys, empty). The property is
+shape (nested, deeply nested, wrong types, huge numbers, NaN, unicode, duplicate keys, empty). The property is
 the scoring server's promise: a request either parses or is refused with a 4xx and a message,
 never another exception. Where both parse, the frame agrees with MLflow's own parser. The real
 server variant sends the same kind of bodies to a running process and checks it never answers
@@ -75,6 +75,8 @@ bodies = st.one_of(
     st.builds(_json_text, envelopes, st.booleans()),
     st.text(max_size=200).map(lambda t: t.encode("utf-8", "surrogatepass")),
     st.builds(lambda r: ("a,b\n" + "\n".join(",".join(map(str, x[:2])) for x in r)).encode(), rows),
+    # Deep nesting: past orjson's limit (1024) and the stdlib's recursion limit.
+    st.integers(1, 20_000).map(lambda n: b'{"instances": ' + b"[" * n + b"1" + b"]" * n + b"}"),
 )
 
 
