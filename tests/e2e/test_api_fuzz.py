@@ -19,6 +19,7 @@ docs/RELIABILITY.md for the long run).
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import sqlite3
 from collections import Counter
@@ -41,7 +42,8 @@ API_EVENTS = ("Serving enabled", "Serving disabled")
 
 def _state(system: System) -> tuple[Any, ...]:
     """What a refused request must not change, read straight from the store."""
-    with sqlite3.connect(f"file:{system.data_dir / 'modelserve.db'}?mode=ro", uri=True, timeout=30) as db:
+    db_uri = f"file:{system.data_dir / 'modelserve.db'}?mode=ro"
+    with contextlib.closing(sqlite3.connect(db_uri, uri=True, timeout=30)) as db:
         enabled = tuple(r[0] for r in db.execute("SELECT name FROM served_models ORDER BY name"))
         tokens = tuple(r[0] for r in db.execute("SELECT token_id FROM tokens WHERE revoked IS NULL ORDER BY 1"))
         marks = ",".join("?" * len(API_EVENTS))
