@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     # How long Nginx and each API worker may reuse an access decision (a revoked token or a
     # removed permission stops working within this time). 0 asks MLflow every time.
     auth_cache_seconds: float = 10.0
+    # How long the gateway keeps using its last access decisions while the access check itself
+    # cannot answer (the supervisor API restarting, MLflow unreachable). 0: refuse (503) at once.
+    auth_stale_seconds: float = 300.0
     # MLflow's default_permission for the embedded tracking server (a user's permission on a
     # model nobody granted them anything on): READ (MLflow's default) or NO_PERMISSIONS.
     auth_default_permission: str = "READ"
