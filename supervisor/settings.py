@@ -33,7 +33,11 @@ class Settings(BaseSettings):
     store_url: str = ""  # SQLAlchemy URL; empty means SQLite under data_dir
     runtime: str = "process"
     reconcile_interval: float = 3.0
-    api_workers: int = 2
+    # The API is one process of threads by default: its handlers wait on MLflow and the store,
+    # and one process means one cache of access decisions, kept warm for every refresh Nginx
+    # sends (with several, each new credential pays MLflow's slow password check once per process).
+    api_workers: int = 1
+    api_threads: int = 8
     # Processes per version's scoring server (forked after the model is loaded; one core each);
     # "auto" is one per core, at most two.
     scoring_workers: str = "auto"
