@@ -171,6 +171,8 @@ def test_stalled_clients_are_cut_off_and_others_are_served_meanwhile(target: dic
     for what, (got, took) in outcomes.items():
         assert took < TIMEOUT + 8, f"slow {what}: still open after {took:.1f}s"
         assert b" 500 " not in got[:20] and b" 502 " not in got[:20], (what, got[:200])
+    print(f"\nstalled clients closed after {', '.join(f'{w} {t:.1f}s' for w, (_, t) in sorted(outcomes.items()))}; "
+          f"{len(good)} good requests meanwhile, answers {sorted(set(good))}")
     assert len(good) >= 10 and set(good) == {200}, good
 
 
