@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ import requests
 from mlflow import MlflowClient
 
 from tests.e2e.conftest import System, registrar, running_system
+from tests.e2e.load import Load
 
 pytestmark = pytest.mark.e2e
 
@@ -75,41 +75,6 @@ def answer(url: str, rows: list[dict[str, Any]]) -> list[Any] | None:
 
 def messages(system: System) -> list[str]:
     return [e["message"] for e in system.api("GET", "get-event-history", registered_model_name=NAME).json()["events"]]
-
-
-class Load:
-    """Requests without pause to the given URLs from one thread, each on a new connection (as the
-    seed's clients do), counting every answer that is not a 200. Bounded: stops by itself."""
-
-    def __init__(self, urls: list[str], rows: list[dict[str, Any]], max_seconds: float = 900.0) -> None:
-        self.urls, self.rows, self.max_seconds = urls, rows, max_seconds
-        self.ok = 0
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        deadline = time.monotonic() + self.max_seconds
-        i = 0
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            url = self.urls[i % len(self.urls)]
-            i += 1
-            try:
-                r = requests.post(url, json=self.rows, timeout=30)
-                if r.status_code == 200:
-                    self.ok += 1
-                else:
-                    self.failures.append(f"{url}: {r.status_code} {r.text[:200]}")
-            except requests.RequestException as exc:
-                self.failures.append(f"{url}: {exc}")
-
-    def __enter__(self) -> Load:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=60)
 
 
 def test_serve_and_deploy_a_new_version_without_losing_a_request(
