@@ -14,8 +14,10 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pandas as pd
 import pytest
@@ -133,6 +135,62 @@ def test_a_version_whose_build_fails_is_failed_alone(dsystem: System, dregister:
     assert answer(f"{dsystem.url}/model/{NAME}/2/invocations", rows) is not None
     MlflowClient(dsystem.url).transition_model_version_stage(NAME, version, "Archived")
     dsystem.wait_for("failed version gone", lambda: version not in dsystem.versions(NAME), timeout=60)
+
+
+def logged_model(system: System, iris: pd.DataFrame, extra: list[str]) -> tuple[str, str]:
+    """(model URI, environment hash) of a new logged, not yet registered, classifier."""
+    import mlflow
+    from sklearn.linear_model import LogisticRegression
+
+    from supervisor.envs import read_env_spec
+
+    mlflow.set_tracking_uri(system.url)
+    x, y = iris.drop(columns=["target"]), iris["target"]
+    with mlflow.start_run():
+        info = mlflow.sklearn.log_model(LogisticRegression(max_iter=500).fit(x, y), name="model",
+                                        input_example=x.head(3), extra_pip_requirements=extra)
+    local = mlflow.artifacts.download_artifacts(info.model_uri)
+    return info.model_uri, read_env_spec(Path(local)).hash
+
+
+def test_a_docker_build_killed_midway_tags_nothing_and_fails_alone(dsystem: System, iris: pd.DataFrame) -> None:
+    import mlflow
+
+    from supervisor.runtime.images import env_image_tag
+    from tests.e2e.procfind import argv_of, parent_of, wait_for_process
+
+    rows = iris.drop(columns=["target"]).head(2).to_dict(orient="records")
+    before = containers(dsystem)
+    uri, env_hash = logged_model(dsystem, iris, ["pyyaml>=5.1"])
+    tag = env_image_tag(env_hash, BASE_IMAGE)
+    # Left by an earlier run on this engine, it would be reused, not built (and so not killed).
+    subprocess.run(["docker", "image", "rm", "-f", tag], capture_output=True, timeout=120)
+
+    def installing(pid: int, argv: list[str]) -> bool:
+        # uv inside the build container, started by this environment's build script.
+        return "install" in argv and "/tmp/modelserve-build/requirements.txt" in argv and \
+            f"/tmp/modelserve-build/build-env.sh {env_hash}" in " ".join(argv_of(parent_of(pid)))
+
+    with ThreadPoolExecutor(1) as pool:
+        watching = pool.submit(wait_for_process, "uv in the environment image build", installing, 600)
+        version = mlflow.register_model(uri, NAME).version
+        os.kill(watching.result(), signal.SIGKILL)
+    failed = dsystem.wait_version(NAME, str(version), "VERSION_STATE_FAILED", timeout=300)
+    assert "Environment build failed" in failed["state_message"] and "137" in failed["state_message"], failed
+    assert subprocess.run(["docker", "image", "inspect", tag], capture_output=True).returncode != 0  # not tagged
+    leftover = docker("ps", "-a", "--no-trunc", "--format", "{{.Command}}")
+    assert f"build-env.sh {env_hash}" not in leftover  # the build's container went with it
+    assert containers(dsystem) == before
+    assert answer(f"{dsystem.url}/model/{quote(NAME)}/2/invocations", rows) is not None
+
+    # The same environment again: built afresh (nothing half-built to reuse), and served.
+    again = str(mlflow.register_model(uri, NAME).version)
+    dsystem.wait_version(NAME, again, "VERSION_STATE_READY", timeout=900)
+    log = dsystem.api("GET", "get-version-logs", registered_model_name=NAME, endpoint_version_name=again).json()
+    assert f"docker build -t {tag}" in log["logs"] and "reusing environment image" not in log["logs"]
+    assert answer(f"{dsystem.url}/model/{quote(NAME)}/{again}/invocations", rows) is not None
+    MlflowClient(dsystem.url).transition_model_version_stage(NAME, str(version), "Archived")
+    dsystem.wait_for("the replaced container retired", lambda: len(containers(dsystem)) == 1, timeout=120)
 
 
 def test_a_killed_container_is_restarted_with_an_event(dsystem: System, iris: pd.DataFrame) -> None:
