@@ -109,5 +109,7 @@ def test_builds_killed_midway_fail_alone_or_resume_and_leave_nothing_reused(
     assert log.count(f"building environment {env_hash}") == 2 and "reusing cached environment" not in log, log[-3000:]
     assert system.versions(NAME)[killed]["state"] == "VERSION_STATE_FAILED"
     assert system.versions(NAME)["1"]["state"] == "VERSION_STATE_READY"
+    print(f"\nbuild faults: version 1 under load: {load.ok} ok, {len(load.failures)} failed, "
+          f"slowest {load.slowest:.2f} s")
     assert load.failures == [], load.failures[:5]
     assert load.ok > 0
