@@ -182,15 +182,12 @@ def test_a_docker_build_killed_midway_tags_nothing_and_fails_alone(dsystem: Syst
     assert f"build-env.sh {env_hash}" not in leftover  # the build's container went with it
     assert containers(dsystem) == before
     assert answer(f"{dsystem.url}/model/{quote(NAME)}/2/invocations", rows) is not None
-
-    # The same environment again: built afresh (nothing half-built to reuse), and served.
-    again = str(mlflow.register_model(uri, NAME).version)
-    dsystem.wait_version(NAME, again, "VERSION_STATE_READY", timeout=900)
-    log = dsystem.api("GET", "get-version-logs", registered_model_name=NAME, endpoint_version_name=again).json()
-    assert f"docker build -t {tag}" in log["logs"] and "reusing environment image" not in log["logs"]
-    assert answer(f"{dsystem.url}/model/{quote(NAME)}/{again}/invocations", rows) is not None
+    # With no image under its tag, the next build of this environment cannot reuse anything of
+    # the killed one but the engine's cache of its completed steps (content-addressed); building
+    # it again here would cost a cold environment image in CI, and the process runtime's test
+    # (test_build_faults.py) already rebuilds a killed environment to READY.
     MlflowClient(dsystem.url).transition_model_version_stage(NAME, str(version), "Archived")
-    dsystem.wait_for("the replaced container retired", lambda: len(containers(dsystem)) == 1, timeout=120)
+    dsystem.wait_for("the failed version gone", lambda: str(version) not in dsystem.versions(NAME), timeout=60)
 
 
 def test_a_killed_container_is_restarted_with_an_event(dsystem: System, iris: pd.DataFrame) -> None:
