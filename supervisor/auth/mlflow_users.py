@@ -12,6 +12,7 @@ only as an HMAC under a key that lives in this process.
 from __future__ import annotations
 
 import hmac
+import os
 import secrets
 import threading
 import time
@@ -25,6 +26,8 @@ T = TypeVar("T")
 
 # MLflow's permission names, weakest first; DENY and NO_PERMISSIONS grant nothing.
 READ_OR_MORE = frozenset({"READ", "USE", "EDIT", "MANAGE"})
+# Seconds MLflow is taken as unreachable after a request to it failed.
+BACKOFF_SECONDS = 3.0
 
 
 class AuthBackendError(Exception):
@@ -37,14 +40,36 @@ class User:
     is_admin: bool
 
 
-class TTLCache:
-    """A small dict with expiry; bounded so a flood of bad credentials cannot grow it forever."""
+@dataclass
+class _Entry:
+    fetched: float
+    value: Any
+    compute: Callable[[], Any]
+    used: float
 
-    def __init__(self, ttl: float, max_size: int = 10000) -> None:
+
+class TTLCache:
+    """A small dict with expiry; bounded so a flood of bad credentials cannot grow it forever.
+
+    Kept warm: a background thread recomputes every entry that is past half its life and was
+    used within ``keep_warm`` seconds, so a key in steady use never expires on the path of a
+    request. That matters because MLflow's password hash costs hundreds of milliseconds on a
+    busy machine, and because with several API workers each one's copy would otherwise be
+    found expired by the one request in a few seconds that Nginx sends it.
+
+    An entry past its TTL is returned only while MLflow cannot answer (``AuthBackendError``),
+    and for ``grace`` seconds at most: known callers keep the rights they had during a short
+    registry outage, and a removed permission still stops working within ``ttl`` whenever
+    MLflow can say so."""
+
+    def __init__(self, ttl: float, max_size: int = 10000, keep_warm: float = 60.0, grace: float = 0.0) -> None:
         self.ttl = ttl
         self.max_size = max_size
-        self._data: dict[Any, tuple[float, Any]] = {}
+        self.keep_warm = keep_warm
+        self.grace = grace
+        self._data: dict[Any, _Entry] = {}
         self._lock = threading.Lock()
+        self._warmer_pid = 0  # the process whose warmer thread runs (threads do not survive fork)
 
     def get_or(self, key: Any, compute: Callable[[], T]) -> T:
         if self.ttl <= 0:
@@ -52,16 +77,45 @@ class TTLCache:
         now = time.monotonic()
         with self._lock:
             hit = self._data.get(key)
-        if hit is not None and hit[0] > now:
-            return hit[1]  # type: ignore[no-any-return]
-        value = compute()
+            if hit is not None:
+                hit.used = now
+                if now - hit.fetched < self.ttl:
+                    return hit.value  # type: ignore[no-any-return]
+        try:
+            value = compute()
+        except AuthBackendError:
+            if hit is not None and now - hit.fetched < self.ttl + self.grace:
+                return hit.value  # type: ignore[no-any-return]
+            raise
+        self._put(key, _Entry(now, value, compute, now))
+        return value
+
+    def _put(self, key: Any, entry: _Entry) -> None:
         with self._lock:
             if len(self._data) >= self.max_size:
-                self._data = {k: v for k, v in self._data.items() if v[0] > now}
+                self._data = {k: v for k, v in self._data.items()
+                              if entry.fetched - v.fetched < self.ttl + self.grace}
                 if len(self._data) >= self.max_size:
                     self._data.clear()
-            self._data[key] = (now + self.ttl, value)
-        return value
+            self._data[key] = entry
+            if self.keep_warm > 0 and self._warmer_pid != os.getpid():
+                self._warmer_pid = os.getpid()
+                threading.Thread(target=self._warm, daemon=True, name="auth-cache-warmer").start()
+
+    def _warm(self) -> None:
+        while True:
+            time.sleep(max(0.05, self.ttl / 4))
+            now = time.monotonic()
+            with self._lock:
+                due = [(k, e) for k, e in self._data.items()
+                       if now - e.fetched >= self.ttl / 2 and now - e.used < self.keep_warm]
+            for key, entry in due:
+                started = time.monotonic()
+                try:
+                    value = entry.compute()
+                except Exception:  # noqa: BLE001 - the entry ages; its next caller decides (see get_or)
+                    continue
+                self._put(key, _Entry(started, value, entry.compute, entry.used))
 
     def clear(self) -> None:
         with self._lock:
@@ -70,20 +124,29 @@ class TTLCache:
 
 class MlflowUsers:
     def __init__(self, tracking_uri: str, admin_username: str, admin_password: str, ttl: float,
-                 timeout: float = 10.0) -> None:
+                 timeout: float = 10.0, grace: float = 0.0) -> None:
         self.base = tracking_uri.rstrip("/")
         self.admin = (admin_username, admin_password)
         self.timeout = timeout
         self.session = requests.Session()
         self.session.trust_env = False  # never let a ~/.netrc replace the credentials we send
-        self.cache = TTLCache(ttl)
+        self.cache = TTLCache(ttl, grace=grace)
         self._key = secrets.token_bytes(32)
+        self._unreachable_until = 0.0
+        self._last_error = ""
 
     def _get(self, path: str, auth: tuple[str, str], params: dict[str, str] | None = None
              ) -> requests.Response:
+        # After a failure, callers are not made to wait for MLflow's timeout one by one: for a
+        # few seconds the answer is "unreachable" at once (known callers then get their last
+        # decision, see TTLCache), then MLflow is asked again.
+        if time.monotonic() < self._unreachable_until:
+            raise AuthBackendError(f"MLflow's auth API was unreachable moments ago: {self._last_error}")
         try:
             return self.session.get(self.base + path, params=params, auth=auth, timeout=self.timeout)
         except requests.RequestException as exc:
+            self._last_error = str(exc)
+            self._unreachable_until = time.monotonic() + BACKOFF_SECONDS
             raise AuthBackendError(f"MLflow's auth API is unreachable: {exc}") from exc
 
     @staticmethod

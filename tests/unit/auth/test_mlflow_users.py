@@ -1,0 +1,66 @@
+"""The worker's cache of MLflow's answers: bounded, kept warm off the request path, and a short,
+bounded memory of the last answer while MLflow is unreachable."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from supervisor.auth.mlflow_users import AuthBackendError, MlflowUsers, TTLCache
+from tests.support import free_port
+
+
+def test_ttl_cache() -> None:
+    calls: list[int] = []
+    cache = TTLCache(ttl=60, max_size=2)
+    for key in ("a", "a", "b", "c", "a"):
+        cache.get_or(key, lambda: calls.append(1) or len(calls))
+    assert len(calls) == 4  # "a" once, then again after the bounded cache was cleared
+    off = TTLCache(ttl=0)
+    off.get_or("a", lambda: calls.append(1))
+    off.get_or("a", lambda: calls.append(1))
+    assert len(calls) == 6
+
+
+def test_ttl_cache_serves_its_last_answer_while_mlflow_is_unreachable_for_grace_seconds() -> None:
+    cache = TTLCache(ttl=0.2, keep_warm=0, grace=0.5)
+    assert cache.get_or("k", lambda: "READ") == "READ"
+
+    def down() -> str:
+        raise AuthBackendError("unreachable")
+
+    time.sleep(0.3)  # expired, within grace: the last answer
+    assert cache.get_or("k", down) == "READ"
+    assert cache.get_or("k", lambda: "NO_PERMISSIONS") == "NO_PERMISSIONS"  # MLflow answers: it wins
+    time.sleep(0.8)  # past ttl + grace
+    with pytest.raises(AuthBackendError):
+        cache.get_or("k", down)
+    with pytest.raises(AuthBackendError):
+        cache.get_or("never seen", down)
+
+
+def test_ttl_cache_keeps_used_entries_warm_in_the_background() -> None:
+    calls: list[float] = []
+
+    def compute() -> int:
+        calls.append(time.monotonic())
+        return len(calls)
+
+    cache = TTLCache(ttl=0.4, keep_warm=5)
+    assert cache.get_or("k", compute) == 1
+    deadline = time.monotonic() + 3
+    while len(calls) < 3 and time.monotonic() < deadline:
+        assert cache.get_or("k", lambda: pytest.fail("a used entry expired on the request path"))
+        time.sleep(0.02)
+    assert len(calls) >= 3  # refreshed by the warmer, never by a caller
+
+
+def test_mlflow_users_stop_asking_an_unreachable_mlflow_for_a_moment() -> None:
+    users = MlflowUsers(f"http://127.0.0.1:{free_port()}", "admin", "pw", ttl=0)
+    with pytest.raises(AuthBackendError, match="unreachable"):
+        users.permission("u", "m")
+    t0 = time.monotonic()
+    with pytest.raises(AuthBackendError, match="moments ago"):
+        users.permission("u", "m")
+    assert time.monotonic() - t0 < 0.5
