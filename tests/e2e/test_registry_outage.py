@@ -82,7 +82,7 @@ def outage(system: System, served: dict[str, Any]) -> dict[str, Any]:
             seen["cli"] = system.cli("status", check=False)
             time.sleep(max(0.0, OUTAGE_AFTER_DETECTION - (time.monotonic() - detected)))
             try:  # a signed-in reader's page; a hang is an answer too, recorded as such
-                seen["page"] = system.raw.get(f"{system.url}/", headers=token, timeout=30)
+                seen["page"] = system.raw.get(f"{system.url}/serving/", headers=token, timeout=30)
             except requests.RequestException as exc:
                 seen["page"] = exc
         thawed = time.monotonic()
@@ -97,14 +97,6 @@ def outage(system: System, served: dict[str, Any]) -> dict[str, Any]:
     return seen
 
 
-# Scoring and signed-in pages during the outage need a last-known-good access decision while
-# MLflow (which knows users and permissions) does not answer: Nginx serving its cached decision
-# stale (nginx/nginx.conf.j2) and the API workers keeping theirs (supervisor/auth/access.py).
-# Until both have landed these fail; strict, so the marker must go the day they pass.
-NEEDS_AUTH_GRACE = pytest.mark.xfail(strict=True, reason="access decisions need a grace while MLflow is away "
-                                     "(issue 7: Nginx stale cache + API workers' last-known-good)")
-
-
 def test_status_says_the_registry_is_unreachable(system: System, outage: dict[str, Any]) -> None:
     assert outage["before"]["registry"] == "reachable"
     assert outage["health"]["registry_error"]
@@ -115,14 +107,14 @@ def test_status_says_the_registry_is_unreachable(system: System, outage: dict[st
     assert any(m.startswith("Model registry reachable again") for m in events)
 
 
-@NEEDS_AUTH_GRACE
 def test_token_holders_keep_scoring_while_the_registry_is_away(outage: dict[str, Any]) -> None:
+    # Every access decision needs MLflow: they pass on the gateway's cached decisions served stale
+    # and the API's last known ones (MODELSERVE_AUTH_STALE_SECONDS), past every cache's lifetime.
     load = outage["load"]
     assert load.ok > 0
     assert load.failures == [], load.failures[:5]
 
 
-@NEEDS_AUTH_GRACE
 def test_a_signed_in_status_page_shows_the_banner(outage: dict[str, Any]) -> None:
     page = outage["page"]
     assert isinstance(page, requests.Response), page
