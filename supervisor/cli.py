@@ -173,12 +173,19 @@ def status(ctx: click.Context, name: str | None, as_json: bool) -> None:
     """Status of NAME's endpoint and versions, or of every served model."""
     c = _client(ctx)
     if name is None:
+        if not as_json:
+            # First, and needing no sign-in: it still answers when the registry (which checks
+            # passwords) does not, and then says so before the listing fails.
+            health = c.call("GET", "health", api="/api/2.0/modelserve")
+            if health.get("auth") == "off":
+                click.echo("authentication is OFF: anyone who reaches the gateway may do anything")
+            if health.get("registry") == "unreachable":
+                click.echo(f"the model registry is UNREACHABLE ({health.get('registry_error', '')}); "
+                           "what is served keeps serving, registry changes wait until it answers")
         endpoints = c.call("GET", "list")["endpoints"]
         if as_json:
             click.echo(json.dumps(endpoints, indent=2))
             return
-        if c.call("GET", "health", api="/api/2.0/modelserve").get("auth") == "off":
-            click.echo("authentication is OFF: anyone who reaches the gateway may do anything")
         if not endpoints:
             click.echo("no model is served")
         for e in endpoints:

@@ -405,8 +405,10 @@ class EnvBuilder:
                 self._run([uv, "venv", "--relocatable", "--python", request, str(tmp)], log)
                 return request
             except _StepFailed as exc:
-                failures.append(f"[Python {request}] {exc.tail}")
                 shutil.rmtree(tmp, ignore_errors=True)
+                if exc.returncode < 0:  # killed: the Python may well exist; no fallback
+                    raise EnvBuildError(f"creating the virtualenv failed:\n{exc.tail}", log.path) from None
+                failures.append(f"[Python {request}] {exc.tail}")
         raise EnvBuildError(
             f"Python {spec.python} is not available on this host:\n" + "\n".join(failures), log.path
         )
@@ -491,7 +493,14 @@ class EnvBuilder:
                 raise
         if returncode != 0:
             tail = log.tail_since(offset)
-            log.line(f"exit status {returncode}")
+            if returncode < 0:
+                # Killed from outside (the out-of-memory killer, an operator): say so, since the
+                # tool's own output then ends mid-sentence and names no reason.
+                killed = f"{cmd[0].rsplit('/', 1)[-1]} was killed by {_signal_name(-returncode)}"
+                log.line(killed)
+                tail = f"{tail}\n{killed}".strip()
+            else:
+                log.line(f"exit status {returncode}")
             raise _StepFailed(returncode, tail)
 
     def _tool_env(self) -> dict[str, str]:
@@ -574,6 +583,13 @@ class EnvBuilder:
             "or set MODELSERVE_UV_BIN",
             log_path,
         )
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 class _BuildLog:

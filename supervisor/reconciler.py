@@ -28,6 +28,7 @@ from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from supervisor import envsweep
 from supervisor.deployer import Deployer, launches
 from supervisor.gateway import Gateway
 from supervisor.metrics.collector import Collector
@@ -122,6 +123,9 @@ class Reconciler:
                 answered[model] = self.registry.get_model(model)
             except RegistryUnavailable as exc:
                 error = str(exc).splitlines()[0][:500] if str(exc) else "unreachable"
+                # One unanswered read is enough: a registry that hangs would otherwise hold the
+                # tick (and the host supervision after it) for one timeout per enabled model.
+                break
             except Exception as exc:  # a 4xx we did not expect: skip this model, keep the rest
                 log.warning("registry error for %r: %s", model, exc)
         previous = self.store.get_meta(REGISTRY_ERROR_KEY)
@@ -331,6 +335,9 @@ def main() -> None:
     settings = Settings()
     lock = _single_instance(settings)
     try:
+        # Builds killed with a previous reconciler are finished by nobody: clear them before any
+        # new build starts (a build still running elsewhere holds its lock and is left alone).
+        envsweep.sweep(settings.envs_dir, log.info)
         Reconciler(settings).run_forever()
     finally:
         lock.close()

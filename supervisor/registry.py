@@ -62,10 +62,13 @@ def _not_found(exc: MlflowException) -> bool:
 
 def fail_fast_http() -> None:
     # MLflow's client retries a refused connection for minutes by default; the reconciler must
-    # notice an unreachable registry within seconds and keep serving, retrying at its next tick.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    # notice an unreachable registry within seconds and keep serving, retrying at its next tick
+    # (the tick is the retry, so the client makes none). The timeout bounds a registry that
+    # accepts connections but never answers (a stopped or partitioned server): it is per socket
+    # operation, so a long artifact download that keeps receiving is not cut.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 
 class Registry:

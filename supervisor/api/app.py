@@ -20,6 +20,7 @@ from supervisor.registry import Registry
 from supervisor.runtime import make_runtime
 from supervisor.runtime.base import Runtime
 from supervisor.settings import Settings
+from supervisor.status import registry_error
 from supervisor.store import Store
 
 
@@ -55,8 +56,15 @@ def create_app(
 
     @app.get("/api/2.0/modelserve/health")
     def health() -> Response:
-        # Unauthenticated on purpose: load balancers and `modelserve up` poll it.
-        return jsonify({"status": "ok", "auth": "on" if settings.auth else "off"})
+        # Unauthenticated on purpose: load balancers and `modelserve up` poll it. It also works
+        # while the registry (and so every sign-in) is away, which is when it is most wanted.
+        # The registry's state is the reconciler's last reading (it asks every tick).
+        problem = registry_error(store)
+        body = {"status": "ok", "auth": "on" if settings.auth else "off",
+                "registry": "unreachable" if problem else "reachable"}
+        if problem:
+            body["registry_error"] = problem
+        return jsonify(body)
 
     @app.post("/api/2.0/modelserve/webhook")
     def webhook() -> Response:

@@ -174,6 +174,11 @@ def _model_view(name: str, registered: RegistryModel | None) -> ModelView:
 def _lookup(name: str) -> tuple[RegistryModel | None, str | None]:
     """The registry's model (None if absent or unknown) and why the registry could not say."""
     _, store, registry, _ = _ctx()
+    known = registry_error(store)
+    if known:
+        # The reconciler found it away (it asks every tick and clears this once it answers): a
+        # page should not wait a timeout for the same answer, every 2 s, holding an API worker.
+        return None, known
     try:
         return registry.get_model(name), None
     except RegistryUnavailable as exc:
@@ -194,14 +199,15 @@ def _require_model(name: str) -> tuple[RegistryModel | None, str | None]:
 @bp.get("/")
 def status_page() -> Response:
     _, store, registry, _ = _ctx()
-    down = None
-    try:
-        names = registry.list_models()
-    except RegistryUnavailable as exc:
-        names, down = [], str(exc).splitlines()[0][:300]
+    down = registry_error(store)  # known to be away: do not wait a timeout for it (see _lookup)
+    names: list[str] = []
+    if not down:
+        try:
+            names = registry.list_models()
+        except RegistryUnavailable as exc:
+            down = str(exc).splitlines()[0][:300]
     names = sorted(n for n in set(names) | set(store.enabled_models()) if can_read(n))
     models = [_model_view(n, None) for n in names]
-    down = down or registry_error(store)
     template = "status_live.html.j2" if request.args.get("partial") else "status.html.j2"
     return _render(template, models=models, registry_down=down)
 

@@ -15,6 +15,7 @@ import configparser
 import io
 import os
 import secrets
+import time
 from pathlib import Path
 
 import requests
@@ -98,13 +99,26 @@ def without_secrets(env: dict[str, str] | os._Environ[str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if k not in SECRET_ENV}
 
 
+CHECK_TRIES = 5
+CHECK_PAUSE = 2.0
+
+
 def check_admin(tracking_uri: str, username: str, password: str) -> str | None:
     """None when ``username``/``password`` is an MLflow admin; else what is wrong, in words."""
-    try:
-        resp = requests.get(f"{tracking_uri.rstrip('/')}/api/2.0/mlflow/users/current", auth=(username, password),
-                            timeout=30)
-    except requests.RequestException as exc:
-        return f"cannot reach {tracking_uri}: {exc}"
+    # A server that has just started (or restarted, on a busy machine) may drop a first connection
+    # or answer 5xx for a moment: a few tries, a few seconds apart, before `up` gives up.
+    for attempt in range(CHECK_TRIES):
+        try:
+            resp = requests.get(f"{tracking_uri.rstrip('/')}/api/2.0/mlflow/users/current",
+                                auth=(username, password), timeout=30)
+        except requests.RequestException as exc:
+            if attempt + 1 == CHECK_TRIES:
+                return f"cannot reach {tracking_uri}: {exc}"
+            time.sleep(CHECK_PAUSE)
+            continue
+        if resp.status_code < 500 or attempt + 1 == CHECK_TRIES:
+            break
+        time.sleep(CHECK_PAUSE)
     if resp.status_code in (401, 403):
         return (f"MLflow refuses the admin credentials for '{username}' (the user database was made with "
                 "another password: set MODELSERVE_ADMIN_PASSWORD to the current one)")

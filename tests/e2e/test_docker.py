@@ -12,11 +12,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pandas as pd
 import pytest
@@ -24,6 +25,7 @@ import requests
 from mlflow import MlflowClient
 
 from tests.e2e.conftest import System, registrar, running_system
+from tests.e2e.load import Load
 
 pytestmark = pytest.mark.e2e
 
@@ -75,41 +77,6 @@ def answer(url: str, rows: list[dict[str, Any]]) -> list[Any] | None:
 
 def messages(system: System) -> list[str]:
     return [e["message"] for e in system.api("GET", "get-event-history", registered_model_name=NAME).json()["events"]]
-
-
-class Load:
-    """Requests without pause to the given URLs from one thread, each on a new connection (as the
-    seed's clients do), counting every answer that is not a 200. Bounded: stops by itself."""
-
-    def __init__(self, urls: list[str], rows: list[dict[str, Any]], max_seconds: float = 900.0) -> None:
-        self.urls, self.rows, self.max_seconds = urls, rows, max_seconds
-        self.ok = 0
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        deadline = time.monotonic() + self.max_seconds
-        i = 0
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            url = self.urls[i % len(self.urls)]
-            i += 1
-            try:
-                r = requests.post(url, json=self.rows, timeout=30)
-                if r.status_code == 200:
-                    self.ok += 1
-                else:
-                    self.failures.append(f"{url}: {r.status_code} {r.text[:200]}")
-            except requests.RequestException as exc:
-                self.failures.append(f"{url}: {exc}")
-
-    def __enter__(self) -> Load:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=60)
 
 
 def test_serve_and_deploy_a_new_version_without_losing_a_request(
@@ -168,6 +135,59 @@ def test_a_version_whose_build_fails_is_failed_alone(dsystem: System, dregister:
     assert answer(f"{dsystem.url}/model/{NAME}/2/invocations", rows) is not None
     MlflowClient(dsystem.url).transition_model_version_stage(NAME, version, "Archived")
     dsystem.wait_for("failed version gone", lambda: version not in dsystem.versions(NAME), timeout=60)
+
+
+def logged_model(system: System, iris: pd.DataFrame, extra: list[str]) -> tuple[str, str]:
+    """(model URI, environment hash) of a new logged, not yet registered, classifier."""
+    import mlflow
+    from sklearn.linear_model import LogisticRegression
+
+    from supervisor.envs import read_env_spec
+
+    mlflow.set_tracking_uri(system.url)
+    x, y = iris.drop(columns=["target"]), iris["target"]
+    with mlflow.start_run():
+        info = mlflow.sklearn.log_model(LogisticRegression(max_iter=500).fit(x, y), name="model",
+                                        input_example=x.head(3), extra_pip_requirements=extra)
+    local = mlflow.artifacts.download_artifacts(info.model_uri)
+    return info.model_uri, read_env_spec(Path(local)).hash
+
+
+def test_a_docker_build_killed_midway_tags_nothing_and_fails_alone(dsystem: System, iris: pd.DataFrame) -> None:
+    import mlflow
+
+    from supervisor.runtime.images import env_image_tag
+    from tests.e2e.procfind import argv_of, parent_of, wait_for_process
+
+    rows = iris.drop(columns=["target"]).head(2).to_dict(orient="records")
+    before = containers(dsystem)
+    uri, env_hash = logged_model(dsystem, iris, ["pyyaml>=5.1"])
+    tag = env_image_tag(env_hash, BASE_IMAGE)
+    # Left by an earlier run on this engine, it would be reused, not built (and so not killed).
+    subprocess.run(["docker", "image", "rm", "-f", tag], capture_output=True, timeout=120)
+
+    def installing(pid: int, argv: list[str]) -> bool:
+        # uv inside the build container, started by this environment's build script.
+        return "install" in argv and "/tmp/modelserve-build/requirements.txt" in argv and \
+            f"/tmp/modelserve-build/build-env.sh {env_hash}" in " ".join(argv_of(parent_of(pid)))
+
+    with ThreadPoolExecutor(1) as pool:
+        watching = pool.submit(wait_for_process, "uv in the environment image build", installing, 600)
+        version = mlflow.register_model(uri, NAME).version
+        os.kill(watching.result(), signal.SIGKILL)
+    failed = dsystem.wait_version(NAME, str(version), "VERSION_STATE_FAILED", timeout=300)
+    assert "Environment build failed" in failed["state_message"] and "137" in failed["state_message"], failed
+    assert subprocess.run(["docker", "image", "inspect", tag], capture_output=True).returncode != 0  # not tagged
+    leftover = docker("ps", "-a", "--no-trunc", "--format", "{{.Command}}")
+    assert f"build-env.sh {env_hash}" not in leftover  # the build's container went with it
+    assert containers(dsystem) == before
+    assert answer(f"{dsystem.url}/model/{quote(NAME)}/2/invocations", rows) is not None
+    # With no image under its tag, the next build of this environment cannot reuse anything of
+    # the killed one but the engine's cache of its completed steps (content-addressed); building
+    # it again here would cost a cold environment image in CI, and the process runtime's test
+    # (test_build_faults.py) already rebuilds a killed environment to READY.
+    MlflowClient(dsystem.url).transition_model_version_stage(NAME, str(version), "Archived")
+    dsystem.wait_for("the failed version gone", lambda: str(version) not in dsystem.versions(NAME), timeout=60)
 
 
 def test_a_killed_container_is_restarted_with_an_event(dsystem: System, iris: pd.DataFrame) -> None:

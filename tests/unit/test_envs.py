@@ -334,3 +334,20 @@ def test_concurrent_builds_of_one_hash_build_once(builder: EnvBuilder, tmp_path:
     assert sum("step 1/3" in log for log in logs) == 1
     assert builder.is_built(spec)
     assert (builder.env_path(spec) / MARKER_NAME).is_file()
+
+
+def test_a_build_step_killed_from_outside_says_so(settings: Settings, tmp_path: Path) -> None:
+    # A uv that dies of SIGKILL (the out-of-memory killer, an operator) prints no reason of its
+    # own: the error must name the signal, and no fallback Python is tried after it.
+    killer = tmp_path / "uv"
+    killer.write_text("#!/bin/sh\nkill -9 $$\n")
+    killer.chmod(0o755)
+    spec = spec_of("six", python=f"{PY}", build=("killed-by-signal",))
+    doomed = EnvBuilder(settings.model_copy(update={"uv_bin": str(killer)}))
+    log = tmp_path / "killed.log"
+    with pytest.raises(EnvBuildError, match="uv was killed by SIGKILL") as info:
+        doomed.build(spec, log)
+    assert "falling back" not in log.read_text()
+    assert "uv was killed by SIGKILL" in log.read_text()
+    assert "creating the virtualenv failed" in str(info.value)
+    assert leftovers(settings, spec) == [] and not doomed.is_built(spec)

@@ -143,3 +143,25 @@ def test_runtime_hears_the_routed_addresses_only_after_the_gateway_applied_them(
     calls = rec.runtime.calls  # type: ignore[attr-defined]
     routed = calls.index(("routed", "127.0.0.1:5"))
     assert calls[routed - 1] == ("routes", "m")
+
+
+def test_an_unreachable_registry_is_asked_once_per_tick(rec: Reconciler) -> None:
+    # A registry that hangs costs a timeout per question: one per tick, not one per enabled model,
+    # so the host supervision that follows the read is not held up for minutes.
+    asked: list[str] = []
+    registry = rec.registry
+    real = registry.get_model
+
+    def counting(name: str) -> Any:
+        asked.append(name)
+        return real(name)
+
+    registry.get_model = counting  # type: ignore[method-assign]
+    for name in ("a", "b", "c"):
+        rec.registry.models[name] = RegistryModel(name, (RegistryVersion("1"),))  # type: ignore[attr-defined]
+        rec.store.enable(name)
+    rec.registry.down = True  # type: ignore[attr-defined]
+    plan = rec.tick()
+    assert len(asked) == 1
+    assert set(plan.skipped) == {"a", "b", "c"}
+    assert all(any("unreachable" in m for m in messages(rec, n)) for n in ("a", "b", "c"))

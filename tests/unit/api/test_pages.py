@@ -90,6 +90,23 @@ def test_status_page_with_the_registry_down(ctx: Ctx) -> None:
     assert 'data-model="iris"' in html  # served models are still listed, from the store
 
 
+def test_pages_do_not_wait_for_a_registry_known_to_be_away(ctx: Ctx) -> None:
+    # The reconciler recorded the registry unreachable: pages (whose live panels refresh every
+    # 2-3 s) answer from the store at once instead of each holding an API worker for a timeout.
+    from supervisor.reconciler import REGISTRY_ERROR_KEY
+
+    ctx.serve_iris()
+    ctx.store.set_meta(REGISTRY_ERROR_KEY, "1700000000000 ReadTimeout: read timed out")
+    asked: list[str] = []
+    ctx.registry.get_model = lambda name: asked.append(name)  # type: ignore[method-assign,assignment,func-returns-value]
+    ctx.registry.list_models = lambda: asked.append("*") or []  # type: ignore[method-assign,func-returns-value]
+    for path in ("/serving/", "/serving/model?name=iris"):
+        html = ctx.page(path)
+        assert "registry is unreachable (ReadTimeout: read timed out)" in html
+    assert 'data-model="iris"' in ctx.page("/serving/")
+    assert asked == []
+
+
 def test_model_not_served_offers_enable(ctx: Ctx) -> None:
     html = ctx.page("/serving/model?name=iris")
     assert 'data-action="enable"' in html and 'data-action="disable"' not in html
