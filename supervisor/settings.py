@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     # How long Nginx and each API worker may reuse an access decision (a revoked token or a
     # removed permission stops working within this time). 0 asks MLflow every time.
     auth_cache_seconds: float = 10.0
+    # How long after MLflow last answered an API worker may keep using that answer while MLflow
+    # does not answer (down, restarting): scoring keeps working through a registry outage.
+    # 0 fails every check as soon as MLflow is away.
+    auth_stale_seconds: float = 900.0
     # MLflow's default_permission for the embedded tracking server (a user's permission on a
     # model nobody granted them anything on): READ (MLflow's default) or NO_PERMISSIONS.
     auth_default_permission: str = "READ"

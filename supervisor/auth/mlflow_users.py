@@ -7,6 +7,12 @@ way MLflow's own checks do). Talking HTTP rather than opening MLflow's auth data
 external tracking server working. Answers are cached per worker for ``ttl`` seconds, so a busy
 API worker asks MLflow about a (user, model) pair at most once per TTL; a password is cached
 only as an HMAC under a key that lives in this process.
+
+When MLflow does not answer (restarting, stopped, overloaded), an answer it gave within the last
+``stale_seconds`` is used again instead of failing: serving must not stop because the registry
+is away (issue 7), and nothing can be revoked in MLflow while it is away either. Such a stale
+answer is re-armed for a few seconds, so a hung MLflow costs one slow refresh per key now and
+then, not a timeout per request.
 """
 
 from __future__ import annotations
@@ -38,12 +44,21 @@ class User:
 
 
 class TTLCache:
-    """A small dict with expiry; bounded so a flood of bad credentials cannot grow it forever."""
+    """A small dict with expiry; bounded so a flood of bad credentials cannot grow it forever.
 
-    def __init__(self, ttl: float, max_size: int = 10000) -> None:
+    ``stale_on``: errors of ``compute`` that mean "no answer now"; the last good value of the key
+    is returned instead while it is at most ``stale_seconds`` past its expiry."""
+
+    RETRY_STALE_AFTER = 2.0  # seconds a reused stale answer is kept before MLflow is asked again
+
+    def __init__(self, ttl: float, max_size: int = 10000, stale_seconds: float = 0.0,
+                 stale_on: tuple[type[Exception], ...] = ()) -> None:
         self.ttl = ttl
         self.max_size = max_size
-        self._data: dict[Any, tuple[float, Any]] = {}
+        self.stale_seconds = stale_seconds
+        self.stale_on = stale_on
+        # key -> (valid until, value, when the answer was last fresh)
+        self._data: dict[Any, tuple[float, Any, float]] = {}
         self._lock = threading.Lock()
 
     def get_or(self, key: Any, compute: Callable[[], T]) -> T:
@@ -54,13 +69,20 @@ class TTLCache:
             hit = self._data.get(key)
         if hit is not None and hit[0] > now:
             return hit[1]  # type: ignore[no-any-return]
-        value = compute()
+        try:
+            value = compute()
+        except self.stale_on:
+            if hit is None or now - hit[2] > self.ttl + self.stale_seconds:
+                raise
+            with self._lock:
+                self._data[key] = (now + min(self.ttl, self.RETRY_STALE_AFTER), hit[1], hit[2])
+            return hit[1]  # type: ignore[no-any-return]
         with self._lock:
             if len(self._data) >= self.max_size:
                 self._data = {k: v for k, v in self._data.items() if v[0] > now}
                 if len(self._data) >= self.max_size:
                     self._data.clear()
-            self._data[key] = (now + self.ttl, value)
+            self._data[key] = (now + self.ttl, value, now)
         return value
 
     def clear(self) -> None:
@@ -70,13 +92,13 @@ class TTLCache:
 
 class MlflowUsers:
     def __init__(self, tracking_uri: str, admin_username: str, admin_password: str, ttl: float,
-                 timeout: float = 10.0) -> None:
+                 timeout: float = 10.0, stale_seconds: float = 0.0) -> None:
         self.base = tracking_uri.rstrip("/")
         self.admin = (admin_username, admin_password)
         self.timeout = timeout
         self.session = requests.Session()
         self.session.trust_env = False  # never let a ~/.netrc replace the credentials we send
-        self.cache = TTLCache(ttl)
+        self.cache = TTLCache(ttl, stale_seconds=stale_seconds, stale_on=(AuthBackendError,))
         self._key = secrets.token_bytes(32)
 
     def _get(self, path: str, auth: tuple[str, str], params: dict[str, str] | None = None
