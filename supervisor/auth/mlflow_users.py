@@ -103,10 +103,19 @@ class MlflowUsers:
 
     def _get(self, path: str, auth: tuple[str, str], params: dict[str, str] | None = None
              ) -> requests.Response:
-        try:
-            return self.session.get(self.base + path, params=params, auth=auth, timeout=self.timeout)
-        except requests.RequestException as exc:
-            raise AuthBackendError(f"MLflow's auth API is unreachable: {exc}") from exc
+        for attempt in (1, 2):
+            try:
+                return self.session.get(self.base + path, params=params, auth=auth, timeout=self.timeout)
+            except requests.Timeout as exc:  # a hung MLflow: asking again would only double the wait
+                raise AuthBackendError(f"MLflow's auth API is unreachable: {exc}") from exc
+            except requests.ConnectionError as exc:
+                # Most often a pooled keep-alive connection MLflow closed just as it was reused
+                # (uvicorn drops idle ones after 5 s): a GET on a fresh connection is safe to send.
+                if attempt == 2:
+                    raise AuthBackendError(f"MLflow's auth API is unreachable: {exc}") from exc
+            except requests.RequestException as exc:
+                raise AuthBackendError(f"MLflow's auth API is unreachable: {exc}") from exc
+        raise AssertionError("unreachable")
 
     @staticmethod
     def _json(resp: requests.Response) -> dict[str, Any]:

@@ -127,8 +127,15 @@ def running_system(data: Path, extra_env: dict[str, str] | None = None) -> Itera
     sys_ = System(url=f"http://127.0.0.1:{port}", data_dir=data, env=env, admin=("admin", ADMIN_PASSWORD))
     try:
         assert up.returncode == 0, f"modelserve up failed:\n{up.stdout}\n{up.stderr}"
-        made = sys_.raw.post(f"{sys_.url}/api/2.0/modelserve/tokens/create", json={"comment": "tests"},
-                             auth=sys_.admin, timeout=30)
+        # A just-started MLflow on a busy machine may not answer the first password check in
+        # time: a 503 with Retry-After is then a fair answer, and a client retries it.
+        deadline = time.monotonic() + 90
+        while True:
+            made = sys_.raw.post(f"{sys_.url}/api/2.0/modelserve/tokens/create", json={"comment": "tests"},
+                                 auth=sys_.admin, timeout=30)
+            if made.status_code != 503 or time.monotonic() > deadline:
+                break
+            time.sleep(2)
         assert made.status_code == 200, made.text
         sys_.token = made.json()["token_value"]
         yield sys_
