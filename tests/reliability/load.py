@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="JSON lines, one per request")
     p.add_argument("--seconds", type=float, required=True, help="hard deadline")
     p.add_argument("--stop-file", required=True)
-    p.add_argument("--pause-ms", type=float, default=10.0, help="pause between two requests of one target")
+    p.add_argument("--pause-ms", type=float, default=40.0, help="pause between two requests of one target")
     args = p.parse_args(argv)
     body = Path(args.body).read_bytes()
     headers = {"Authorization": f"Bearer {args.token}", "Content-Type": "application/json"}
