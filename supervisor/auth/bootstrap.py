@@ -15,6 +15,7 @@ import configparser
 import io
 import os
 import secrets
+import time
 from pathlib import Path
 
 import requests
@@ -100,11 +101,16 @@ def without_secrets(env: dict[str, str] | os._Environ[str]) -> dict[str, str]:
 
 def check_admin(tracking_uri: str, username: str, password: str) -> str | None:
     """None when ``username``/``password`` is an MLflow admin; else what is wrong, in words."""
-    try:
-        resp = requests.get(f"{tracking_uri.rstrip('/')}/api/2.0/mlflow/users/current", auth=(username, password),
-                            timeout=30)
-    except requests.RequestException as exc:
-        return f"cannot reach {tracking_uri}: {exc}"
+    # A tracking server that has just started may still drop a connection or two: ask a few times.
+    for attempt in range(5):
+        try:
+            resp = requests.get(f"{tracking_uri.rstrip('/')}/api/2.0/mlflow/users/current",
+                                auth=(username, password), timeout=30)
+            break
+        except requests.RequestException as exc:
+            if attempt == 4:
+                return f"cannot reach {tracking_uri}: {exc}"
+            time.sleep(2)
     if resp.status_code in (401, 403):
         return (f"MLflow refuses the admin credentials for '{username}' (the user database was made with "
                 "another password: set MODELSERVE_ADMIN_PASSWORD to the current one)")
