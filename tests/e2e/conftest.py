@@ -105,7 +105,9 @@ def running_system(data: Path, extra_env: dict[str, str] | None = None) -> Itera
     saved = {k: os.environ.get(k) for k in admin_env}
     os.environ.update(admin_env)
     port, api_port, mlflow_port = free_port(), free_port(), free_port()
-    base = 30000 + (os.getpid() % 200) * 100 + (50 if extra_env else 0)
+    # Below Linux's ephemeral ports (32768+): a client's outgoing connection must never hold the
+    # port a scoring server is about to bind (the churn suite opens a connection per request).
+    base = 20000 + (os.getpid() % 120) * 100 + (50 if extra_env else 0)
     env = dict(os.environ)
     env.pop("MLFLOW_TRACKING_URI", None)
     env.update({
