@@ -489,6 +489,12 @@ class EnvBuilder:
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
                 raise
+        if returncode < 0:
+            # Killed from outside (an operator, the OOM killer): not an answer about this step's
+            # inputs, so no fallback may read it as one (e.g. "this Python is not available").
+            name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else str(-returncode)
+            log.line(f"killed by {name}")
+            raise EnvBuildError(f"build step killed by {name}: {shlex.join(cmd[:3])} ...", log.path)
         if returncode != 0:
             tail = log.tail_since(offset)
             log.line(f"exit status {returncode}")

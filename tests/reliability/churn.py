@@ -150,8 +150,9 @@ class Churn:
 
     def answers(self, model: str, segment: str) -> bool:
         try:
-            r = requests.post(self.url(model, segment), json=self.rows, timeout=10,
-                              headers={"Authorization": f"Bearer {self.system.token}"})
+            # Exactly the load's request (its bearer token; no netrc), on a new connection.
+            r = self.system.raw.post(self.url(model, segment), json=self.rows, timeout=10,
+                                     headers={"Authorization": f"Bearer {self.system.token}"})
         except requests.RequestException:
             return False
         return r.status_code == 200
@@ -267,11 +268,15 @@ class Churn:
             p.fault_at = time.time()
             act()
             deadline = time.monotonic() + 120
+            time.sleep(0.2)  # the signal has landed: what answers now has come back
             while time.monotonic() < deadline:
-                if self.answers(A, self.prod) and all(s == READY for s in self.states(A).values()):
+                states = self.states(A)
+                if states and all(s == READY for s in states.values()) and self.answers(A, self.prod):
                     p.ready_at = time.time()
                     break
                 time.sleep(0.1)
+            print(f"  {name} of version {self.prod}: READY and answering after "
+                  f"{p.ready_at - p.fault_at if p.ready_at else float('nan'):.1f} s", flush=True)
             try:
                 self.system.wait_for(f"an event saying '{event}'",
                                      lambda: any(event in m for m in self.events(A)[: -seen or None]), timeout=30)

@@ -116,8 +116,8 @@ def kill_host(system: System, model: str, runtime: str) -> None:
 
 
 def kill_build(system: System, timeout: float) -> str:
-    """SIGKILL the first ``uv`` working on a new environment of this system (process runtime):
-    the build killed midway. Returns its command line."""
+    """SIGKILL the ``uv pip install`` of a new environment of this system (process runtime): the
+    build killed midway. Returns its command line."""
     building = str(system.data_dir / "envs" / ".building-")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -128,7 +128,8 @@ def kill_build(system: System, timeout: float) -> str:
                 argv = [a.decode(errors="replace") for a in (proc / "cmdline").read_bytes().split(b"\0") if a]
             except OSError:
                 continue
-            if argv and Path(argv[0]).name == "uv" and any(a.startswith(building) for a in argv):
+            # The install step (uv pip install --python <build dir>/bin/python): midway for real.
+            if argv and Path(argv[0]).name == "uv" and "install" in argv and any(building in a for a in argv):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(int(proc.name), signal.SIGKILL)
                     return " ".join(argv)

@@ -334,3 +334,18 @@ def test_concurrent_builds_of_one_hash_build_once(builder: EnvBuilder, tmp_path:
     assert sum("step 1/3" in log for log in logs) == 1
     assert builder.is_built(spec)
     assert (builder.env_path(spec) / MARKER_NAME).is_file()
+
+
+def test_a_step_killed_by_a_signal_fails_the_build_with_no_fallback(settings: Settings, tmp_path: Path) -> None:
+    # A killed "uv venv" once read as "this Python is not available" and the build went on.
+    uv = tmp_path / "uv"
+    uv.write_text("#!/bin/sh\nkill -9 $$\n")
+    uv.chmod(0o755)
+    killed = EnvBuilder(settings.model_copy(update={"uv_bin": str(uv)}))
+    minor = ".".join(str(p) for p in sys.version_info[:2])
+    spec = spec_of("six", python=f"{minor}.99")  # a plain failure here would fall back to {minor}
+    log = tmp_path / "killed.log"
+    with pytest.raises(EnvBuildError, match="build step killed by SIGKILL"):
+        killed.build(spec, log)
+    assert "falling back" not in log.read_text() and "killed by SIGKILL" in log.read_text()
+    assert leftovers(settings, spec) == [] and not killed.env_path(spec).exists()
