@@ -152,7 +152,8 @@ class Launcher:
         out.append(Child("reconciler", [sys.executable, "-m", "supervisor.reconciler"],
                          s.logs_dir / "reconciler.log", None))
         out.append(Child(
-            "api", [str(bindir / "gunicorn"), "--workers", str(s.api_workers), "--bind", f"127.0.0.1:{s.api_port}",
+            "api", [str(bindir / "gunicorn"), "--workers", str(s.api_workers), "--threads", str(s.api_threads),
+                    "--bind", f"127.0.0.1:{s.api_port}",
                     "--timeout", "60", "--graceful-timeout", "10", "supervisor.api.wsgi:app"],
             s.logs_dir / "api.log", f"http://127.0.0.1:{s.api_port}/api/2.0/modelserve/health"))
         return out

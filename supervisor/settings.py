@@ -33,7 +33,11 @@ class Settings(BaseSettings):
     store_url: str = ""  # SQLAlchemy URL; empty means SQLite under data_dir
     runtime: str = "process"
     reconcile_interval: float = 3.0
-    api_workers: int = 2
+    # The API is one process of threads by default: its handlers wait on MLflow and the store,
+    # and one process means one cache of access decisions, kept warm for every refresh Nginx
+    # sends (with several, each new credential pays MLflow's slow password check once per process).
+    api_workers: int = 1
+    api_threads: int = 8
     # Processes per version's scoring server (forked after the model is loaded; one core each);
     # "auto" is one per core, at most two.
     scoring_workers: str = "auto"
@@ -63,10 +67,9 @@ class Settings(BaseSettings):
     # How long Nginx and each API worker may reuse an access decision (a revoked token or a
     # removed permission stops working within this time). 0 asks MLflow every time.
     auth_cache_seconds: float = 10.0
-    # How long after MLflow last answered an API worker may keep using that answer while MLflow
-    # does not answer (down, restarting): scoring keeps working through a registry outage.
-    # 0 fails every check as soon as MLflow is away.
-    auth_stale_seconds: float = 900.0
+    # How long the gateway keeps using its last access decisions while the access check itself
+    # cannot answer (the supervisor API restarting, MLflow unreachable). 0: refuse (503) at once.
+    auth_stale_seconds: float = 300.0
     # MLflow's default_permission for the embedded tracking server (a user's permission on a
     # model nobody granted them anything on): READ (MLflow's default) or NO_PERMISSIONS.
     auth_default_permission: str = "READ"

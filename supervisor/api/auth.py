@@ -4,7 +4,14 @@
 paths the gateway sends to the supervisor, so a client cannot call it through the gateway, and
 it trusts exactly one header besides the credential: ``X-Modelserve-Model``, which Nginx always
 overwrites with the model its route map found for the decoded path (percent-encoded there,
-so any name fits in a header). Nginx caches its answers for ``MODELSERVE_AUTH_CACHE_SECONDS``.
+so any name fits in a header). Nginx caches its answers; how long, and how it may use them once
+expired, is said here in ``Cache-Control`` rather than in the Nginx template, because only the
+RFC 5861 extensions bound the use of a stale answer: ``stale-while-revalidate`` lets Nginx
+answer from an expired decision while it refreshes it in the background (no caller waits for
+MLflow's slow password check when an entry expires), ``stale-if-error`` lets it keep serving
+callers it knows while this check cannot answer (the API restarting, MLflow unreachable), for
+``MODELSERVE_AUTH_STALE_SECONDS`` and no longer. Nginx's own ``proxy_cache_use_stale`` would
+do the same without any bound.
 
 The token API uses the shapes of Databricks' ``/api/2.0/token/{create,list,delete}`` and is
 also served under ``/api/2.0/modelserve/tokens/``. Creating a token needs the MLflow password
@@ -21,6 +28,8 @@ from flask import Blueprint, Response, current_app, g, jsonify, make_response, r
 from supervisor.api.errors import ApiError
 from supervisor.auth import tokens
 from supervisor.auth.access import Access, Principal
+from supervisor.gateway import nginx_cache_seconds
+from supervisor.settings import Settings
 
 TOKEN_PREFIXES = ("/api/2.0/modelserve/tokens", "/api/2.0/token")
 
@@ -53,7 +62,25 @@ def check_blueprint() -> Blueprint:
         resp.headers["X-Modelserve-User"] = who.username
         return resp
 
+    @bp.after_request
+    def cache_policy(resp: Response) -> Response:
+        settings: Settings = current_app.extensions["modelserve"]["settings"]
+        resp.headers["Cache-Control"] = decision_cache_control(resp.status_code, settings)
+        return resp
+
     return bp
+
+
+def decision_cache_control(status: int, settings: Settings) -> str:
+    """How long Nginx may reuse this answer of the check. Only decisions are kept (200, 401,
+    403); a 503 (the check could not decide) is never stored."""
+    fresh = nginx_cache_seconds(settings.auth_cache_seconds)
+    if status not in (200, 401, 403) or fresh <= 0:
+        return "no-store"
+    # Refreshing in the background may serve one expired answer per credential and model, so
+    # a revocation takes effect within the next refresh: at most one request later than before.
+    return (f"max-age={fresh}, stale-while-revalidate={fresh}, "
+            f"stale-if-error={max(0, int(settings.auth_stale_seconds))}")
 
 
 def _body() -> dict[str, Any]:

@@ -48,7 +48,7 @@ class Access:
             # Half the cache time: Nginx's decision cache holds the other half (gateway.py).
             self.users = MlflowUsers(settings.resolved_tracking_uri, settings.admin_username,
                                      settings.resolved_admin_password(), settings.auth_cache_seconds / 2,
-                                     stale_seconds=settings.auth_stale_seconds)
+                                     grace=settings.auth_stale_seconds)
 
     def _users(self) -> MlflowUsers:
         assert self.users is not None

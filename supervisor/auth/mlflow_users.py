@@ -7,17 +7,12 @@ way MLflow's own checks do). Talking HTTP rather than opening MLflow's auth data
 external tracking server working. Answers are cached per worker for ``ttl`` seconds, so a busy
 API worker asks MLflow about a (user, model) pair at most once per TTL; a password is cached
 only as an HMAC under a key that lives in this process.
-
-When MLflow does not answer (restarting, stopped, overloaded), an answer it gave within the last
-``stale_seconds`` is used again instead of failing: serving must not stop because the registry
-is away (issue 7), and nothing can be revoked in MLflow while it is away either. Such a stale
-answer is re-armed for a few seconds, so a hung MLflow costs one slow refresh per key now and
-then, not a timeout per request.
 """
 
 from __future__ import annotations
 
 import hmac
+import os
 import secrets
 import threading
 import time
@@ -31,6 +26,8 @@ T = TypeVar("T")
 
 # MLflow's permission names, weakest first; DENY and NO_PERMISSIONS grant nothing.
 READ_OR_MORE = frozenset({"READ", "USE", "EDIT", "MANAGE"})
+# Seconds MLflow is taken as unreachable after a request to it failed.
+BACKOFF_SECONDS = 3.0
 
 
 class AuthBackendError(Exception):
@@ -43,23 +40,36 @@ class User:
     is_admin: bool
 
 
+@dataclass
+class _Entry:
+    fetched: float
+    value: Any
+    compute: Callable[[], Any]
+    used: float
+
+
 class TTLCache:
     """A small dict with expiry; bounded so a flood of bad credentials cannot grow it forever.
 
-    ``stale_on``: errors of ``compute`` that mean "no answer now"; the last good value of the key
-    is returned instead while it is at most ``stale_seconds`` past its expiry."""
+    Kept warm: a background thread recomputes every entry that is past half its life and was
+    used within ``keep_warm`` seconds, so a key in steady use never expires on the path of a
+    request. That matters because MLflow's password hash costs hundreds of milliseconds on a
+    busy machine, and because with several API workers each one's copy would otherwise be
+    found expired by the one request in a few seconds that Nginx sends it.
 
-    RETRY_STALE_AFTER = 2.0  # seconds a reused stale answer is kept before MLflow is asked again
+    An entry past its TTL is returned only while MLflow cannot answer (``AuthBackendError``),
+    and for ``grace`` seconds at most: known callers keep the rights they had during a short
+    registry outage, and a removed permission still stops working within ``ttl`` whenever
+    MLflow can say so."""
 
-    def __init__(self, ttl: float, max_size: int = 10000, stale_seconds: float = 0.0,
-                 stale_on: tuple[type[Exception], ...] = ()) -> None:
+    def __init__(self, ttl: float, max_size: int = 10000, keep_warm: float = 60.0, grace: float = 0.0) -> None:
         self.ttl = ttl
         self.max_size = max_size
-        self.stale_seconds = stale_seconds
-        self.stale_on = stale_on
-        # key -> (valid until, value, when the answer was last fresh)
-        self._data: dict[Any, tuple[float, Any, float]] = {}
+        self.keep_warm = keep_warm
+        self.grace = grace
+        self._data: dict[Any, _Entry] = {}
         self._lock = threading.Lock()
+        self._warmer_pid = 0  # the process whose warmer thread runs (threads do not survive fork)
 
     def get_or(self, key: Any, compute: Callable[[], T]) -> T:
         if self.ttl <= 0:
@@ -67,23 +77,45 @@ class TTLCache:
         now = time.monotonic()
         with self._lock:
             hit = self._data.get(key)
-        if hit is not None and hit[0] > now:
-            return hit[1]  # type: ignore[no-any-return]
+            if hit is not None:
+                hit.used = now
+                if now - hit.fetched < self.ttl:
+                    return hit.value  # type: ignore[no-any-return]
         try:
             value = compute()
-        except self.stale_on:
-            if hit is None or now - hit[2] > self.ttl + self.stale_seconds:
-                raise
-            with self._lock:
-                self._data[key] = (now + min(self.ttl, self.RETRY_STALE_AFTER), hit[1], hit[2])
-            return hit[1]  # type: ignore[no-any-return]
+        except AuthBackendError:
+            if hit is not None and now - hit.fetched < self.ttl + self.grace:
+                return hit.value  # type: ignore[no-any-return]
+            raise
+        self._put(key, _Entry(now, value, compute, now))
+        return value
+
+    def _put(self, key: Any, entry: _Entry) -> None:
         with self._lock:
             if len(self._data) >= self.max_size:
-                self._data = {k: v for k, v in self._data.items() if v[0] > now}
+                self._data = {k: v for k, v in self._data.items()
+                              if entry.fetched - v.fetched < self.ttl + self.grace}
                 if len(self._data) >= self.max_size:
                     self._data.clear()
-            self._data[key] = (now + self.ttl, value, now)
-        return value
+            self._data[key] = entry
+            if self.keep_warm > 0 and self._warmer_pid != os.getpid():
+                self._warmer_pid = os.getpid()
+                threading.Thread(target=self._warm, daemon=True, name="auth-cache-warmer").start()
+
+    def _warm(self) -> None:
+        while True:
+            time.sleep(max(0.05, self.ttl / 4))
+            now = time.monotonic()
+            with self._lock:
+                due = [(k, e) for k, e in self._data.items()
+                       if now - e.fetched >= self.ttl / 2 and now - e.used < self.keep_warm]
+            for key, entry in due:
+                started = time.monotonic()
+                try:
+                    value = entry.compute()
+                except Exception:  # noqa: BLE001 - the entry ages; its next caller decides (see get_or)
+                    continue
+                self._put(key, _Entry(started, value, entry.compute, entry.used))
 
     def clear(self) -> None:
         with self._lock:
@@ -92,30 +124,38 @@ class TTLCache:
 
 class MlflowUsers:
     def __init__(self, tracking_uri: str, admin_username: str, admin_password: str, ttl: float,
-                 timeout: float = 10.0, stale_seconds: float = 0.0) -> None:
+                 timeout: float = 10.0, grace: float = 0.0) -> None:
         self.base = tracking_uri.rstrip("/")
         self.admin = (admin_username, admin_password)
         self.timeout = timeout
         self.session = requests.Session()
         self.session.trust_env = False  # never let a ~/.netrc replace the credentials we send
-        self.cache = TTLCache(ttl, stale_seconds=stale_seconds, stale_on=(AuthBackendError,))
+        self.cache = TTLCache(ttl, grace=grace)
         self._key = secrets.token_bytes(32)
+        self._unreachable_until = 0.0
+        self._last_error = ""
 
     def _get(self, path: str, auth: tuple[str, str], params: dict[str, str] | None = None
              ) -> requests.Response:
+        # After a failure, callers are not made to wait for MLflow's timeout one by one: for a
+        # few seconds the answer is "unreachable" at once (known callers then get their last
+        # decision, see TTLCache), then MLflow is asked again.
+        if time.monotonic() < self._unreachable_until:
+            raise AuthBackendError(f"MLflow's auth API was unreachable moments ago: {self._last_error}")
         for attempt in (1, 2):
             try:
                 return self.session.get(self.base + path, params=params, auth=auth, timeout=self.timeout)
-            except requests.Timeout as exc:  # a hung MLflow: asking again would only double the wait
-                raise AuthBackendError(f"MLflow's auth API is unreachable: {exc}") from exc
-            except requests.ConnectionError as exc:
-                # Most often a pooled keep-alive connection MLflow closed just as it was reused
-                # (uvicorn drops idle ones after 5 s): a GET on a fresh connection is safe to send.
-                if attempt == 2:
-                    raise AuthBackendError(f"MLflow's auth API is unreachable: {exc}") from exc
             except requests.RequestException as exc:
+                # A pooled keep-alive connection MLflow closed just as it was reused (uvicorn
+                # drops idle ones after 5 s) is not an outage: a GET on a new one is safe. A
+                # timeout is not asked again: that would only double the wait for a hung MLflow.
+                if attempt == 1 and isinstance(exc, requests.ConnectionError) \
+                        and not isinstance(exc, requests.Timeout):
+                    continue
+                self._last_error = str(exc)
+                self._unreachable_until = time.monotonic() + BACKOFF_SECONDS
                 raise AuthBackendError(f"MLflow's auth API is unreachable: {exc}") from exc
-        raise AssertionError("unreachable")
+        raise AssertionError("not reached")
 
     @staticmethod
     def _json(resp: requests.Response) -> dict[str, Any]:

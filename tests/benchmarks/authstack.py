@@ -75,7 +75,8 @@ def running(settings: Settings, work: Path) -> Iterator[AuthStack]:
                    "MODELSERVE_ADMIN_USERNAME": settings.admin_username,
                    "MODELSERVE_ADMIN_PASSWORD": settings.admin_password,
                    "MODELSERVE_AUTH_CACHE_SECONDS": str(settings.auth_cache_seconds)}
-        procs.append(spawn([str(bindir / "gunicorn"), "--workers", "2", "--bind", f"127.0.0.1:{settings.api_port}",
+        procs.append(spawn([str(bindir / "gunicorn"), "--workers", str(settings.api_workers), "--threads",
+                            str(settings.api_threads), "--bind", f"127.0.0.1:{settings.api_port}",
                             "supervisor.api.wsgi:app"], api_env, work / "api.log"))
         wait_ping(f"{settings.api_url}/api/2.0/modelserve/health")
         yield AuthStack(settings, user, token)

@@ -1,4 +1,8 @@
-"""A real Nginx asking a stand-in access check: JSON 401/403, forged headers overwritten, decisions cached."""
+"""A real Nginx asking a stand-in access check: JSON 401/403, forged headers overwritten, decisions cached.
+
+The stand-in sends the ``Cache-Control`` the real check sends (``decision_cache_control``), so
+the freshness, background refresh and stale-if-error bounds tested here are the shipped ones.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from typing import Any
 import pytest
 import requests
 
+from supervisor.api.auth import decision_cache_control
 from supervisor.gateway import Gateway
 from supervisor.routing import ModelRoutes, VersionRoute
 from supervisor.settings import Settings
@@ -25,10 +30,16 @@ class Recorder(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     checks: list[dict[str, str]] = []
+    settings = Settings()
+    outage = ""  # "503": the check answers 503 to everyone; "drop": it closes without answering
+    delay = 0.0  # seconds the check takes (MLflow's slow password hash)
+    verdict = 0  # when set, the status every check answers (e.g. 401 once a token is revoked)
 
-    def _send(self, status: int, body: bytes = b"") -> None:
+    def _send(self, status: int, body: bytes = b"", cache: bool = False) -> None:
         self.send_response(status)
         self.send_header("Content-Length", str(len(body)))
+        if cache:
+            self.send_header("Cache-Control", decision_cache_control(status, Recorder.settings))
         self.end_headers()
         self.wfile.write(body)
 
@@ -45,26 +56,36 @@ class Recorder(BaseHTTPRequestHandler):
     def _check(self) -> None:
         seen = {k: v for k, v in self.headers.items()}
         Recorder.checks.append(seen)
+        time.sleep(Recorder.delay)
         auth, model = seen.get("Authorization", ""), seen.get("X-Modelserve-Model", "")
-        if auth == "Bearer down":
-            self._send(503)
+        if Recorder.outage == "drop":
+            self.close_connection = True
+            self.connection.shutdown(2)
+        elif Recorder.verdict:
+            self._send(Recorder.verdict, cache=True)
+        elif auth == "Bearer down" or Recorder.outage == "503":
+            self._send(503, cache=True)
         elif auth not in ("Bearer good", "Bearer other"):
-            self._send(401)
+            self._send(401, cache=True)
         else:
-            self._send(200 if (auth, model) == ("Bearer good", "my%20model") else 403)
+            self._send(200 if (auth, model) == ("Bearer good", "my%20model") else 403, cache=True)
 
     def log_message(self, *args: object) -> None:
         pass
 
 
 @pytest.fixture()
-def gateway(tmp_path: Path) -> Iterator[tuple[Gateway, int]]:
+def gateway(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Gateway, int]]:
+    """Nginx with a 4 s decision cache (2 s fresh in Nginx); a test may mark ``stale_seconds``."""
+    marker = request.node.get_closest_marker("stale_seconds")
     api_port = free_port()
     server = ThreadingHTTPServer(("127.0.0.1", api_port), Recorder)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     settings = Settings(data_dir=tmp_path, port=free_port(), api_port=api_port, mlflow_port=free_port(),
-                        nginx_bin=shutil.which("nginx") or "/usr/sbin/nginx", auth_cache_seconds=4)
+                        nginx_bin=shutil.which("nginx") or "/usr/sbin/nginx", auth_cache_seconds=4,
+                        auth_stale_seconds=marker.args[0] if marker else 300)
+    Recorder.settings, Recorder.outage, Recorder.delay, Recorder.verdict = settings, "", 0.0, 0
     gw = Gateway(settings)
     gw.start()
     routes = [ModelRoutes(name, (VersionRoute("1", "ready", ("127.0.0.1", api_port)),)) for name in ("my model", "b")]
@@ -122,11 +143,80 @@ def test_decisions_are_cached_per_credential_and_model(gateway: tuple[Gateway, i
 
 
 
+def wait_for_checks(n: int, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while len(Recorder.checks) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(Recorder.checks) == n
+
+
+GOOD = ("/model/my%20model/1/invocations", "Bearer good")
+
+
 def test_an_expired_decision_is_asked_again(gateway: tuple[Gateway, int]) -> None:
     gw, _ = gateway
-    assert score(gw, "/model/my%20model/1/invocations", Authorization="Bearer good").status_code == 200
-    # Nginx keeps a decision for half of MODELSERVE_AUTH_CACHE_SECONDS (2 of 4 s here), counted in
-    # whole seconds: a revoked token cannot outlive that.
+    assert score(gw, GOOD[0], Authorization=GOOD[1]).status_code == 200
+    # Nginx keeps a decision fresh for half of MODELSERVE_AUTH_CACHE_SECONDS (2 of 4 s here),
+    # counted in whole seconds; the first request after that starts a refresh.
     time.sleep(3.2)
-    assert score(gw, "/model/my%20model/1/invocations", Authorization="Bearer good").status_code == 200
-    assert len(Recorder.checks) == 2
+    assert score(gw, GOOD[0], Authorization=GOOD[1]).status_code == 200
+    wait_for_checks(2)
+
+
+def test_an_expired_decision_is_refreshed_behind_the_callers_back(gateway: tuple[Gateway, int]) -> None:
+    gw, _ = gateway
+    assert score(gw, GOOD[0], Authorization=GOOD[1]).status_code == 200
+    time.sleep(3.2)
+    Recorder.delay = 2.0
+    t0 = time.monotonic()
+    assert score(gw, GOOD[0], Authorization=GOOD[1]).status_code == 200
+    assert time.monotonic() - t0 < 1.5  # answered from the old decision, not after the 2 s check
+    wait_for_checks(2)
+
+
+def test_a_revocation_takes_effect_at_the_next_refresh(gateway: tuple[Gateway, int]) -> None:
+    gw, _ = gateway
+    assert score(gw, GOOD[0], Authorization=GOOD[1]).status_code == 200
+    time.sleep(3.2)
+    Recorder.verdict = 401  # the token was revoked
+    score(gw, GOOD[0], Authorization=GOOD[1])  # may pass once more: it starts the refresh
+    wait_for_checks(2)
+    time.sleep(0.2)
+    assert score(gw, GOOD[0], Authorization=GOOD[1]).status_code == 401
+
+
+def test_known_callers_keep_scoring_while_the_check_is_unreachable(gateway: tuple[Gateway, int]) -> None:
+    """The API restarting: Nginx keeps its decisions (stale-if-error), new callers wait outside."""
+    gw, _ = gateway
+    assert score(gw, GOOD[0], Authorization=GOOD[1]).status_code == 200
+    assert score(gw, "/model/b/1/invocations", Authorization="Bearer good").status_code == 403
+    Recorder.outage = "drop"
+    # Fresh, in the refresh window, and past it (2 s fresh + 2 s stale-while-revalidate).
+    for wait in (0.0, 2.5, 2.5):
+        time.sleep(wait)
+        assert score(gw, GOOD[0], Authorization=GOOD[1]).status_code == 200, f"after {wait} s"
+        assert score(gw, "/model/b/1/invocations", Authorization="Bearer good").status_code == 403
+    r = score(gw, GOOD[0], Authorization="Bearer other")
+    assert r.status_code == 503 and r.json()["error_code"] == "TEMPORARILY_UNAVAILABLE"
+    Recorder.outage = ""
+    assert score(gw, GOOD[0], Authorization="Bearer other").status_code == 403
+
+
+def test_a_check_that_cannot_decide_is_not_overruled(gateway: tuple[Gateway, int]) -> None:
+    """A 503 from the check means its own grace for this caller is over (supervisor/auth):
+    Nginx does not stretch an old decision past its refresh window."""
+    gw, _ = gateway
+    assert score(gw, GOOD[0], Authorization=GOOD[1]).status_code == 200
+    Recorder.outage = "503"
+    time.sleep(2.0 + 2.0 + 1.5)
+    r = score(gw, GOOD[0], Authorization=GOOD[1])
+    assert r.status_code == 503 and r.json()["error_code"] == "TEMPORARILY_UNAVAILABLE"
+
+
+@pytest.mark.stale_seconds(1)
+def test_old_decisions_stop_serving_after_the_stale_bound(gateway: tuple[Gateway, int]) -> None:
+    gw, _ = gateway
+    assert score(gw, GOOD[0], Authorization=GOOD[1]).status_code == 200
+    Recorder.outage = "drop"
+    time.sleep(2.0 + 2.0 + 1.0 + 1.5)  # fresh, stale-while-revalidate, stale-if-error, whole seconds
+    assert score(gw, GOOD[0], Authorization=GOOD[1]).status_code == 503

@@ -10,6 +10,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from supervisor.api.app import create_app
+from supervisor.api.auth import decision_cache_control
 from supervisor.auth.access import Access
 from supervisor.registry import RegistryModel, RegistryVersion
 from supervisor.settings import Settings
@@ -82,6 +83,17 @@ def test_gateway_check(client: FlaskClient) -> None:
     assert client.get(CHECK, headers={**reader, "X-Modelserve-Model": "%61"}).status_code == 200  # "a"
     assert client.get(CHECK, headers={**reader, "X-Modelserve-Model": "a%00"}).status_code == 403
     assert client.get(CHECK, headers={**reader, "X-Modelserve-Model": "%ff%fe"}).status_code == 403
+
+
+def test_gateway_check_says_how_long_nginx_may_keep_a_decision(client: FlaskClient) -> None:
+    reader = basic("reader", "readerpw")
+    policy = "max-age=5, stale-while-revalidate=5, stale-if-error=300"  # the defaults: 10 s cache, 300 s stale
+    for headers, status in (({**reader, "X-Modelserve-Model": "a"}, 200), ({**reader, "X-Modelserve-Model": "b"}, 403),
+                            ({"X-Modelserve-Model": "a"}, 401)):
+        resp = client.get(CHECK, headers=headers)
+        assert resp.status_code == status and resp.headers["Cache-Control"] == policy
+    assert decision_cache_control(503, Settings()) == "no-store"  # an undecided check is never kept
+    assert decision_cache_control(200, Settings(auth_cache_seconds=0)) == "no-store"
 
 
 def test_token_api(client: FlaskClient) -> None:

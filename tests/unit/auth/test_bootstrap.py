@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from supervisor.auth import bootstrap
-from supervisor.auth.mlflow_users import TTLCache
 from supervisor.settings import Settings
 
 
@@ -48,15 +47,3 @@ def test_mlflow_auth_config(tmp_path: Path) -> None:
 def test_model_hosts_get_no_secrets() -> None:
     env = {"PATH": "/bin", **bootstrap.client_env(Settings(), "pw"), "MLFLOW_TRACKING_TOKEN": "t"}
     assert bootstrap.without_secrets(env) == {"PATH": "/bin"}
-
-
-def test_ttl_cache() -> None:
-    calls: list[int] = []
-    cache = TTLCache(ttl=60, max_size=2)
-    for key in ("a", "a", "b", "c", "a"):
-        cache.get_or(key, lambda: calls.append(1) or len(calls))
-    assert len(calls) == 4  # "a" once, then again after the bounded cache was cleared
-    off = TTLCache(ttl=0)
-    off.get_or("a", lambda: calls.append(1))
-    off.get_or("a", lambda: calls.append(1))
-    assert len(calls) == 6

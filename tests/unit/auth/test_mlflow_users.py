@@ -1,78 +1,69 @@
-"""The API workers' cache of MLflow's answers keeps the last good answer while MLflow is away."""
+"""The worker's cache of MLflow's answers: bounded, kept warm off the request path, and a short,
+bounded memory of the last answer while MLflow is unreachable."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from supervisor.auth import mlflow_users
-from supervisor.auth.mlflow_users import AuthBackendError, TTLCache
+from supervisor.auth.mlflow_users import AuthBackendError, MlflowUsers, TTLCache, User
+from tests.support import free_port
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture()
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    c = Clock()
-    monkeypatch.setattr(mlflow_users.time, "monotonic", c)
-    return c
-
-
-def down() -> str:
-    raise AuthBackendError("MLflow's auth API is unreachable")
-
-
-def test_a_backend_error_reuses_the_last_good_answer_within_the_grace(clock: Clock) -> None:
-    cache = TTLCache(ttl=5, stale_seconds=60, stale_on=(AuthBackendError,))
-    assert cache.get_or("k", lambda: "READ") == "READ"
-    clock.now += 30
-    assert cache.get_or("k", down) == "READ"
-    # Re-armed for a moment: the next requests do not wait for a hung MLflow again.
+def test_ttl_cache() -> None:
     calls: list[int] = []
-    assert cache.get_or("k", lambda: calls.append(1) or "MANAGE") == "READ" and calls == []
-    clock.now += 3
-    assert cache.get_or("k", lambda: "MANAGE") == "MANAGE"  # MLflow back: its new answer wins
+    cache = TTLCache(ttl=60, max_size=2)
+    for key in ("a", "a", "b", "c", "a"):
+        cache.get_or(key, lambda: calls.append(1) or len(calls))
+    assert len(calls) == 4  # "a" once, then again after the bounded cache was cleared
+    off = TTLCache(ttl=0)
+    off.get_or("a", lambda: calls.append(1))
+    off.get_or("a", lambda: calls.append(1))
+    assert len(calls) == 6
 
 
-def test_past_the_grace_or_without_an_answer_the_error_stands(clock: Clock) -> None:
-    cache = TTLCache(ttl=5, stale_seconds=60, stale_on=(AuthBackendError,))
-    with pytest.raises(AuthBackendError):
-        cache.get_or("never-answered", down)
-    cache.get_or("k", lambda: "READ")
-    clock.now += 66
+def test_ttl_cache_serves_its_last_answer_while_mlflow_is_unreachable_for_grace_seconds() -> None:
+    cache = TTLCache(ttl=0.2, keep_warm=0, grace=0.5)
+    assert cache.get_or("k", lambda: "READ") == "READ"
+
+    def down() -> str:
+        raise AuthBackendError("unreachable")
+
+    time.sleep(0.3)  # expired, within grace: the last answer
+    assert cache.get_or("k", down) == "READ"
+    assert cache.get_or("k", lambda: "NO_PERMISSIONS") == "NO_PERMISSIONS"  # MLflow answers: it wins
+    time.sleep(0.8)  # past ttl + grace
     with pytest.raises(AuthBackendError):
         cache.get_or("k", down)
+    with pytest.raises(AuthBackendError):
+        cache.get_or("never seen", down)
 
 
-def test_reused_answers_do_not_extend_the_grace(clock: Clock) -> None:
-    cache = TTLCache(ttl=5, stale_seconds=20, stale_on=(AuthBackendError,))
-    cache.get_or("k", lambda: "READ")
-    for _ in range(20):  # MLflow away, asked every 2.4 s
-        clock.now += 2.4
-        try:
-            cache.get_or("k", down)
-        except AuthBackendError:
-            break
-    else:
-        raise AssertionError("a stale answer was served past the grace")
-    assert clock.now - 1000.0 > 25
+def test_ttl_cache_keeps_used_entries_warm_in_the_background() -> None:
+    calls: list[float] = []
+
+    def compute() -> int:
+        calls.append(time.monotonic())
+        return len(calls)
+
+    cache = TTLCache(ttl=0.4, keep_warm=5)
+    assert cache.get_or("k", compute) == 1
+    deadline = time.monotonic() + 3
+    while len(calls) < 3 and time.monotonic() < deadline:
+        assert cache.get_or("k", lambda: pytest.fail("a used entry expired on the request path"))
+        time.sleep(0.02)
+    assert len(calls) >= 3  # refreshed by the warmer, never by a caller
 
 
-def test_other_errors_are_never_hidden(clock: Clock) -> None:
-    cache = TTLCache(ttl=5, stale_seconds=60, stale_on=(AuthBackendError,))
-    cache.get_or("k", lambda: "READ")
-    clock.now += 6
-
-    def broken() -> str:
-        raise ValueError("bug")
-
-    with pytest.raises(ValueError):
-        cache.get_or("k", broken)
+def test_mlflow_users_stop_asking_an_unreachable_mlflow_for_a_moment() -> None:
+    users = MlflowUsers(f"http://127.0.0.1:{free_port()}", "admin", "pw", ttl=0)
+    with pytest.raises(AuthBackendError, match="unreachable"):
+        users.permission("u", "m")
+    t0 = time.monotonic()
+    with pytest.raises(AuthBackendError, match="moments ago"):
+        users.permission("u", "m")
+    assert time.monotonic() - t0 < 0.5
 
 
 class FlakySession:
@@ -96,9 +87,9 @@ class FlakySession:
 def test_a_connection_closed_under_a_reused_request_is_asked_again() -> None:
     import requests
 
-    users = mlflow_users.MlflowUsers("http://127.0.0.1:1", "admin", "pw", ttl=0)
+    users = MlflowUsers("http://127.0.0.1:1", "admin", "pw", ttl=0)
     users.session = FlakySession(requests.ConnectionError("Connection aborted: RemoteDisconnected"))  # type: ignore[assignment]
-    assert users.user("ann") == mlflow_users.User("ann", False)
+    assert users.user("ann") == User("ann", False)
     users.session = FlakySession(requests.ConnectionError("refused"), failures=2)  # type: ignore[assignment]
     with pytest.raises(AuthBackendError):
         users.user("ann")
@@ -107,7 +98,7 @@ def test_a_connection_closed_under_a_reused_request_is_asked_again() -> None:
 def test_a_timeout_is_not_waited_for_twice() -> None:
     import requests
 
-    users = mlflow_users.MlflowUsers("http://127.0.0.1:1", "admin", "pw", ttl=0)
+    users = MlflowUsers("http://127.0.0.1:1", "admin", "pw", ttl=0)
     users.session = session = FlakySession(requests.ReadTimeout("read timed out"))  # type: ignore[assignment]
     with pytest.raises(AuthBackendError):
         users.user("ann")
