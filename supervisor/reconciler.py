@@ -122,6 +122,9 @@ class Reconciler:
                 answered[model] = self.registry.get_model(model)
             except RegistryUnavailable as exc:
                 error = str(exc).splitlines()[0][:500] if str(exc) else "unreachable"
+                # One registry serves every model: a hung one would cost its timeout once per
+                # model, holding the tick (and the status) for minutes. The rest keep as they are.
+                break
             except Exception as exc:  # a 4xx we did not expect: skip this model, keep the rest
                 log.warning("registry error for %r: %s", model, exc)
         previous = self.store.get_meta(REGISTRY_ERROR_KEY)

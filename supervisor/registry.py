@@ -65,7 +65,8 @@ def fail_fast_http() -> None:
     # notice an unreachable registry within seconds and keep serving, retrying at its next tick.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    # A hung registry (accepting, never answering) is noticed within two timeouts: ~21 s.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 
 class Registry:

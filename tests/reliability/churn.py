@@ -57,7 +57,7 @@ class Form:
 
 
 FORMS = {
-    "short": Form(cycles=1, hold=0.0, moves=2, reloads=5, outage=30.0),
+    "short": Form(cycles=1, hold=0.0, moves=2, reloads=5, outage=40.0),
     "long": Form(cycles=3, hold=60.0, moves=10, reloads=40, outage=90.0),
 }
 
@@ -263,7 +263,7 @@ class Churn:
         self.outage(n)
 
     def kill(self, n: int, name: str, act: Callable[[], None], event: str) -> None:
-        with self.phase(f"{n}.{name}", "fault", A) as p:
+        with self.phase(f"{n}.{name}", "fault", "A") as p:  # "A": its targets' label
             seen = len(self.events(A))
             p.fault_at = time.time()
             act()
