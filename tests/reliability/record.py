@@ -87,7 +87,7 @@ def verdict(records: list[dict[str, Any]], phases: list[Phase], targets: list[st
             problems.append(f"{what}, during {p.name}")
         elif target_model(r["u"]) != p.model:
             problems.append(f"{what}, during {p.name}, which hit model {p.model} only")
-        elif r["t"] < p.fault_at:
+        elif r["t"] + r["d"] < p.fault_at:  # answered before the fault; one in flight dies with it
             problems.append(f"{what}, during {p.name}, before the fault")
         elif p.ready_at and r["t"] > p.ready_at:
             problems.append(f"{what}, during {p.name}, after {p.model} was READY again")

@@ -64,3 +64,10 @@ def test_requests_between_phases_are_judged_too() -> None:
     gap = [Phase("a", "quiet", 0, 10), Phase("b", "quiet", 20, 30)]
     problems = verdict(steady(0, 10) + steady(20, 30, (15.0, "A/Production", 503)), gap, TARGETS)
     assert problems == ["A/Production failed (503) at 15.00, between phases"]
+
+
+def test_a_request_in_flight_at_the_fault_may_fail_with_it() -> None:
+    in_flight = dict(req(110.99, "A/Production", 503), d=0.02)  # sent before the kill, answered after
+    assert verdict(steady(100, 130) + [in_flight], PHASES, TARGETS) == []
+    before = dict(req(110.5, "A/Production", 503), d=0.02)
+    assert "before the fault" in verdict(steady(100, 130) + [before], PHASES, TARGETS)[0]
