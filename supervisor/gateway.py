@@ -90,11 +90,14 @@ class Gateway:
         if result.returncode != 0:
             raise GatewayConfigError(f"nginx -t refused the configuration:\n{result.stderr.strip()}")
 
-    def write_main(self) -> None:
+    def _make_dirs(self) -> None:
         for sub in ("tmp/client_body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi", "tmp/auth_cache"):
             (self.prefix / sub).mkdir(parents=True, exist_ok=True)
         # Cached access decisions are keyed by the credential itself: owner-only.
         (self.prefix / "tmp" / "auth_cache").chmod(0o700)
+
+    def write_main(self) -> None:
+        self._make_dirs()
         if not self.routes_conf.exists():
             _atomic_write(self.routes_conf, render_routes([], self.settings.nginx_templates).text)
         _atomic_write(self.main_conf, self._render_main(self.routes_conf))
@@ -187,7 +190,8 @@ class Gateway:
         current = self.routes_conf.read_text() if self.routes_conf.exists() else None
         if rendered.text == current:
             return ApplyResult(changed=False, rejected=rendered.rejected)
-        self.prefix.mkdir(parents=True, exist_ok=True)
+        # The reconciler may render before the launcher has started Nginx: nginx -t needs these.
+        self._make_dirs()
         candidate = self.prefix / "routes.conf.candidate"
         test_conf = self.prefix / "nginx.test.conf"
         _atomic_write(candidate, rendered.text)

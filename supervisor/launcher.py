@@ -142,7 +142,11 @@ class Launcher:
                 "mlflow", [str(bindir / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(s.mlflow_port),
                            "--backend-store-uri", f"sqlite:///{mlflow_dir / 'mlflow.db'}",
                            "--artifacts-destination", str(mlflow_dir / "artifacts"),
-                           "--serve-artifacts", "--workers", "2", *auth_args],
+                           "--serve-artifacts", "--workers", "2", *auth_args,
+                           # uvicorn kills a worker that misses one 5 s health ping, dropping every
+                           # request it holds: on a busy machine that made the registry (and so the
+                           # access checks) fail at random. A slow worker is not a dead one.
+                           "--uvicorn-opts", "--timeout-worker-healthcheck 60"],
                 s.logs_dir / "mlflow.log", f"http://127.0.0.1:{s.mlflow_port}/health",
                 env=bootstrap.mlflow_server_env(s, self.admin_password) if s.auth else {}))
         out.append(Child("reconciler", [sys.executable, "-m", "supervisor.reconciler"],

@@ -142,12 +142,20 @@ class MlflowUsers:
         # decision, see TTLCache), then MLflow is asked again.
         if time.monotonic() < self._unreachable_until:
             raise AuthBackendError(f"MLflow's auth API was unreachable moments ago: {self._last_error}")
-        try:
-            return self.session.get(self.base + path, params=params, auth=auth, timeout=self.timeout)
-        except requests.RequestException as exc:
-            self._last_error = str(exc)
-            self._unreachable_until = time.monotonic() + BACKOFF_SECONDS
-            raise AuthBackendError(f"MLflow's auth API is unreachable: {exc}") from exc
+        for attempt in (1, 2):
+            try:
+                return self.session.get(self.base + path, params=params, auth=auth, timeout=self.timeout)
+            except requests.RequestException as exc:
+                # A pooled keep-alive connection MLflow closed just as it was reused (uvicorn
+                # drops idle ones after 5 s) is not an outage: a GET on a new one is safe. A
+                # timeout is not asked again: that would only double the wait for a hung MLflow.
+                if attempt == 1 and isinstance(exc, requests.ConnectionError) \
+                        and not isinstance(exc, requests.Timeout):
+                    continue
+                self._last_error = str(exc)
+                self._unreachable_until = time.monotonic() + BACKOFF_SECONDS
+                raise AuthBackendError(f"MLflow's auth API is unreachable: {exc}") from exc
+        raise AssertionError("not reached")
 
     @staticmethod
     def _json(resp: requests.Response) -> dict[str, Any]:

@@ -105,7 +105,9 @@ def running_system(data: Path, extra_env: dict[str, str] | None = None) -> Itera
     saved = {k: os.environ.get(k) for k in admin_env}
     os.environ.update(admin_env)
     port, api_port, mlflow_port = free_port(), free_port(), free_port()
-    base = 30000 + (os.getpid() % 200) * 100 + (50 if extra_env else 0)
+    # Below Linux's ephemeral ports (32768+): a client's outgoing connection must never hold the
+    # port a scoring server is about to bind (the churn suite opens a connection per request).
+    base = 20000 + (os.getpid() % 120) * 100 + (50 if extra_env else 0)
     env = dict(os.environ)
     env.pop("MLFLOW_TRACKING_URI", None)
     env.update({
@@ -127,8 +129,15 @@ def running_system(data: Path, extra_env: dict[str, str] | None = None) -> Itera
     sys_ = System(url=f"http://127.0.0.1:{port}", data_dir=data, env=env, admin=("admin", ADMIN_PASSWORD))
     try:
         assert up.returncode == 0, f"modelserve up failed:\n{up.stdout}\n{up.stderr}"
-        made = sys_.raw.post(f"{sys_.url}/api/2.0/modelserve/tokens/create", json={"comment": "tests"},
-                             auth=sys_.admin, timeout=30)
+        # A just-started MLflow on a busy machine may not answer the first password check in
+        # time: a 503 with Retry-After is then a fair answer, and a client retries it.
+        deadline = time.monotonic() + 90
+        while True:
+            made = sys_.raw.post(f"{sys_.url}/api/2.0/modelserve/tokens/create", json={"comment": "tests"},
+                                 auth=sys_.admin, timeout=30)
+            if made.status_code != 503 or time.monotonic() > deadline:
+                break
+            time.sleep(2)
         assert made.status_code == 200, made.text
         sys_.token = made.json()["token_value"]
         yield sys_

@@ -92,6 +92,26 @@ def test_unreachable_registry_changes_nothing_and_is_reported(rec: Reconciler) -
     assert any("reachable again" in m for m in messages(rec, "m"))
 
 
+def test_an_unreachable_registry_is_asked_once_per_tick_not_once_per_model(rec: Reconciler) -> None:
+    # A hung registry costs its timeout per question: one per model held the tick for minutes.
+    asked: list[str] = []
+    registry = rec.registry
+    real = registry.get_model
+
+    def counting(name: str) -> RegistryModel | None:
+        asked.append(name)
+        return real(name)
+
+    registry.get_model = counting  # type: ignore[method-assign]
+    for name in ("a", "b", "c"):
+        registry.models[name] = RegistryModel(name, (RegistryVersion("1"),))  # type: ignore[attr-defined]
+        rec.store.enable(name)
+    registry.down = True  # type: ignore[attr-defined]
+    plan = rec.tick()
+    assert len(asked) == 1 and set(plan.skipped) == {"a", "b", "c"}
+    assert all(any("unreachable" in m for m in messages(rec, n)) for n in ("a", "b", "c"))
+
+
 def test_archived_version_loses_its_route_before_its_process(rec: Reconciler) -> None:
     rec.registry.models["m"] = RegistryModel("m", (RegistryVersion("1", "Archived"), RegistryVersion("2")))  # type: ignore[attr-defined]
     rec.store.enable("m")

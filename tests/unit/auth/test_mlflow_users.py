@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from supervisor.auth.mlflow_users import AuthBackendError, MlflowUsers, TTLCache
+from supervisor.auth.mlflow_users import AuthBackendError, MlflowUsers, TTLCache, User
 from tests.support import free_port
 
 
@@ -64,3 +64,42 @@ def test_mlflow_users_stop_asking_an_unreachable_mlflow_for_a_moment() -> None:
     with pytest.raises(AuthBackendError, match="moments ago"):
         users.permission("u", "m")
     assert time.monotonic() - t0 < 0.5
+
+
+class FlakySession:
+    """Fails the first ``failures`` GETs with ``error``, then answers as MLflow's users/get."""
+
+    def __init__(self, error: Exception, failures: int = 1) -> None:
+        self.error, self.failures, self.calls = error, failures, 0
+
+    def get(self, url: str, **_: object) -> object:
+        import requests
+
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise self.error
+        resp = requests.Response()
+        resp.status_code = 200
+        resp._content = b'{"user": {"username": "ann", "is_admin": false}}'
+        return resp
+
+
+def test_a_connection_closed_under_a_reused_request_is_asked_again() -> None:
+    import requests
+
+    users = MlflowUsers("http://127.0.0.1:1", "admin", "pw", ttl=0)
+    users.session = FlakySession(requests.ConnectionError("Connection aborted: RemoteDisconnected"))  # type: ignore[assignment]
+    assert users.user("ann") == User("ann", False)
+    users.session = FlakySession(requests.ConnectionError("refused"), failures=2)  # type: ignore[assignment]
+    with pytest.raises(AuthBackendError):
+        users.user("ann")
+
+
+def test_a_timeout_is_not_waited_for_twice() -> None:
+    import requests
+
+    users = MlflowUsers("http://127.0.0.1:1", "admin", "pw", ttl=0)
+    users.session = session = FlakySession(requests.ReadTimeout("read timed out"))  # type: ignore[assignment]
+    with pytest.raises(AuthBackendError):
+        users.user("ann")
+    assert session.calls == 1

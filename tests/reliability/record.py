@@ -1,0 +1,134 @@
+"""What the churn suite saw: its phases, every request sorted into them, and the verdict.
+
+Kept pure (no I/O, no system) so the rules that decide pass or fail are plain to read and have
+unit tests of their own. A request belongs to the phase during which it was SENT; requests sent
+between two phases form the phase "between", which must be as clean as any quiet phase.
+
+The rules (issue 7):
+- a "quiet" phase (registration, stage/alias moves, archiving, other models, reloads, supervisor
+  restarts, a failing build, a registry outage): no failed request on any per-request target;
+- a "fault" phase (a killed scoring server or model host): failures only on the targets of the
+  faulted model, only for requests sent before it was READY and answering again, which must be
+  within ``READY_WITHIN`` seconds of the kill;
+- every target sent requests in every phase (a phase nobody scored through proves nothing).
+Targets named ``keepalive:...`` (one reused connection) are counted and shown, never judged:
+HTTP/1.1 keep-alive has a race at every reload that no server can close (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+READY_WITHIN = 10.0
+BETWEEN = "between"
+KEEPALIVE = "keepalive:"
+
+
+@dataclass
+class Phase:
+    name: str
+    kind: str  # "quiet" | "fault"
+    start: float
+    end: float = 0.0
+    model: str = ""  # fault: the model it hit (the part of a target label before its first "/")
+    fault_at: float = 0.0
+    ready_at: float = 0.0  # fault: READY and answering again; 0 = never seen
+    problems: list[str] = field(default_factory=list)  # checks of the suite's own (events, logs, states)
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Cell:
+    sent: int = 0
+    failed: int = 0
+    why: Counter[str] = field(default_factory=Counter)
+
+
+def target_model(label: str) -> str:
+    return label.removeprefix(KEEPALIVE).split("/", 1)[0]
+
+
+def phase_of(t: float, phases: list[Phase]) -> Phase | None:
+    for p in phases:
+        if p.start <= t < p.end:
+            return p
+    return None
+
+
+def tally(records: list[dict[str, Any]], phases: list[Phase]) -> dict[tuple[str, str], Cell]:
+    """(phase name, target) -> requests sent, failed, and why they failed (status or error)."""
+    cells: dict[tuple[str, str], Cell] = {}
+    for r in records:
+        p = phase_of(r["t"], phases)
+        cell = cells.setdefault((p.name if p else BETWEEN, r["u"]), Cell())
+        cell.sent += 1
+        if r["s"] != 200:
+            cell.failed += 1
+            cell.why[str(r["s"]) if r["s"] else r["e"].split(":", 1)[0]] += 1
+    return cells
+
+
+def verdict(records: list[dict[str, Any]], phases: list[Phase], targets: list[str]) -> list[str]:
+    """Every broken rule, as a sentence; empty when the run passed."""
+    problems: list[str] = []
+    judged = [t for t in targets if not t.startswith(KEEPALIVE)]
+    for r in records:
+        if r["s"] == 200 or r["u"].startswith(KEEPALIVE):
+            continue
+        p = phase_of(r["t"], phases)
+        what = f"{r['u']} failed ({r['s'] or r['e'][:80]}) at {r['t']:.2f}"
+        if p is None:
+            problems.append(f"{what}, between phases")
+        elif p.kind != "fault":
+            problems.append(f"{what}, during {p.name}")
+        elif target_model(r["u"]) != p.model:
+            problems.append(f"{what}, during {p.name}, which hit model {p.model} only")
+        elif r["t"] + r["d"] < p.fault_at:  # answered before the fault; one in flight dies with it
+            problems.append(f"{what}, during {p.name}, before the fault")
+        elif p.ready_at and r["t"] > p.ready_at:
+            problems.append(f"{what}, during {p.name}, after {p.model} was READY again")
+    for p in phases:
+        problems += [f"{p.name}: {x}" for x in p.problems]
+        if p.kind == "fault":
+            if not p.ready_at:
+                problems.append(f"{p.name}: {p.model} never READY and answering again")
+            elif p.ready_at - p.fault_at > READY_WITHIN:
+                problems.append(f"{p.name}: READY again after {p.ready_at - p.fault_at:.1f} s "
+                                f"(limit {READY_WITHIN:.0f} s)")
+    cells = tally(records, phases)
+    for p in phases:
+        problems += [f"{p.name}: no request was sent to {t}" for t in judged
+                     if cells.get((p.name, t), Cell()).sent == 0]
+    return problems
+
+
+def table(records: list[dict[str, Any]], phases: list[Phase], targets: list[str]) -> str:
+    """Requests sent/failed per phase and target, then the recovery times of the faults."""
+    cells = tally(records, phases)
+    names = [p.name for p in phases] + ([BETWEEN] if any(k[0] == BETWEEN for k in cells) else [])
+    width = max(len(n) for n in [*names, "phase", "total"]) + 2
+    cols = [max(len(t), 13) + 2 for t in targets]
+    lines = ["phase".ljust(width) + "".join(t.rjust(c) for t, c in zip(targets, cols, strict=True)),
+             " " * width + "".join("sent/failed".rjust(c) for c in cols)]
+    for n in [*names, "total"]:
+        row = n.ljust(width)
+        for t, c in zip(targets, cols, strict=True):
+            cs = [v for k, v in cells.items() if k[1] == t and (n == "total" or k[0] == n)]
+            row += f"{sum(x.sent for x in cs)}/{sum(x.failed for x in cs)}".rjust(c)
+        lines.append(row)
+    whys: Counter[str] = Counter()
+    for (n, t), cell in cells.items():
+        for why, count in cell.why.items():
+            whys[f"{n} / {t}: {why}"] += count
+    if whys:
+        lines.append("failures by phase / target: reason (HTTP status, or the client's error):")
+        lines += [f"  {k}: {v}" for k, v in sorted(whys.items())]
+    for p in phases:
+        if p.kind == "fault":
+            took = f"{p.ready_at - p.fault_at:.1f} s" if p.ready_at else "never"
+            lines.append(f"{p.name}: {p.model} READY and answering again {took} after the fault")
+    return "\n".join(lines)
