@@ -198,7 +198,7 @@ class Launcher:
             t0 = time.monotonic()
             self.echo(f"starting {child.name} ... (log: {child.log})")
             self._spawn(child)
-            if child.health_url and not _wait_http(child.health_url, 120, child.proc):
+            if child.health_url and not _wait_http(child.health_url, s.start_timeout, child.proc):
                 self.stop()
                 tail = child.log.read_text(errors="replace")[-3000:] if child.log.exists() else ""
                 raise SystemExit(f"{child.name} did not start; last lines of {child.log}:\n{tail}")
@@ -321,8 +321,10 @@ def down(settings: Settings, echo: Echo = print, timeout: float = 60.0) -> bool:
     return True
 
 
-def up_detached(settings: Settings, echo: Echo = print, timeout: float = 300.0) -> None:
-    """Start the launcher in the background and return once the gateway answers."""
+def up_detached(settings: Settings, echo: Echo = print, timeout: float | None = None) -> None:
+    """Start the launcher in the background and return once the gateway answers (by default
+    within two of its per-process start timeouts: MLflow's, then the rest together)."""
+    timeout = 2 * settings.start_timeout if timeout is None else timeout
     state = read_state(settings)
     if state and pid_alive(int(state["launcher_pid"])):  # type: ignore[call-overload]
         echo(f"modelserve is already running (gateway {state['gateway']})")

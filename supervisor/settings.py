@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     store_url: str = ""  # SQLAlchemy URL; empty means SQLite under data_dir
     runtime: str = "process"
     reconcile_interval: float = 3.0
+    # Seconds `up` waits for each process it starts (MLflow's first start on a busy machine is slow).
+    start_timeout: float = 300.0
     # The API is one process of threads by default: its handlers wait on MLflow and the store,
     # and one process means one cache of access decisions, kept warm for every refresh Nginx
     # sends (with several, each new credential pays MLflow's slow password check once per process).

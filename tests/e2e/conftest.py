@@ -125,7 +125,7 @@ def running_system(data: Path, extra_env: dict[str, str] | None = None) -> Itera
     })
     env.update(extra_env or {})
     up = subprocess.run([sys.executable, "-m", "supervisor.cli", "up", "--detach"], env=env, capture_output=True,
-                        text=True, timeout=400)
+                        text=True, timeout=700)
     sys_ = System(url=f"http://127.0.0.1:{port}", data_dir=data, env=env, admin=("admin", ADMIN_PASSWORD))
     try:
         assert up.returncode == 0, f"modelserve up failed:\n{up.stdout}\n{up.stderr}"
