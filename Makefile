@@ -57,5 +57,8 @@ unit: setup
 e2e: setup docker-engine
 	PATH="$(CURDIR)/$(VENV)/bin:/usr/sbin:$$PATH" $(PY) -m pytest tests/e2e
 
+# Two workers: most of the suite waits on real processes (model loads, deploys, steady load
+# phases), so the second core is better used by another file's tests (tests/conftest.py).
+PYTEST_WORKERS ?= 2
 test: setup docker-engine lint
-	PATH="$(CURDIR)/$(VENV)/bin:/usr/sbin:$$PATH" $(PY) -m pytest -ra
+	PATH="$(CURDIR)/$(VENV)/bin:/usr/sbin:$$PATH" $(PY) -m pytest -ra -n $(PYTEST_WORKERS) --dist loadgroup

@@ -107,7 +107,9 @@ def running_system(data: Path, extra_env: dict[str, str] | None = None) -> Itera
     port, api_port, mlflow_port = free_port(), free_port(), free_port()
     # Below Linux's ephemeral ports (32768+): a client's outgoing connection must never hold the
     # port a scoring server is about to bind (the churn suite opens a connection per request).
-    base = 20000 + (os.getpid() % 120) * 100 + (50 if extra_env else 0)
+    # Two test workers of one run (pytest-xdist, gw0/gw1) get ranges of different parity.
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    base = 20000 + ((os.getpid() % 60) * 2 + worker % 2) * 100 + (50 if extra_env else 0)
     env = dict(os.environ)
     env.pop("MLFLOW_TRACKING_URI", None)
     env.update({
