@@ -58,7 +58,10 @@ e2e: setup docker-engine
 	PATH="$(CURDIR)/$(VENV)/bin:/usr/sbin:$$PATH" $(PY) -m pytest tests/e2e
 
 # Two workers: most of the suite waits on real processes (model loads, deploys, steady load
-# phases), so the second core is better used by another file's tests (tests/conftest.py).
+# phases), so the second core is better used by another file's tests. One file per worker
+# (loadfile), so a module's running system starts once; tests marked `alone` (timing rules a
+# busy second core would bend) run after, with the machine to themselves.
 PYTEST_WORKERS ?= 2
 test: setup docker-engine lint
-	PATH="$(CURDIR)/$(VENV)/bin:/usr/sbin:$$PATH" $(PY) -m pytest -ra -n $(PYTEST_WORKERS) --dist loadgroup
+	PATH="$(CURDIR)/$(VENV)/bin:/usr/sbin:$$PATH" $(PY) -m pytest -ra -n $(PYTEST_WORKERS) --dist loadfile -m "not alone"
+	PATH="$(CURDIR)/$(VENV)/bin:/usr/sbin:$$PATH" $(PY) -m pytest -ra -m alone
