@@ -31,6 +31,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.types import BigInteger
 
 metadata = MetaData()
@@ -277,7 +278,21 @@ class Store:
             c.execute(delete(deployments).where(deployments.c.model == model))
 
     def allocate_port(self, model: str, version: str, start: int, end: int, is_free: Any = None) -> int:
-        """A port for this version, kept for its lifetime; unique across every deployment."""
+        """A port for this version, kept for its lifetime; unique across every deployment.
+
+        Two deploys choosing at once can both read the same port as unused (neither holds a
+        write lock while it reads); the unique column refuses the second, which then chooses
+        again from what is now recorded."""
+        for attempt in range(20):
+            try:
+                return self._allocate_port_once(model, version, start, end, is_free)
+            except IntegrityError:
+                if attempt == 19:
+                    raise
+                time.sleep(0.01 * (attempt + 1))
+        raise AssertionError("not reached")
+
+    def _allocate_port_once(self, model: str, version: str, start: int, end: int, is_free: Any) -> int:
         with self._tx() as c:
             where = and_(deployments.c.model == model, deployments.c.version == version)
             row = c.execute(select(deployments.c.port).where(where)).first()

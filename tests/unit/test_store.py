@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -40,6 +42,24 @@ def test_ports_are_unique_and_stable(url: str) -> None:
     with pytest.raises(RuntimeError):
         s.allocate_port("m", "10", 100, 102, is_free=lambda p: p != 101)
     assert [d.version for d in s.deployments("m")] == ["1", "2", "10"]
+
+
+def test_versions_deployed_at_once_get_different_ports(url: str) -> None:
+    # Deploy threads of one model choose ports at the same moment (seen in the churn suite: the
+    # second version FAILED with "UNIQUE constraint failed: deployments.port").
+    stores = [Store(url) for _ in range(8)]
+    for v in range(8):
+        stores[0].upsert_deployment("m", str(v), state=LAUNCHING)
+    barrier = threading.Barrier(8)
+
+    def choose(i: int) -> int:
+        barrier.wait()
+        return stores[i].allocate_port("m", str(i), 100, 199)
+
+    with ThreadPoolExecutor(8) as pool:
+        ports = list(pool.map(choose, range(8)))
+    assert len(set(ports)) == 8
+    assert {d.version: d.port for d in stores[0].deployments("m")} == {str(i): p for i, p in enumerate(ports)}
 
 
 def test_disable_and_delete(url: str) -> None:
