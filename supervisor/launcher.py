@@ -32,6 +32,7 @@ from supervisor.auth import bootstrap
 from supervisor.gateway import Gateway
 from supervisor.runtime import make_runtime
 from supervisor.settings import Settings
+from supervisor.store import Store
 
 Echo = Callable[[str], None]
 
@@ -191,6 +192,8 @@ class Launcher:
             self.echo(f"using the MLflow tracking server at {self.external}")
         if not s.auth:
             self.echo("AUTHENTICATION IS OFF (MODELSERVE_AUTH=off): anyone who reaches the gateway may do anything")
+        # The schema before any child: they all open the store at once (each copes, but need not).
+        Store(s.resolved_store_url).engine.dispose()
         self.children = self._children()
         if self.external:
             self._check_auth()

@@ -8,6 +8,7 @@ reconciler can share one file) by default, any SQLAlchemy URL otherwise.
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,7 +32,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.types import BigInteger
 
 metadata = MetaData()
@@ -152,10 +153,38 @@ class TokenRecord:
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA busy_timeout=10000")
+    # Switching a new file to WAL can answer "locked" at once, without the busy wait, while another
+    # process switches it too (every process opens the file at start-up); WAL is the file's lasting
+    # mode, so the second switch finds it done.
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
+
+
+def _create_schema(engine: Engine, attempts: int = 20) -> None:
+    """Creates missing tables; safe when several processes open a new database at once.
+
+    create_all checks, then creates: between the two another process (the API, the reconciler and
+    MLflow's auth plugin all start together) may create the same table. Checking again after such a
+    refusal finds it there, so the loser retries instead of failing to boot.
+    """
+    for attempt in range(attempts):
+        try:
+            metadata.create_all(engine)
+            return
+        except DBAPIError as exc:
+            if "already exists" not in str(exc.orig) or attempt == attempts - 1:
+                raise
+            time.sleep(0.01 * (attempt + 1))
 
 
 class Store:
@@ -163,7 +192,7 @@ class Store:
         self.engine: Engine = create_engine(url, future=True, pool_pre_ping=True)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        metadata.create_all(self.engine)
+        _create_schema(self.engine)
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:

@@ -62,6 +62,23 @@ def test_versions_deployed_at_once_get_different_ports(url: str) -> None:
     assert {d.version: d.port for d in stores[0].deployments("m")} == {str(i): p for i, p in enumerate(ports)}
 
 
+def test_processes_starting_at_once_share_one_schema(tmp_path: Path) -> None:
+    # The API, the reconciler and MLflow's auth plugin open the same new file at the same moment
+    # (CI saw the API fail to boot on "table served_models already exists"). Each round is a new
+    # file so every round races on creation.
+    for round_ in range(10):
+        url = f"sqlite:///{tmp_path / f'race{round_}.db'}"
+        barrier = threading.Barrier(6)
+
+        def open_store(_: int, url: str = url, barrier: threading.Barrier = barrier) -> Store:
+            barrier.wait()
+            return Store(url)
+
+        with ThreadPoolExecutor(6) as pool:
+            stores = list(pool.map(open_store, range(6)))
+        assert stores[0].enable("m") and stores[-1].enabled_models() == ["m"]
+
+
 def test_disable_and_delete(url: str) -> None:
     s = Store(url)
     s.enable("m")
