@@ -2,42 +2,24 @@
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
 
-from supervisor.api.app import create_app
 from supervisor.api.auth import decision_cache_control
-from supervisor.auth.access import Access
-from supervisor.registry import RegistryModel, RegistryVersion
 from supervisor.settings import Settings
-from supervisor.store import Store
-from tests.support import FakeRegistry, FakeUsers
-from tests.unit.api.test_legacy import FakeRuntime
+from tests.unit.api.conftest import access_app, basic
 
 API = "/api/2.0/preview/mlflow/endpoints"
 CHECK = "/internal/auth/check"
 
 
-def basic(user: str, password: str) -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
-
-
 @pytest.fixture()
 def client(tmp_path: Path) -> FlaskClient:
-    settings = Settings(data_dir=tmp_path)
-    store = Store(f"sqlite:///{tmp_path / 's.db'}")
-    users = FakeUsers()
-    users.add("root", "rootpw", admin=True)
-    users.add("reader", "readerpw")
-    users.add("boss", "bosspw")
-    users.grants.update({("reader", "a"): "READ", ("boss", "a"): "MANAGE", ("boss", "b"): "READ"})
-    registry = FakeRegistry({n: RegistryModel(n, (RegistryVersion("1"),)) for n in ("a", "b", "my model/x")})
-    app = create_app(settings, store=store, registry=registry, runtime=FakeRuntime(),  # type: ignore[arg-type]
-                     access=Access(settings, store, users))  # type: ignore[arg-type]
+    grants = {("reader", "a"): "READ", ("boss", "a"): "MANAGE", ("boss", "b"): "READ"}
+    app, _ = access_app(tmp_path, ("a", "b", "my model/x"), grants)
     c = app.test_client()
     for name in ("a", "b"):
         assert c.post(f"{API}/enable", json={"registered_model_name": name}, headers=basic("root", "rootpw")

@@ -7,33 +7,18 @@ from pathlib import Path
 import pytest
 from flask.testing import FlaskClient
 
-from supervisor.api.app import create_app
-from supervisor.auth.access import Access
-from supervisor.registry import RegistryModel, RegistryVersion
-from supervisor.settings import Settings
-from supervisor.store import READY, Store
-from tests.support import FakeRegistry, FakeUsers
-from tests.unit.api.test_auth import basic
-from tests.unit.api.test_pages import FakeRuntime
+from supervisor.store import READY
+from tests.unit.api.conftest import access_app, basic
 
 READER, BOSS, ROOT = basic("reader", "readerpw"), basic("boss", "bosspw"), basic("root", "rootpw")
 
 
 @pytest.fixture()
 def client(tmp_path: Path) -> FlaskClient:
-    settings = Settings(data_dir=tmp_path)
-    store = Store(f"sqlite:///{tmp_path / 's.db'}")
-    users = FakeUsers()
-    users.add("root", "rootpw", admin=True)
-    users.add("reader", "readerpw")
-    users.add("boss", "bosspw")
-    users.grants.update({("reader", "open"): "READ", ("boss", "open"): "MANAGE"})
-    registry = FakeRegistry({n: RegistryModel(n, (RegistryVersion("1"),)) for n in ("open", "secret")})
+    app, store = access_app(tmp_path, ("open", "secret"), {("reader", "open"): "READ", ("boss", "open"): "MANAGE"})
     for port, name in enumerate(("open", "secret"), start=1):
         store.enable(name)
         store.upsert_deployment(name, "1", state=READY, port=port)
-    app = create_app(settings, store=store, registry=registry, runtime=FakeRuntime(),  # type: ignore[arg-type]
-                     access=Access(settings, store, users))  # type: ignore[arg-type]
     return app.test_client()
 
 
