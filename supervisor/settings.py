@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     # Micro-batching of concurrent requests: auto (on for row-independent flavors), on, off.
     # A registered model's (or version's) tag ``modelserve.batching`` overrides it.
     batching: str = "auto"
+    # A version's server that answered /ping once and then answers nothing for this long (hung,
+    # deadlocked, stopped) is killed and restarted by its model host. 0: only exits restart it.
+    liveness_seconds: float = 30.0
     health_timeout: float = 180.0
     build_timeout: float = 900.0
     max_body_mb: int = 16

@@ -6,6 +6,11 @@ its state dir (re-read on SIGHUP), keeps each child running (restart with expone
 reset after a minute of good health), and reports in ``status.json`` (written atomically) what
 runs, how often it restarted and why it last exited. Children get PR_SET_PDEATHSIG so a host
 killed with SIGKILL never leaves orphan scoring servers holding their ports.
+
+A child that is alive but hung (deadlocked, stopped, stuck in a call) exits never, so the host
+also asks each child's ``/ping`` from a thread of its own: a child that answered once and then
+answers nothing for its ``liveness`` window is killed, and restarted like any other that died.
+Children still loading are never judged by it (the deployer's start timeout covers them).
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -41,6 +48,11 @@ def _die_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     except OSError:
         pass  # not Linux: children may outlive a killed host
+
+
+def probe_timeout(window: float) -> float:
+    """Each /ping may take a quarter of the window: a busy child is slow, not dead."""
+    return max(0.2, min(10.0, window / 4))
 
 
 def exit_reason(status: int) -> str:
@@ -67,6 +79,47 @@ class Child:
         self.started_at: float | None = None
         self.last_exit: str | None = None
         self.last_exit_at: float | None = None
+        # Written by the probe thread: when the running child last answered /ping, and why it is
+        # being killed (then the reason its exit is reported with).
+        self.answered_at: float | None = None
+        self.kill_reason: str | None = None
+
+    @property
+    def liveness(self) -> tuple[int, float] | None:
+        """(port, window in seconds) when this child's /ping is watched."""
+        spec = self.spec.get("liveness") or {}
+        port, window = spec.get("port"), spec.get("seconds")
+        if isinstance(port, int) and isinstance(window, (int, float)) and window > 0:
+            return port, float(window)
+        return None
+
+    def probe(self) -> bool:
+        """Asks /ping once; kills a child that answered before and has been silent for its window.
+
+        True when this was the child's first answer (worth reporting at once)."""
+        watch, proc = self.liveness, self.proc
+        if watch is None or proc is None or self.kill_reason is not None:
+            return False
+        port, window = watch
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=probe_timeout(window)) as r:
+                ok = r.status == 200
+        except OSError:
+            ok = False
+        now = time.monotonic()
+        if proc is not self.proc:
+            return False  # restarted meanwhile: this answer was about the old one
+        if ok:
+            first, self.answered_at = self.answered_at is None, now
+            return first
+        if self.answered_at is not None and now - self.answered_at >= window:
+            self.kill_reason = f"did not answer /ping for {now - self.answered_at:.0f} s (killed by the host)"
+            _log(f"version {self.version} {self.kill_reason}")
+            try:
+                proc.kill()  # reaped by the main loop like any other exit
+            except OSError:
+                pass
+        return False
 
     def start(self) -> None:
         self.attempt += 1
@@ -84,13 +137,15 @@ class Child:
             )
         self.state = "running"
         self.started_at = time.time()
+        self.answered_at = None
+        self.kill_reason = None
         _log(f"version {self.version} started (pid {self.proc.pid})")
 
     def exited(self, status: int) -> None:
         """The child died on its own: schedule a restart with backoff."""
         now = time.time()
         ran = now - (self.started_at or now)
-        self.last_exit = exit_reason(status)
+        self.last_exit = self.kill_reason or exit_reason(status)
         self.last_exit_at = now
         self.proc = None
         if ran >= HEALTHY_AFTER:
@@ -123,6 +178,7 @@ class Child:
             "last_exit": self.last_exit,
             "last_exit_at": self.last_exit_at,
             "started_at": self.started_at,
+            "answering": self.answered_at is not None,
         }
 
 
@@ -134,6 +190,7 @@ class Host:
         self.reload_requested = True
         self.stop_requested = False
         self.last_status = 0.0
+        self.status_due = False  # set by the probe thread, written by the main loop
 
     def read_spec(self) -> dict[str, Any]:
         try:
@@ -158,6 +215,16 @@ class Host:
                 self.children[version] = child
                 child.start()
         self.write_status()
+
+    def probe_forever(self) -> None:
+        while not self.stop_requested:
+            for child in list(self.children.values()):
+                if child.probe():
+                    self.status_due = True
+            # Once a second (sooner for short windows): a ping costs a server next to nothing, and a
+            # child that answers soon after it starts is judged from then on.
+            windows = [w[1] for c in list(self.children.values()) if (w := c.liveness)]
+            time.sleep(max(0.1, min([1.0] + [w / 6 for w in windows])))
 
     def reap(self) -> None:
         while True:
@@ -199,13 +266,15 @@ class Host:
         signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stop_requested", True))
         signal.signal(signal.SIGINT, lambda *_: setattr(self, "stop_requested", True))
         _log(f"started (pid {os.getpid()}, state dir {self.state_dir})")
+        threading.Thread(target=self.probe_forever, name="liveness", daemon=True).start()
         while not self.stop_requested:
             if self.reload_requested:
                 self.reload_requested = False
                 self.apply_spec()
             self.reap()
             self.restart_due()
-            if time.monotonic() - self.last_status >= STATUS_EVERY:
+            if self.status_due or time.monotonic() - self.last_status >= STATUS_EVERY:
+                self.status_due = False
                 self.write_status()
             time.sleep(0.1)
         _log("stopping every version")

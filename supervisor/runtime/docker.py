@@ -277,6 +277,7 @@ class DockerRuntime:
                              "--batching", v.batching or self.settings.batching],
                     "env": {"PYTHONUNBUFFERED": "1"},
                     "log": f"{CONTAINER_STATE_DIR}/versions/{v.version}.log",
+                    "liveness": {"port": ports[v.version], "seconds": self.settings.liveness_seconds},
                 }
                 for v in versions
             },

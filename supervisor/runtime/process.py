@@ -82,6 +82,7 @@ class ProcessRuntime:
                              "--batching", v.batching or self.settings.batching],
                     "env": {"PYTHONUNBUFFERED": "1"},
                     "log": str(self._version_log(model, v.version)),
+                    "liveness": {"port": v.port, "seconds": self.settings.liveness_seconds},
                 }
                 for v in versions
             },

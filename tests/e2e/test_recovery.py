@@ -62,6 +62,31 @@ def test_killed_scoring_server_is_restarted_by_its_host(system: System, served: 
                                          for m in messages(system)), timeout=30)
 
 
+def test_hung_scoring_server_is_killed_and_restarted_by_its_host(system: System, served: dict[str, Any]) -> None:
+    from tests.e2e.procfind import parent_of
+
+    before = status(system)["versions"]["1"]
+    pid = before["pid"]
+    # Every process of the server (its forked workers too): alive, port held, answering nothing.
+    hung = [pid] + [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and parent_of(p.name) == pid]
+    for p in hung:
+        os.kill(p, signal.SIGSTOP)
+    try:
+        # The default window is 30 s of silence after the server had answered.
+        system.wait_for("the host kills it", lambda: status(system)["versions"]["1"]["restarts"] > before["restarts"],
+                        timeout=90)
+    finally:
+        for p in hung:
+            try:
+                os.kill(p, signal.SIGCONT)  # left to run if the host did not kill it (a failed test)
+            except ProcessLookupError:
+                pass
+    assert "did not answer /ping" in status(system)["versions"]["1"]["last_exit"]
+    system.wait_for("answers again", lambda: answers(served), timeout=60)
+    system.wait_for("event", lambda: any("did not answer /ping" in m and "restarted by the model host" in m
+                                         for m in messages(system)), timeout=30)
+
+
 def test_killed_model_host_is_restarted_by_the_supervisor(system: System, served: dict[str, Any]) -> None:
     host_pid = json.loads((host_dir(system) / "host.json").read_text())["pid"]
     os.kill(host_pid, signal.SIGKILL)

@@ -24,9 +24,11 @@ from supervisor.settings import Settings
 from tests.support import free_port
 
 STAND_IN = '''
-import argparse, http.server
+import argparse, http.server, time
 p = argparse.ArgumentParser(); p.add_argument("--model-dir"); p.add_argument("--host"); p.add_argument("--port", type=int); p.add_argument("--workers"); p.add_argument("--batching")
 a = p.parse_args()
+if "slow" in a.model_dir:
+    time.sleep(3)  # a model that takes long to load
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         body = a.model_dir.encode()
@@ -99,6 +101,25 @@ def test_host_runs_versions_restarts_a_killed_one_and_keeps_the_other(runtime: P
     assert wait("v1 answers again", lambda: ping(p1)) == "/models/v1"
     assert restarted.versions["2"].pid == v2_pid
     assert "attempt 2" in runtime.version_log("m o/d'el", "1")
+
+
+def test_a_hung_version_is_killed_and_restarted_but_a_loading_one_is_left_alone(runtime: ProcessRuntime) -> None:
+    runtime.settings.liveness_seconds = 1.0
+    hung, slow = free_port(), free_port()
+    runtime.apply_host("m", [launch("1", hung), launch("slow", slow)])
+    status = runtime.state_dir("m") / "status.json"
+    pid = wait("v1 answering the host", lambda: (s := json.loads(status.read_text()) if status.exists() else None)
+               and s["versions"]["1"].get("answering") and s["versions"]["1"]["pid"])
+    os.kill(pid, signal.SIGSTOP)  # alive, holding its port, answering nothing
+    state = wait("v1 restarted", lambda: (s := runtime.host_state("m")) and s.versions["1"].restarts == 1
+                 and s.versions["1"].running and s)
+    assert "did not answer /ping" in (state.versions["1"].last_exit or "")
+    assert wait("the hung one gone", lambda: not alive(pid)) and state.versions["1"].pid != pid
+    assert wait("v1 answers again", lambda: ping(hung)) == "/models/v1"
+    # Silent for 3 s while loading, three windows: it never answered yet, so it is not judged.
+    assert wait("slow one loaded", lambda: ping(slow)) == "/models/vslow"
+    assert runtime.host_state("m").versions["slow"].restarts == 0  # type: ignore[union-attr]
+    assert "did not answer /ping" in (runtime.state_dir("m") / "host.log").read_text()
 
 
 def test_removing_a_version_stops_only_it(runtime: ProcessRuntime) -> None:
