@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import http.client
 import json
 import os
 import signal
@@ -24,7 +25,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -101,11 +101,15 @@ class Child:
         if watch is None or proc is None or self.kill_reason is not None:
             return False
         port, window = watch
+        # http.client, not urllib: urllib would send it through an http_proxy set for the model.
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=probe_timeout(window))
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=probe_timeout(window)) as r:
-                ok = r.status == 200
-        except OSError:
+            conn.request("GET", "/ping")
+            ok = conn.getresponse().status == 200
+        except (OSError, http.client.HTTPException):
             ok = False
+        finally:
+            conn.close()
         now = time.monotonic()
         if proc is not self.proc:
             return False  # restarted meanwhile: this answer was about the old one

@@ -103,10 +103,14 @@ def test_host_runs_versions_restarts_a_killed_one_and_keeps_the_other(runtime: P
     assert "attempt 2" in runtime.version_log("m o/d'el", "1")
 
 
-def test_a_hung_version_is_killed_and_restarted_but_a_loading_one_is_left_alone(runtime: ProcessRuntime) -> None:
+def test_a_hung_version_is_killed_and_restarted_but_a_loading_one_is_left_alone(
+        runtime: ProcessRuntime, monkeypatch: pytest.MonkeyPatch) -> None:
     runtime.settings.liveness_seconds = 1.0
     hung, slow = free_port(), free_port()
+    # A proxy meant for the model's own calls must not swallow the host's pings.
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
     runtime.apply_host("m", [launch("1", hung), launch("slow", slow)])
+    monkeypatch.delenv("http_proxy")
     status = runtime.state_dir("m") / "status.json"
     pid = wait("v1 answering the host", lambda: (s := json.loads(status.read_text()) if status.exists() else None)
                and s["versions"]["1"].get("answering") and s["versions"]["1"]["pid"])
