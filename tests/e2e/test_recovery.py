@@ -65,7 +65,10 @@ def test_killed_scoring_server_is_restarted_by_its_host(system: System, served: 
 def test_hung_scoring_server_is_killed_and_restarted_by_its_host(system: System, served: dict[str, Any]) -> None:
     from tests.e2e.procfind import parent_of
 
-    before = status(system)["versions"]["1"]
+    # Judged only once its host has seen it answer (a server still loading is never killed), which
+    # may lag the gateway's first answer by a probe interval: the previous test just restarted it.
+    before = system.wait_for("the host sees it answer", lambda: (v := status(system)["versions"]["1"])["answering"]
+                             and v, timeout=60)
     pid = before["pid"]
     # Every process of the server (its forked workers too): alive, port held, answering nothing.
     hung = [pid] + [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and parent_of(p.name) == pid]
