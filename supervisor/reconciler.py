@@ -80,6 +80,7 @@ class Reconciler:
         self.scheduler: BackgroundScheduler | None = None
         self._applied: dict[str, tuple[Any, ...]] = {}  # model -> launches last given to its host
         self._seen_restarts: dict[tuple[str, str], int] = {}
+        self._seen_host_restarts: dict[str, int] = {}
         self._host_failures: dict[str, tuple[int, float]] = {}  # model -> (count, not before)
         self._rejected_reported: set[str] = set()
 
@@ -209,20 +210,27 @@ class Reconciler:
                 return
             self.runtime.apply_host(model, wanted)
             self._applied[model] = key
-            # Its versions are loading again: until they answer, they are LAUNCHING (their routes
-            # answer 503 + Retry-After), and the deploy resumes at the health check.
+            # Scoring servers outlive their host and the new one adopts them: a version whose
+            # server still runs keeps serving as it was. The others are loading again: until they
+            # answer they are LAUNCHING (their routes answer 503 + Retry-After), and the deploy
+            # resumes at the health check.
+            kept = [v.version for v in wanted
+                    if state is not None and (p := state.versions.get(v.version)) is not None and p.running]
             for v in wanted:
-                self.store.upsert_deployment(model, v.version, state=LAUNCHING,
-                                             state_message="Restarting with the model host")
+                if v.version not in kept:
+                    self.store.upsert_deployment(model, v.version, state=LAUNCHING,
+                                                 state_message="Restarting with the model host")
             if state is None:
                 self.store.add_event(model, MODEL_UPDATE, "Model host started")
             else:
                 count += 1
                 delay = min(HOST_BACKOFF_MAX, 2.0 ** (count - 1))
                 self._host_failures[model] = (count, time.monotonic() + delay)
+                still = (f"; versions {', '.join(kept)} kept serving" if len(kept) > 1
+                         else f"; version {kept[0]} kept serving" if kept else "")
                 self.store.add_event(model, MODEL_UPDATE,
                                      f"Model host exited unexpectedly ({state.reason or 'no reason known'}); "
-                                     f"restarted it (restart {count})")
+                                     f"restarted it (restart {count}){still}")
             return
         if self._applied.get(model) != key:
             self.runtime.apply_host(model, wanted)
@@ -230,6 +238,12 @@ class Reconciler:
         count, _ = self._host_failures.get(model, (0, 0.0))
         if count:
             self._host_failures[model] = (count, 0.0)
+        seen_host = self._seen_host_restarts.get(model)
+        self._seen_host_restarts[model] = state.host_restarts
+        if seen_host is not None and state.host_restarts > seen_host:
+            self.store.add_event(model, MODEL_UPDATE,
+                                 f"Model host {state.host_last_exit or 'exited'}; a new one was started in its "
+                                 f"place and its scoring servers kept serving (restart {state.host_restarts})")
         for version, proc in state.versions.items():
             seen = self._seen_restarts.get((model, version))
             self._seen_restarts[(model, version)] = proc.restarts

@@ -1,16 +1,25 @@
-"""The model host: one per served model (its "cluster"), one child process per version.
+"""The model host: one per served model (its "cluster"), one scoring server per version.
 
 Stdlib only and run as a plain script, because it is also the entrypoint inside a model's
 container and imports nothing from the supervisor. It is told what to run by ``spec.json`` in
-its state dir (re-read on SIGHUP), keeps each child running (restart with exponential backoff,
+its state dir (re-read on SIGHUP), keeps each server running (restart with exponential backoff,
 reset after a minute of good health), and reports in ``status.json`` (written atomically) what
-runs, how often it restarted and why it last exited. Children get PR_SET_PDEATHSIG so a host
-killed with SIGKILL never leaves orphan scoring servers holding their ports.
+runs, how often it restarted and why it last exited.
 
-A child that is alive but hung (deadlocked, stopped, stuck in a call) exits never, so the host
-also asks each child's ``/ping`` from a thread of its own: a child that answered once and then
-answers nothing for its ``liveness`` window is killed, and restarted like any other that died.
-Children still loading are never judged by it (the deployer's start timeout covers them).
+The host is not on the serving path, so its death must not stop serving: each scoring server
+leads a process group of its own (its forked workers) and outlives a killed host. A new host
+reads the last ``status.json``, adopts every server still running the same command line, and
+watches it through /proc (it cannot wait() on a process it did not start). A server whose
+parent dies leaves its workers serving; the replacement takes their listening socket over
+(``scoring/handoff.py``) and retires them, and the host counts them apart (``retiring``) until
+they are gone. The host is a child subreaper, so such orphans are reaped by it, not left as
+zombies.
+
+A server that is alive but hung (deadlocked, stopped, stuck in a call) exits never, so the host
+also asks each server's ``/ping`` from a thread of its own: one that answered once and then
+answers nothing for its ``liveness`` window is killed with its whole group, and restarted like
+any other that died. Servers still loading are never judged by it (the deployer's start timeout
+covers them).
 """
 
 from __future__ import annotations
@@ -34,7 +43,9 @@ BACKOFF_MAX = 30.0
 HEALTHY_AFTER = 60.0  # a child that ran this long gets its backoff reset
 STOP_GRACE = 10.0
 STATUS_EVERY = 5.0
-PR_SET_PDEATHSIG = 1
+STATUS_EVERY_CHANGING = 0.5  # while a version is below its full worker count or has workers retiring
+RETIRE_GRACE = 30.0  # an older generation still alive this long after its replacement started is killed
+PR_SET_CHILD_SUBREAPER = 36
 
 
 def _log(msg: str) -> None:
@@ -42,12 +53,65 @@ def _log(msg: str) -> None:
     print(f"[{stamp}] modelhost: {msg}", flush=True)
 
 
-def _die_with_parent() -> None:
+def _become_subreaper() -> None:
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     except OSError:
-        pass  # not Linux: children may outlive a killed host
+        pass  # not Linux: orphaned workers are reaped by init instead
+
+
+def process_groups() -> dict[int, list[int]]:
+    """Process group -> its live (not zombie) pids, read from /proc in one pass."""
+    groups: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return groups
+    for name in entries:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                fields = f.read().rsplit(b") ", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != b"Z":
+            groups.setdefault(int(fields[2]), []).append(int(name))
+    return groups
+
+
+def cmdline(pid: int) -> list[str] | None:
+    """A live process's argv, or None when it is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            if f.read().rsplit(b") ", 1)[1].startswith(b"Z"):
+                return None
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read()
+    except (OSError, IndexError):
+        return None
+    return [a.decode(errors="replace") for a in raw.split(b"\0")[:-1]]
+
+
+def signal_group(pgid: int, sig: int) -> bool:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def wanted_workers(argv: list[str]) -> int:
+    """The worker count a server's argv asks for, as the scoring server works it out."""
+    try:
+        value = argv[argv.index("--workers") + 1]
+    except (ValueError, IndexError):
+        return 1
+    if value == "auto":
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, min(2, cores))
+    return int(value) if value.isdigit() and int(value) > 0 else 1
 
 
 def probe_timeout(window: float) -> float:
@@ -70,23 +134,32 @@ class Child:
     def __init__(self, version: str, spec: dict[str, Any]) -> None:
         self.version = version
         self.spec = spec
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: subprocess.Popen[bytes] | None = None  # a server this host started
+        self.pid: int | None = None  # the running server's parent, started or adopted
+        self.adopted = False
+        self.generation = 0  # one per start or adoption, so the probe thread never judges a successor
+        self.old_groups: list[int] = []  # process groups of earlier generations, still serving or retiring
         self.state = "stopped"
         self.restarts = 0
         self.attempt = 0
         self.backoff = BACKOFF_START
         self.next_start = 0.0
         self.started_at: float | None = None
+        self.started_mono = 0.0
         self.last_exit: str | None = None
         self.last_exit_at: float | None = None
-        # Written by the probe thread: when the running child last answered /ping, and why it is
+        # Written by the probe thread: when the running server last answered /ping, and why it is
         # being killed (then the reason its exit is reported with).
         self.answered_at: float | None = None
         self.kill_reason: str | None = None
 
     @property
+    def argv(self) -> list[str]:
+        return [str(a) for a in self.spec["argv"]]
+
+    @property
     def liveness(self) -> tuple[int, float] | None:
-        """(port, window in seconds) when this child's /ping is watched."""
+        """(port, window in seconds) when this server's /ping is watched."""
         spec = self.spec.get("liveness") or {}
         port, window = spec.get("port"), spec.get("seconds")
         if isinstance(port, int) and isinstance(window, (int, float)) and window > 0:
@@ -94,11 +167,11 @@ class Child:
         return None
 
     def probe(self) -> bool:
-        """Asks /ping once; kills a child that answered before and has been silent for its window.
+        """Asks /ping once; kills a server that answered before and has been silent for its window.
 
-        True when this was the child's first answer (worth reporting at once)."""
-        watch, proc = self.liveness, self.proc
-        if watch is None or proc is None or self.kill_reason is not None:
+        True when this was the server's first answer (worth reporting at once)."""
+        watch, pid, generation = self.liveness, self.pid, self.generation
+        if watch is None or pid is None or self.kill_reason is not None:
             return False
         port, window = watch
         # http.client, not urllib: urllib would send it through an http_proxy set for the model.
@@ -111,7 +184,7 @@ class Child:
         finally:
             conn.close()
         now = time.monotonic()
-        if proc is not self.proc:
+        if generation != self.generation:
             return False  # restarted meanwhile: this answer was about the old one
         if ok:
             first, self.answered_at = self.answered_at is None, now
@@ -119,11 +192,18 @@ class Child:
         if self.answered_at is not None and now - self.answered_at >= window:
             self.kill_reason = f"did not answer /ping for {now - self.answered_at:.0f} s (killed by the host)"
             _log(f"version {self.version} {self.kill_reason}")
-            try:
-                proc.kill()  # reaped by the main loop like any other exit
-            except OSError:
-                pass
+            # The whole group: the hang is as likely in a worker as in the parent, and hung
+            # workers left behind would hold the port. Reaped by the main loop like any exit.
+            signal_group(pid, signal.SIGKILL)
         return False
+
+    def _started(self, pid: int) -> None:
+        self.pid = pid
+        self.generation += 1
+        self.state = "running"
+        self.answered_at = None
+        self.kill_reason = None
+        self.started_mono = time.monotonic()
 
     def start(self) -> None:
         self.attempt += 1
@@ -135,23 +215,47 @@ class Child:
                        .encode())
             env = dict(os.environ)
             env.update({k: str(v) for k, v in (self.spec.get("env") or {}).items()})
+            # Its own session and group: it outlives this host, and its workers are signalled as one.
             self.proc = subprocess.Popen(
-                [str(a) for a in self.spec["argv"]], stdout=logf, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, env=env, preexec_fn=_die_with_parent, close_fds=True,
+                self.argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                start_new_session=True, close_fds=True,
             )
-        self.state = "running"
+        self.adopted = False
         self.started_at = time.time()
-        self.answered_at = None
-        self.kill_reason = None
+        self._started(self.proc.pid)
         _log(f"version {self.version} started (pid {self.proc.pid})")
 
-    def exited(self, status: int) -> None:
-        """The child died on its own: schedule a restart with backoff."""
+    def adopt(self, pid: int, previous: dict[str, Any]) -> None:
+        """Takes over a server a killed host started: same command line, still running."""
+        self.proc = None
+        self.adopted = True
+        self.restarts = int(previous.get("restarts") or 0)
+        self.last_exit = previous.get("last_exit")
+        self.last_exit_at = previous.get("last_exit_at")
+        started = previous.get("started_at")
+        self.started_at = float(started) if isinstance(started, (int, float)) else time.time()
+        self.old_groups = [g for g in previous.get("old_groups") or [] if isinstance(g, int)]
+        self._started(pid)
+        _log(f"version {self.version}: adopted its running scoring server (pid {pid})")
+
+    def exited(self, status: int | None) -> None:
+        """The server died on its own: schedule a restart with backoff. ``status`` is None for
+        an adopted server, whose exit status only its real parent saw."""
         now = time.time()
         ran = now - (self.started_at or now)
-        self.last_exit = self.kill_reason or exit_reason(status)
+        if self.kill_reason:
+            self.last_exit = self.kill_reason
+        elif status is None:
+            self.last_exit = "exited (adopted from an earlier host, so its exit status is unknown)"
+        else:
+            self.last_exit = exit_reason(status)
         self.last_exit_at = now
+        if self.pid is not None and self.pid not in self.old_groups and process_groups().get(self.pid):
+            # Its workers go on serving until the replacement takes their socket over.
+            self.old_groups.append(self.pid)
         self.proc = None
+        self.pid = None
+        self.adopted = False
         if ran >= HEALTHY_AFTER:
             self.backoff = BACKOFF_START
         self.state = "backoff"
@@ -160,29 +264,57 @@ class Child:
         self.backoff = min(BACKOFF_MAX, self.backoff * 2)
 
     def stop(self) -> None:
-        if self.proc is None:
-            self.state = "stopped"
-            return
+        groups = [g for g in [self.pid, *self.old_groups] if g is not None]
         proc = self.proc
         self.proc = None
+        self.pid = None
+        self.old_groups = []
         self.state = "stopped"
-        proc.terminate()
-        try:
-            proc.wait(timeout=STOP_GRACE)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        _log(f"version {self.version} stopped")
+        for group in groups:
+            signal_group(group, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE
+        while time.monotonic() < deadline:
+            if proc is not None:
+                proc.poll()  # reaps our own child, which would otherwise stay a zombie in its group
+            live = process_groups()
+            if not any(live.get(g) for g in groups):
+                break
+            time.sleep(0.05)
+        else:
+            for group in groups:
+                signal_group(group, signal.SIGKILL)
+        if proc is not None:
+            try:
+                proc.wait(timeout=STOP_GRACE)
+            except subprocess.TimeoutExpired:
+                pass
+        if groups:
+            _log(f"version {self.version} stopped")
 
-    def status(self) -> dict[str, Any]:
+    def tend_old_groups(self, groups: dict[int, list[int]]) -> None:
+        """Forgets earlier generations that have left; kills those that outstay their replacement."""
+        self.old_groups = [g for g in self.old_groups if groups.get(g)]
+        if (self.old_groups and self.pid is not None and self.answered_at is not None
+                and time.monotonic() - self.started_mono > RETIRE_GRACE):
+            for group in self.old_groups:
+                _log(f"version {self.version}: an earlier generation (group {group}) did not retire; killing it")
+                signal_group(group, signal.SIGKILL)
+
+    def status(self, groups: dict[int, list[int]]) -> dict[str, Any]:
+        members = groups.get(self.pid, []) if self.pid is not None else []
         return {
-            "pid": self.proc.pid if self.proc else None,
+            "pid": self.pid,
             "state": self.state,
+            "adopted": self.adopted,
             "restarts": self.restarts,
             "last_exit": self.last_exit,
             "last_exit_at": self.last_exit_at,
             "started_at": self.started_at,
             "answering": self.answered_at is not None,
+            "workers": len([p for p in members if p != self.pid]),
+            "wanted_workers": wanted_workers(self.argv),
+            "old_groups": list(self.old_groups),
+            "retiring": sum(len(groups.get(g, [])) for g in self.old_groups),
         }
 
 
@@ -195,6 +327,19 @@ class Host:
         self.stop_requested = False
         self.last_status = 0.0
         self.status_due = False  # set by the probe thread, written by the main loop
+        self.changing = False  # some version below full capacity or with workers retiring
+        self.previous = self.read_previous()
+
+    def read_previous(self) -> dict[str, dict[str, Any]]:
+        """What an earlier host of this state dir reported last (it may have been killed)."""
+        try:
+            status = json.loads((self.state_dir / "status.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        versions = status.get("versions") if isinstance(status, dict) else None
+        if not isinstance(versions, dict) or status.get("host_pid") == os.getpid():
+            return {}
+        return {str(v): d for v, d in versions.items() if isinstance(d, dict)}
 
     def read_spec(self) -> dict[str, Any]:
         try:
@@ -213,11 +358,24 @@ class Host:
             if version not in wanted or wanted[version] != child.spec:
                 child.stop()
                 del self.children[version]
+        previous, self.previous = self.previous, {}
         for version, vspec in wanted.items():
             if version not in self.children:
                 child = Child(version, vspec)
                 self.children[version] = child
-                child.start()
+                before = previous.pop(version, {})
+                pid = before.get("pid")
+                if isinstance(pid, int) and pid > 1 and cmdline(pid) == child.argv:
+                    child.adopt(pid, before)
+                else:
+                    child.old_groups = [g for g in before.get("old_groups") or [] if isinstance(g, int) and g > 1]
+                    child.start()
+        for version, before in previous.items():
+            # Served by the killed host, no longer wanted: its processes are stopped all the same.
+            orphan = Child(version, {"argv": []})
+            orphan.old_groups = [g for g in [before.get("pid"), *(before.get("old_groups") or [])]
+                                 if isinstance(g, int) and g > 1]
+            orphan.stop()
         self.write_status()
 
     def probe_forever(self) -> None:
@@ -235,14 +393,19 @@ class Host:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                break
             if pid == 0:
-                return
+                break
+            # Besides our own servers, orphaned workers of dead ones end here (we are their subreaper).
             for child in self.children.values():
                 if child.proc is not None and child.proc.pid == pid:
                     child.proc.returncode = status  # so Popen does not wait on it again
                     child.exited(status)
                     self.write_status()
+        for child in self.children.values():
+            if child.adopted and child.pid is not None and cmdline(child.pid) is None:
+                child.exited(None)
+                self.write_status()
 
     def restart_due(self) -> None:
         now = time.monotonic()
@@ -253,11 +416,18 @@ class Host:
                 self.write_status()
 
     def write_status(self) -> None:
+        groups = process_groups()
+        versions = {}
+        for v, c in self.children.items():
+            c.tend_old_groups(groups)
+            versions[v] = c.status(groups)
+        self.changing = any(d["state"] != "running" or d["workers"] < d["wanted_workers"] or d["retiring"]
+                            for d in versions.values())
         status = {
             "host_pid": os.getpid(),
             "model": self.model,
             "updated": time.time(),
-            "versions": {v: c.status() for v, c in self.children.items()},
+            "versions": versions,
         }
         path = self.state_dir / "status.json"
         tmp = self.state_dir / f".status.{os.getpid()}.tmp"
@@ -269,6 +439,7 @@ class Host:
         signal.signal(signal.SIGHUP, lambda *_: setattr(self, "reload_requested", True))
         signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stop_requested", True))
         signal.signal(signal.SIGINT, lambda *_: setattr(self, "stop_requested", True))
+        _become_subreaper()
         _log(f"started (pid {os.getpid()}, state dir {self.state_dir})")
         threading.Thread(target=self.probe_forever, name="liveness", daemon=True).start()
         while not self.stop_requested:
@@ -277,7 +448,8 @@ class Host:
                 self.apply_spec()
             self.reap()
             self.restart_due()
-            if self.status_due or time.monotonic() - self.last_status >= STATUS_EVERY:
+            every = STATUS_EVERY_CHANGING if self.changing else STATUS_EVERY
+            if self.status_due or time.monotonic() - self.last_status >= every:
                 self.status_due = False
                 self.write_status()
             time.sleep(0.1)

@@ -46,6 +46,10 @@ class HostState:
     pid: int | None = None
     versions: dict[str, VersionProcess] = field(default_factory=dict)
     reason: str | None = None  # why it is not alive, when known
+    # Restarts of the model host process made inside a host that stayed alive (the keeper of a
+    # container); its scoring servers kept serving through them.
+    host_restarts: int = 0
+    host_last_exit: str | None = None
 
 
 class Runtime(Protocol):

@@ -274,7 +274,8 @@ class DockerRuntime:
                     "argv": [str(v.python), "/opt/modelserve/server.py", "--model-dir", f"{MODELS_ROOT}/{v.version}",
                              "--host", bind, "--port", str(ports[v.version]),
                              "--workers", str(self.settings.scoring_workers),
-                             "--batching", v.batching or self.settings.batching],
+                             "--batching", v.batching or self.settings.batching,
+                             "--handoff-dir", f"{CONTAINER_STATE_DIR}/versions/{v.version}.handoff"],
                     "env": {"PYTHONUNBUFFERED": "1"},
                     "log": f"{CONTAINER_STATE_DIR}/versions/{v.version}.log",
                     "liveness": {"port": ports[v.version], "seconds": self.settings.liveness_seconds},
@@ -433,7 +434,11 @@ class DockerRuntime:
         if stale:
             alive, reason = False, f"container {container.name} is running but {stale}"
         pid = (container.attrs.get("State") or {}).get("Pid") or None
-        return HostState(model=model, alive=alive, pid=pid, versions=versions, reason=reason)
+        keeper = read_json(self._state_dir(model, container.name) / "keeper.json") or {}
+        restarts = keeper.get("restarts")
+        return HostState(model=model, alive=alive, pid=pid, versions=versions, reason=reason,
+                         host_restarts=restarts if isinstance(restarts, int) else 0,
+                         host_last_exit=str(keeper.get("last_exit") or "") or None)
 
     def _stale(self, model: str, container: Any, status: dict[str, Any] | None = None) -> str | None:
         if status is None:

@@ -37,6 +37,7 @@ from supervisor.settings import REPO_ROOT
 IMAGES_DIR = REPO_ROOT / "images"
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 MODELHOST = PACKAGE_DIR / "host" / "modelhost.py"
+KEEPER = PACKAGE_DIR / "host" / "keeper.py"  # the container's PID 1: a killed host is started again
 SCORING_DIR = PACKAGE_DIR / "scoring"  # server.py imports its siblings: the whole folder ships
 ENVS_ROOT = "/opt/envs"
 MODELS_ROOT = "/opt/models"
@@ -188,6 +189,7 @@ def model_context(dockerfile: str, versions: list[ModelImageVersion]) -> bytes:
     members: dict[str, Path | bytes] = {
         "Dockerfile": dockerfile.encode(),
         "modelserve/modelhost.py": MODELHOST,
+        "modelserve/keeper.py": KEEPER,
         **{f"modelserve/{path.name}": path for path in scoring_files()},
     }
     for v in versions:
@@ -203,7 +205,8 @@ def scoring_files() -> list[Path]:
 
 def code_hash() -> str:
     """Changes when the model host or the scoring server changes, so their images are rebuilt."""
-    return short_hash(MODELHOST.read_text() + "".join(p.read_text() for p in scoring_files()), 16)
+    return short_hash(MODELHOST.read_text() + KEEPER.read_text() + "".join(p.read_text() for p in scoring_files()),
+                      16)
 
 
 def _tar(members: Mapping[str, Path | bytes]) -> bytes:

@@ -6,6 +6,10 @@ to find it again lives in its state dir (``host.json`` with its pid, ``spec.json
 ``status.json``, the version logs), so a new supervisor adopts running hosts by reading files.
 A pid counts as our host only if /proc shows it alive (not a zombie) running modelhost.py for
 that state dir, which guards against pid reuse after a reboot or a crash.
+
+Scoring servers outlive a killed host (each leads its own process group), so while a host is
+dead its versions still count as running when their servers do, and the new host adopts them:
+a killed host costs no request. Stopping a model therefore signals the servers' groups too.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 from supervisor import naming
 from supervisor.auth.bootstrap import without_secrets
 from supervisor.envs import EnvBuilder, EnvSpec
+from supervisor.host.modelhost import cmdline, process_groups
 from supervisor.runtime.base import HostState, VersionLaunch, VersionProcess
 from supervisor.runtime.statefiles import read_json, tail_text, write_json
 from supervisor.settings import Settings
@@ -32,24 +37,13 @@ MODELHOST = PACKAGE_DIR / "host" / "modelhost.py"
 SCORING_SERVER = PACKAGE_DIR / "scoring" / "server.py"
 
 
-
-
-
-
 def host_is_alive(pid: int, state_dir: Path) -> bool:
     try:
         os.waitpid(pid, os.WNOHANG)  # reap it if it is our own dead child
     except ChildProcessError:
         pass
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        if stat.rsplit(") ", 1)[1].startswith("Z"):
-            return False
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except (OSError, IndexError):
-        return False
-    args = [a.decode(errors="replace") for a in cmdline]
-    return any(a.endswith("modelhost.py") for a in args) and str(state_dir) in args
+    args = cmdline(pid)
+    return args is not None and any(a.endswith("modelhost.py") for a in args) and str(state_dir) in args
 
 
 class ProcessRuntime:
@@ -79,7 +73,8 @@ class ProcessRuntime:
                     "argv": [str(v.python), str(SCORING_SERVER), "--model-dir", str(v.model_dir),
                              "--host", "127.0.0.1", "--port", str(v.port),
                              "--workers", str(self.settings.scoring_workers),
-                             "--batching", v.batching or self.settings.batching],
+                             "--batching", v.batching or self.settings.batching,
+                             "--handoff-dir", str(self.state_dir(model) / "versions" / f"{v.version}.handoff")],
                     "env": {"PYTHONUNBUFFERED": "1"},
                     "log": str(self._version_log(model, v.version)),
                     "liveness": {"port": v.port, "seconds": self.settings.liveness_seconds},
@@ -104,7 +99,7 @@ class ProcessRuntime:
         self._start(model, d)
 
     def _start(self, model: str, d: Path) -> None:
-        (d / "status.json").unlink(missing_ok=True)
+        # status.json stays: it is how the new host finds the servers a killed one left running.
         with open(d / "host.log", "ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, str(MODELHOST), "--state-dir", str(d)],
@@ -114,6 +109,20 @@ class ProcessRuntime:
                 env=without_secrets(os.environ),
             )
         write_json(d / "host.json", {"model": model, "pid": proc.pid, "started": time.time()})
+
+    def _server_alive(self, pid: object) -> bool:
+        """Whether ``pid`` is a live scoring server (the status file names it; /proc confirms)."""
+        argv = cmdline(pid) if isinstance(pid, int) and pid > 1 else None
+        return argv is not None and str(SCORING_SERVER) in argv
+
+    def _server_groups(self, d: Path) -> list[int]:
+        """Process groups of the scoring servers the host's status names, current and retiring."""
+        status = read_json(d / "status.json") or {}
+        groups: list[int] = []
+        for v in (status.get("versions") or {}).values():
+            if isinstance(v, dict):
+                groups += [g for g in [v.get("pid"), *(v.get("old_groups") or [])] if isinstance(g, int) and g > 1]
+        return groups
 
     def stop_host(self, model: str) -> None:
         d = self.state_dir(model)
@@ -128,6 +137,16 @@ class ProcessRuntime:
                     os.killpg(pid, signal.SIGKILL)
                 except OSError:
                     pass
+        # Servers outlive a killed host: whatever the host did not stop is stopped here, and only
+        # groups that still hold a scoring server are signalled (a group id is never reused while
+        # it has members).
+        live = process_groups()
+        for group in self._server_groups(d):
+            if any(self._server_alive(member) for member in live.get(group, [])):
+                try:
+                    os.killpg(group, signal.SIGKILL)
+                except OSError:
+                    pass
         shutil.rmtree(d, ignore_errors=True)
 
     def host_state(self, model: str) -> HostState | None:
@@ -139,9 +158,13 @@ class ProcessRuntime:
         status = read_json(d / "status.json") or {}
         versions = {}
         for version, v in (status.get("versions") or {}).items():
+            if not isinstance(v, dict):
+                continue
+            # A dead host's servers may well be serving still: judged by their own processes.
+            running = (v.get("state") == "running") if alive else self._server_alive(v.get("pid"))
             versions[str(version)] = VersionProcess(
                 version=str(version),
-                running=alive and v.get("state") == "running",
+                running=running,
                 pid=v.get("pid"),
                 restarts=int(v.get("restarts") or 0),
                 last_exit=v.get("last_exit"),

@@ -30,6 +30,7 @@ import threading
 import time
 import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,10 +44,12 @@ except ImportError:  # pragma: no cover - depends on the environment
 # Run as a script inside the model's environment (the usual way) or imported as part of the
 # supervisor package (tests): the sibling modules are found either way.
 if __package__:
+    from . import handoff
     from .batching import ROW_INDEPENDENT, Batcher
     from .direct import DirectPredict, loader_module
     from .frames import column_index, float_frame, records_frame
 else:  # pragma: no cover - exercised by the real server processes
+    import handoff  # type: ignore[import-not-found,no-redef]
     from batching import ROW_INDEPENDENT, Batcher  # type: ignore[import-not-found,no-redef]
     from direct import DirectPredict, loader_module  # type: ignore[import-not-found,no-redef]
     from frames import column_index, float_frame, records_frame  # type: ignore[import-not-found,no-redef]
@@ -392,6 +395,10 @@ class Handler(BaseHTTPRequestHandler):
         body = raw if raw is not None else dumps(payload)
         # Status line, headers and body leave in one write: one system call per answer, and the
         # thread takes the GIL back once instead of twice.
+        if getattr(self.server, "retiring", False):
+            # This generation is leaving: the gateway closes the connection after this answer,
+            # so nothing is ever sent on a connection that is about to close.
+            self.close_connection = True
         phrase = self.responses.get(status, ("",))[0]
         head = (f"{self.protocol_version} {status} {phrase}\r\nServer: {self.server_version}\r\nDate: {_http_date()}\r\n"
                 f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
@@ -475,6 +482,41 @@ class Server(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 512
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.retiring = False
+        self.open_connections = 0
+        self._open_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # Counted in the accepting thread, before the handler's thread exists, so a drain that
+        # looks right after the last accept cannot miss it.
+        with self._open_lock:
+            self.open_connections += 1
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._closed()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._closed()
+
+    def _closed(self) -> None:
+        with self._open_lock:
+            self.open_connections -= 1
+
+    def drain(self, bound: float) -> None:
+        """Waits (at most ``bound`` s) until the gateway has closed every connection to this
+        process: each answer given meanwhile says ``Connection: close``, and idle kept-alive
+        connections are closed by the gateway's own upstream keep-alive timeout (nginx/)."""
+        deadline = time.monotonic() + bound
+        while self.open_connections > 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that hangs up (load generators do, Nginx on reload) is not an error worth a
         # traceback in the version's log; anything else still is.
@@ -483,50 +525,70 @@ class Server(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
+# A retiring generation outlives the gateway's upstream keep-alive timeout (10 s), so every idle
+# connection to it is closed from the gateway's side; one stopped by SIGTERM has no routes left.
+RETIRE_DRAIN = 15.0
+STOP_DRAIN = 5.0
+
+
 def serve(server: Server) -> None:
-    """Serve until SIGTERM/SIGINT, then finish the requests in flight."""
+    """Serve until SIGTERM/SIGINT (or, in a worker, until a new generation retires it), then
+    finish the requests in flight."""
     def _stop(*_: Any) -> None:
         threading.Thread(target=server.shutdown, daemon=True).start()
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     server.serve_forever(poll_interval=0.5)
+    server.drain(RETIRE_DRAIN if server.retiring else STOP_DRAIN)
     server.server_close()
 
 
-def _die_with_parent(parent: int) -> None:
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
+def _retire(server: Server) -> None:
+    server.retiring = True
+    threading.Thread(target=server.shutdown, daemon=True).start()
 
 
-def prefork(server: Server, workers: int) -> int:
+REFORK_BACKOFF_MAX = 5.0
+RETIRED = 75  # a worker's exit code when a newer generation took the socket over
+
+
+def prefork(server: Server, workers: int, handoff_dir: Path | None = None,
+            previous: list[Any] | None = None) -> int:
     """Serve one listening socket from ``workers`` processes forked after the model is loaded.
 
     Predictions hold the GIL, so one process uses one core; forking after loading shares the
-    model's memory copy-on-write. A worker that dies takes the server down with it (exit 1),
-    and the model host restarts the whole server with its usual backoff."""
-    parent = os.getpid()
-    children: list[int] = []
+    model's memory copy-on-write. The parent only supervises and keeps the socket open: a worker
+    that dies is forked again from the model already loaded (milliseconds), and connections
+    arriving meanwhile wait in the socket's queue for the others. Workers outlive a parent that is
+    killed and go on serving until the host's replacement takes the socket over from them
+    (``handoff.py``), so losing any one process costs only the requests inside it.
+
+    ``previous``: connections to an older generation's workers, told to retire once this one's
+    workers are forked."""
     # Every worker is woken for each new connection and only one wins the accept(); with a
     # blocking socket the others would sit in accept() and never see a shutdown request.
     server.socket.setblocking(False)
-    for _ in range(workers):
+    children: dict[int, float] = {}
+    stopping = False
+
+    def spawn() -> None:
         pid = os.fork()
         if pid == 0:
-            _die_with_parent(parent)
+            offer = None
             try:
+                if handoff_dir is not None:
+                    offer = handoff.Offer(handoff_dir, server.socket, lambda: _retire(server))
                 serve(server)
             finally:
-                os._exit(0)
-        children.append(pid)
-    server.socket.close()  # the parent only supervises
-    stopping = False
+                if offer is not None:
+                    offer.close()
+                os._exit(RETIRED if server.retiring else 0)
+        children[pid] = time.monotonic()
+
+    for _ in range(workers):
+        spawn()
+    handoff.retire(previous or [])
 
     def _stop(*_: Any) -> None:
         nonlocal stopping
@@ -539,17 +601,38 @@ def prefork(server: Server, workers: int) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    code = 0
+    backoff = 0.0
     while children:
-        pid, status = os.wait()
-        if pid in children:
-            children.remove(pid)
-            if not stopping:
-                print(f"modelserve scoring server: worker {pid} ended (status {status}); stopping the others",
-                      flush=True)
-                code = 1
-                _stop()
-    return code
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        started = children.pop(pid, None)
+        if started is None or stopping:
+            continue
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == RETIRED:
+            # A newer generation serves this version now (a parent that was alive when it took
+            # over, e.g. adopted twice): this one leaves with its workers.
+            print("modelserve scoring server: a newer generation took over; stopping", flush=True)
+            _stop()
+            continue
+        lived = time.monotonic() - started
+        print(f"modelserve scoring server: worker {pid} ended ({_ended(status)}) after {lived:.1f} s; "
+              "forking a new one", flush=True)
+        # A worker that dies at once every time (a model that crashes on every request) is
+        # forked again ever more slowly, not in a loop.
+        backoff = 0.0 if lived >= 10 else min(REFORK_BACKOFF_MAX, max(0.1, backoff * 2))
+        if backoff:
+            time.sleep(backoff)
+        if not stopping:
+            spawn()
+    return 0
+
+
+def _ended(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"signal {os.WTERMSIG(status)}"
+    return f"exit code {os.WEXITSTATUS(status)}"
 
 
 def worker_count(value: str) -> int:
@@ -571,6 +654,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", default="1", help="processes serving the port (forked after load), or auto")
     parser.add_argument("--batching", default="auto", choices=("auto", "on", "off"),
                         help="micro-batching of concurrent requests; auto: on for row-independent flavors")
+    parser.add_argument("--handoff-dir", help="where workers offer the listening socket to the next generation "
+                        "(set by the model host)")
     parser.add_argument("--max-batch-rows", type=int, default=1000)
     parser.add_argument("--batch-window-ms", type=float, default=2.0,
                         help="longest wait for requests still being parsed before a batch is predicted")
@@ -588,12 +673,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"modelserve scoring server: cannot load the model from {args.model_dir}", flush=True)
         return 3
     Handler.scorer = scorer
-    server = Server((args.host, args.port), Handler)
+    handoff_dir = Path(args.handoff_dir) if args.handoff_dir else None
+    server = Server((args.host, args.port), Handler, bind_and_activate=False)
+    listener, previous = handoff.take(handoff_dir, (args.host, args.port)) if handoff_dir else (None, [])
+    if listener is not None:
+        server.socket.close()
+        server.socket = listener
+        how = f"took over the listening socket from {len(previous)} worker(s) of the previous generation"
+    else:
+        try:
+            server.server_bind()
+            server.server_activate()
+        except OSError:
+            server.server_close()
+            raise
+        how = "bound a new listening socket"
     print(f"modelserve scoring server: model loaded from {args.model_dir} in {time.monotonic() - t0:.1f}s, "
-          f"listening on {args.host}:{args.port} with {workers} worker(s) (mlflow {scorer.mlflow_version}; "
+          f"listening on {args.host}:{args.port} with {workers} worker(s), {how} (mlflow {scorer.mlflow_version}; "
           f"{scorer.describe()})", flush=True)
-    if workers > 1:
-        return prefork(server, workers)
+    # Under a model host (which passes --handoff-dir) the parent always forks, so that no single
+    # process is the whole version; run by hand with one worker it serves in-process.
+    if workers > 1 or handoff_dir is not None:
+        return prefork(server, workers, handoff_dir, previous)
     serve(server)
     return 0
 

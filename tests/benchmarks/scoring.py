@@ -111,8 +111,11 @@ class Servers:
         env = dict(os.environ, PATH=f"{python.parent}:{os.environ['PATH']}")
         port = free_port()
         self.ours_port = port
+        # Started as the model host starts it (--handoff-dir: a supervising parent, workers that
+        # outlive it), so its memory is what a served version costs.
         self._start("ours (direct)", port, [str(python), str(SCORING_SERVER), "--model-dir", str(model), "--port",
-                                            str(port), "--workers", args.scoring_workers, "--batching", args.batching],
+                                            str(port), "--workers", args.scoring_workers, "--batching", args.batching,
+                                            "--handoff-dir", str(model.parent / f"{model.name}.handoff")],
                     env)
         for workers in (1, 2):
             port = free_port()

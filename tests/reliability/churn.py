@@ -37,7 +37,7 @@ import requests
 from tests.e2e.conftest import System, running_system
 from tests.reliability import faults
 from tests.reliability.load import read_records
-from tests.reliability.record import Phase, table, verdict
+from tests.reliability.record import BACK_WITHIN, Phase, table, verdict
 
 A, B, C = "churn-a", "churn-b", "churn-c"
 READY = "VERSION_STATE_READY"
@@ -45,6 +45,7 @@ FAILED = "VERSION_STATE_FAILED"
 NO_SUCH_PACKAGE = "modelserve-no-such-package-anywhere==0.0.1"
 # A real, small package no model here needs: a new environment whose build the suite kills.
 EXTRA_PACKAGE = "tomli-w"
+FAULT_HOLD = 4.0  # seconds every fault phase lasts at least
 
 
 @dataclass
@@ -136,7 +137,9 @@ class Churn:
         print(f"[{time.strftime('%H:%M:%S')}] phase {name}", flush=True)
         try:
             yield p
-            rest = p.start + self.form.hold - time.time()
+            # A fault phase runs on a little after recovery even in the short form: requests sent
+            # right after it count, and every target gets to send some.
+            rest = p.start + max(self.form.hold, FAULT_HOLD if kind == "fault" else 0.0) - time.time()
             if rest > 0:
                 time.sleep(rest)
         except Exception as exc:  # recorded and judged; the next phases still run and are counted
@@ -240,9 +243,12 @@ class Churn:
                 time.sleep(2.5)  # past the launcher's restart backoff for the next one
             if self.states(A).get(self.prod) != READY:
                 p.problems.append(f"version {self.prod} not READY after the restarts: {self.states(A)}")
-        self.kill(n, "kill-version", lambda: faults.kill_version(self.system, A, self.prod, self.runtime),
-                  "restarted by the model host")
-        self.kill(n, "kill-host", lambda: faults.kill_host(self.system, A, self.runtime), "exited unexpectedly")
+        host_event = "a new one was started in its place" if self.runtime == "docker" else "exited unexpectedly"
+        self.kill(n, "kill-worker", "worker", lambda: faults.kill_worker(self.system, A, self.prod, self.runtime),
+                  log="forking a new one")
+        self.kill(n, "kill-version", "version", lambda: faults.kill_version(self.system, A, self.prod, self.runtime),
+                  event="restarted by the model host")
+        self.kill(n, "kill-host", "host", lambda: faults.kill_host(self.system, A, self.runtime), event=host_event)
         with self.phase(f"{n}.build-fails") as p:
             bad = self.register(A, "bad")
             self.failed_alone(p, bad, NO_SUCH_PACKAGE.split("=")[0])
@@ -262,26 +268,60 @@ class Churn:
                     self.failed_alone(p, killed_version, "", before)
         self.outage(n)
 
-    def kill(self, n: int, name: str, act: Callable[[], None], event: str) -> None:
+    def capacity(self) -> dict[str, Any]:
+        """A's host status, as the judge of "full capacity" reads it ({} while it cannot be read)."""
+        try:
+            return faults.status(self.system, A, self.runtime)
+        except (OSError, ValueError, KeyError):
+            return {}
+
+    def at_full_capacity(self, what: str, before: dict[str, Any], p: Phase, killed: Any) -> bool:
+        """Every version of A running with all its workers and none of an old generation left, as
+        reported after the kill, and the killed process replaced."""
+        now = self.capacity()
+        versions = now.get("versions") or {}
+        fresh = float(now.get("updated") or 0) >= (p.fault_done or p.fault_at)
+        # A lost worker is replaced between two reports of the host: that one is read from /proc.
+        if self.prod not in versions or (what != "worker" and not fresh):
+            return False
+        for d in versions.values():
+            if d.get("state") != "running" or d.get("retiring") or d.get("workers", 0) < d.get("wanted_workers", 1):
+                return False
+        if what == "worker":
+            found = faults.workers(self.system, A, self.prod, self.runtime)
+            return killed not in found and len(found) >= int(versions[self.prod].get("wanted_workers", 1))
+        if what == "version":
+            return versions[self.prod].get("pid") != (before.get("versions") or {}).get(self.prod, {}).get("pid")
+        return now.get("host_pid") != before.get("host_pid")
+
+    def kill(self, n: int, name: str, what: str, act: Callable[[], Any], event: str = "", log: str = "") -> None:
         with self.phase(f"{n}.{name}", "fault", "A") as p:  # "A": its targets' label
             seen = len(self.events(A))
+            before = self.capacity()
             p.fault_at = time.time()
-            act()
-            deadline = time.monotonic() + 120
-            time.sleep(0.2)  # the signal has landed: what answers now has come back
+            killed = act()
+            p.fault_done = time.time()
+            deadline = time.monotonic() + BACK_WITHIN
             while time.monotonic() < deadline:
                 states = self.states(A)
-                if states and all(s == READY for s in states.values()) and self.answers(A, self.prod):
+                if (states and all(s == READY for s in states.values()) and self.at_full_capacity(what, before, p, killed)
+                        and self.answers(A, self.prod)):
                     p.ready_at = time.time()
                     break
-                time.sleep(0.1)
-            print(f"  {name} of version {self.prod}: READY and answering after "
+                time.sleep(0.05)
+            print(f"  {name} of version {self.prod}: back at full capacity after "
                   f"{p.ready_at - p.fault_at if p.ready_at else float('nan'):.1f} s", flush=True)
-            try:
-                self.system.wait_for(f"an event saying '{event}'",
-                                     lambda: any(event in m for m in self.events(A)[: -seen or None]), timeout=30)
-            except AssertionError:
-                p.problems.append(f"no event saying '{event}'; events: {self.events(A)[:5]}")
+            if event:
+                try:
+                    self.system.wait_for(f"an event saying '{event}'",
+                                         lambda: any(event in m for m in self.events(A)[: -seen or None]), timeout=60)
+                except AssertionError:
+                    p.problems.append(f"no event saying '{event}'; events: {self.events(A)[:5]}")
+            if log:
+                logs = self.system.api("GET", "get-version-logs", registered_model_name=A,
+                                       endpoint_version_name=self.prod).json().get("logs", "")
+                if log not in logs:
+                    p.problems.append(f"the version's log does not say '{log}': {logs[-500:]!r}")
 
     def failed_alone(self, p: Phase, version: str, in_log: str, before: dict[str, str] | None = None) -> None:
         """The version FAILED with its log; every other version as it was; then it is archived."""

@@ -1,8 +1,8 @@
 """The faults the churn suite causes, each aimed only at processes of the system it started.
 
 Every pid comes from that system's own files (``run/up.json``, the hosts' ``host.json``,
-``status.json`` and ``active.json``) or, for an environment build, from /proc filtered by that
-system's data dir, so a fault can never reach another system on the machine (other tests and
+``status.json`` and ``active.json``), from /proc below such a pid (a server's workers), or, for an
+environment build, from /proc filtered by that system's data dir, so a fault can never reach another system on the machine (other tests and
 helpers run theirs beside it). Supervisor processes lead their own process groups, so a group
 signal takes gunicorn's or MLflow's workers with them, as a crash of the whole service would.
 """
@@ -86,33 +86,62 @@ def _model_dir(system: System, model: str) -> Path:
     return system.data_dir / "hosts" / naming.model_id(model)
 
 
-def _status(system: System, model: str, runtime: str) -> dict[str, Any]:
+def status(system: System, model: str, runtime: str) -> dict[str, Any]:
+    """The model host's status.json (in the active container's state dir on docker)."""
     d = _model_dir(system, model)
     if runtime == "docker":
         d = d / json.loads((d / "active.json").read_text())["name"]
     return dict(json.loads((d / "status.json").read_text()))
 
 
-def kill_version(system: System, model: str, version: str, runtime: str) -> None:
-    """SIGKILL one version's scoring server (its model host restarts it)."""
-    pid = int(_status(system, model, runtime)["versions"][version]["pid"])
+def _in_container(system: System, model: str, command: str) -> str:
+    """Runs ``command`` with the active container's sh (pids there are the container's own)."""
+    cid = json.loads((_model_dir(system, model) / "active.json").read_text())["id"]
+    done = subprocess.run(["docker", "exec", cid, "sh", "-c", command], check=True, timeout=60,
+                          capture_output=True, text=True)
+    return done.stdout
+
+
+def _signal(system: System, model: str, runtime: str, pid: int, sig: int = signal.SIGKILL) -> None:
     if runtime == "docker":
-        # The pid is the container's own; the container's sh sends the signal there.
-        cid = json.loads((_model_dir(system, model) / "active.json").read_text())["id"]
-        subprocess.run(["docker", "exec", cid, "sh", "-c", f"kill -9 {pid}"], check=True, timeout=60,
-                       capture_output=True)
+        _in_container(system, model, f"kill -{int(sig)} {pid}")
     else:
-        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, sig)
+
+
+def workers(system: System, model: str, version: str, runtime: str) -> list[int]:
+    """The forked workers of a version's scoring server, read from /proc (the container's)."""
+    pid = int(status(system, model, runtime)["versions"][version]["pid"])
+    path = f"/proc/{pid}/task/{pid}/children"
+    try:
+        text = _in_container(system, model, f"cat {path}") if runtime == "docker" else Path(path).read_text()
+    except (OSError, subprocess.CalledProcessError):
+        return []
+    return [int(w) for w in text.split()]
+
+
+def kill_worker(system: System, model: str, version: str, runtime: str) -> int:
+    """SIGKILL one forked worker of a version's scoring server (its parent forks a new one)."""
+    found = workers(system, model, version, runtime)
+    if not found:
+        raise AssertionError(f"version {version} of {model} has no worker to kill")
+    _signal(system, model, runtime, found[0])
+    return found[0]
+
+
+def kill_version(system: System, model: str, version: str, runtime: str) -> None:
+    """SIGKILL one version's scoring server, its parent process (its workers go on serving until
+    the model host's replacement takes over)."""
+    _signal(system, model, runtime, int(status(system, model, runtime)["versions"][version]["pid"]))
 
 
 def kill_host(system: System, model: str, runtime: str) -> None:
-    """SIGKILL the model's host: the process (its versions die with it) or the container."""
-    d = _model_dir(system, model)
+    """SIGKILL the model's host process (its scoring servers go on serving): on docker the one
+    inside the container, which the container's keeper replaces."""
     if runtime == "docker":
-        cid = json.loads((d / "active.json").read_text())["id"]
-        subprocess.run(["docker", "kill", cid], check=True, timeout=60, capture_output=True)
+        _signal(system, model, runtime, int(status(system, model, runtime)["host_pid"]))
     else:
-        os.kill(int(json.loads((d / "host.json").read_text())["pid"]), signal.SIGKILL)
+        os.kill(int(json.loads((_model_dir(system, model) / "host.json").read_text())["pid"]), signal.SIGKILL)
 
 
 def kill_build(system: System, timeout: float) -> str:

@@ -25,7 +25,7 @@ from tests.support import free_port
 
 STAND_IN = '''
 import argparse, http.server, time
-p = argparse.ArgumentParser(); p.add_argument("--model-dir"); p.add_argument("--host"); p.add_argument("--port", type=int); p.add_argument("--workers"); p.add_argument("--batching")
+p = argparse.ArgumentParser(); p.add_argument("--model-dir"); p.add_argument("--host"); p.add_argument("--port", type=int); p.add_argument("--workers"); p.add_argument("--batching"); p.add_argument("--handoff-dir")
 a = p.parse_args()
 if "slow" in a.model_dir:
     time.sleep(3)  # a model that takes long to load
@@ -137,19 +137,41 @@ def test_removing_a_version_stops_only_it(runtime: ProcessRuntime) -> None:
     assert state.versions["2"].pid == v2_pid
 
 
-def test_a_killed_host_takes_its_children_and_is_found_dead_then_restarted(runtime: ProcessRuntime) -> None:
+def test_a_killed_host_leaves_its_servers_serving_and_the_new_host_adopts_them(runtime: ProcessRuntime) -> None:
     port = free_port()
     runtime.apply_host("m", [launch("1", port)])
     wait("v1", lambda: ping(port))
     state = wait("status", lambda: (s := runtime.host_state("m")) and s.versions.get("1") and s)
     host_pid, child_pid = state.pid, state.versions["1"].pid
     os.kill(host_pid, signal.SIGKILL)
-    wait("child dies with its host", lambda: not alive(child_pid))
     dead = wait("host seen dead", lambda: (s := runtime.host_state("m")) and not s.alive and s)
     assert str(host_pid) in (dead.reason or "")
+    # The host is not on the serving path: its server goes on answering, and says it runs.
+    assert alive(child_pid) and ping(port) == "/models/v1" and dead.versions["1"].running
     runtime.apply_host("m", [launch("1", port)])
+    host_log = runtime.state_dir("m") / "host.log"
+    wait("adopted by the new host", lambda: "adopted its running scoring server" in host_log.read_text())
+    adopted = runtime.host_state("m")
+    assert adopted is not None and adopted.alive and adopted.pid != host_pid
+    assert adopted.versions["1"].pid == child_pid and adopted.versions["1"].running
+    # An adopted server that dies is restarted by its new host, which never saw its exit status.
+    os.kill(child_pid, signal.SIGKILL)
+    again = wait("restarted", lambda: (s := runtime.host_state("m")) and s.versions["1"].restarts == 1
+                 and s.versions["1"].running and s)
+    assert again.versions["1"].pid != child_pid and "status is unknown" in (again.versions["1"].last_exit or "")
     assert wait("served again", lambda: ping(port)) == "/models/v1"
-    assert runtime.host_state("m").pid != host_pid  # type: ignore[union-attr]
+
+
+def test_stopping_a_model_whose_host_was_killed_stops_its_servers(runtime: ProcessRuntime) -> None:
+    port = free_port()
+    runtime.apply_host("m", [launch("1", port)])
+    wait("v1", lambda: ping(port))
+    state = wait("status", lambda: (s := runtime.host_state("m")) and s.versions.get("1") and s)
+    os.kill(state.pid, signal.SIGKILL)  # type: ignore[arg-type]
+    wait("host seen dead", lambda: (s := runtime.host_state("m")) and not s.alive)
+    runtime.stop_host("m")
+    assert wait("its server gone", lambda: not alive(state.versions["1"].pid))
+    assert runtime.hosts() == []
 
 
 def test_a_new_runtime_adopts_running_hosts(runtime: ProcessRuntime) -> None:

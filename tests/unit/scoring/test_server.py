@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,8 +12,7 @@ import requests
 
 from supervisor.scoring import server
 from supervisor.scoring.server import ClientError, jsonable, parse_content_type, parse_request
-from tests.support import free_port
-from tests.unit.scoring.conftest import COLS, SERVER
+from tests.unit.scoring.conftest import COLS
 
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
 
@@ -110,47 +105,6 @@ def test_schema_errors_are_400_and_the_server_survives_garbage(model: tuple[str,
             reply = s.recv(200)
         assert not reply or reply.startswith(b"HTTP/1.") and b" 500 " not in reply[:20]
     assert requests.get(f"{url}/ping", timeout=5).status_code == 200
-
-
-def test_prefork_workers_share_the_port_and_stop_together(model: tuple[str, Any], tmp_path: Path) -> None:
-    import os
-    import signal
-
-    url, clf = model
-    model_dir = tmp_path / "copy"
-    # The module fixture's model dir is not exposed; save a fresh one.
-    import mlflow.sklearn
-
-    mlflow.sklearn.save_model(clf, str(model_dir))
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, str(SERVER), "--model-dir", str(model_dir), "--port", str(port),
-                             "--workers", "2"])
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{base}/ping", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                time.sleep(0.2)
-        rows = pd.DataFrame(ROWS, columns=COLS)
-        for _ in range(20):
-            r = requests.post(f"{base}/invocations", json={"dataframe_split": rows.to_dict(orient="split")},
-                              timeout=10)
-            assert r.json() == {"predictions": clf.predict(rows).tolist()}
-        workers = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
-        assert len(workers) == 2
-        # One worker dying takes the server down (the model host then restarts it whole).
-        os.kill(workers[0], signal.SIGKILL)
-        assert proc.wait(timeout=30) == 1
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and Path(f"/proc/{workers[1]}").exists():
-            time.sleep(0.1)
-        assert not Path(f"/proc/{workers[1]}").exists() or "Z" in Path(f"/proc/{workers[1]}/stat").read_text()
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def test_worker_count_auto_fits_the_machine() -> None:
