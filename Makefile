@@ -62,6 +62,13 @@ e2e: setup docker-engine
 # (loadfile), so a module's running system starts once; tests marked `alone` (timing rules a
 # busy second core would bend) run after, with the machine to themselves.
 PYTEST_WORKERS ?= 2
-test: setup docker-engine lint
-	PATH="$(CURDIR)/$(VENV)/bin:/usr/sbin:$$PATH" $(PY) -m pytest -ra -n $(PYTEST_WORKERS) --dist loadfile -m "not alone"
-	PATH="$(CURDIR)/$(VENV)/bin:/usr/sbin:$$PATH" $(PY) -m pytest -ra -m alone
+# Each part runs under .ci/timed, which records its duration for the table at the end of .ci/run
+# (outside CI it records nothing). In order; the first to fail stops the rest.
+TIMED := bash $(CURDIR)/.ci/timed
+test:
+	@$(TIMED) "make setup" $(MAKE) --no-print-directory setup
+	@$(TIMED) "docker-engine (make test)" $(MAKE) --no-print-directory docker-engine
+	@$(TIMED) "make lint" $(MAKE) --no-print-directory lint
+	PATH="$(CURDIR)/$(VENV)/bin:/usr/sbin:$$PATH" $(TIMED) "pytest -n $(PYTEST_WORKERS) (not alone)" \
+	  $(PY) -m pytest -ra -n $(PYTEST_WORKERS) --dist loadfile -m "not alone"
+	PATH="$(CURDIR)/$(VENV)/bin:/usr/sbin:$$PATH" $(TIMED) "pytest -m alone" $(PY) -m pytest -ra -m alone

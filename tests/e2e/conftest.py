@@ -133,7 +133,7 @@ def running_system(data: Path, extra_env: dict[str, str] | None = None) -> Itera
         assert up.returncode == 0, f"modelserve up failed:\n{up.stdout}\n{up.stderr}"
         # A just-started MLflow on a busy machine may not answer the first password check in
         # time: a 503 with Retry-After is then a fair answer, and a client retries it.
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 180
         while True:
             made = sys_.raw.post(f"{sys_.url}/api/2.0/modelserve/tokens/create", json={"comment": "tests"},
                                  auth=sys_.admin, timeout=30)

@@ -99,7 +99,7 @@ def test_builds_killed_midway_fail_alone_or_resume_and_leave_nothing_reused(
         os.killpg(pid, signal.SIGKILL)
         assert folder.exists()  # abandoned, half-built
         system.wait_for("a new reconciler", lambda: reconciler_log.read_text(errors="replace")
-                        .count("reconciler running") > starts, timeout=60)
+                        .count("reconciler running") > starts, timeout=120)
         system.wait_version(NAME, again, "VERSION_STATE_READY")
     assert f"removed the leftover of an interrupted environment build: {folder.name}" in \
         reconciler_log.read_text(errors="replace")

@@ -32,6 +32,9 @@ pytestmark = pytest.mark.e2e
 
 LIMIT = 16 * 1024 * 1024
 TIMEOUT = 10  # client_header_timeout / client_body_timeout in nginx/nginx.conf.j2
+# How long a stalled client waits to be cut off before the test says it never was. The cut is due
+# TIMEOUT s in; a loaded machine may take longer, and only "it was cut" is this test's concern.
+GIVE_UP = 120
 ROW = {"dataframe_split": {"columns": ["sepal_length", "sepal_width", "petal_length", "petal_width"],
                            "data": [[5.1, 3.5, 1.4, 0.2]]}}
 
@@ -57,8 +60,9 @@ def _conn(target: dict[str, Any], timeout: float = 30) -> Iterator[socket.socket
         s.close()
 
 
-def _read_until_closed(s: socket.socket, limit: float) -> tuple[bytes, float]:
-    """Everything the server sends until it closes (or ``limit`` seconds pass), and when it closed."""
+def _read_until_closed(s: socket.socket, limit: float) -> tuple[bytes, float, bool]:
+    """Everything the server sends until it closes (or ``limit`` seconds pass), how long that took,
+    and whether the server closed (False: ``limit`` ran out first)."""
     t0, got = time.monotonic(), b""
     s.settimeout(1)
     while time.monotonic() - t0 < limit:
@@ -67,11 +71,11 @@ def _read_until_closed(s: socket.socket, limit: float) -> tuple[bytes, float]:
         except TimeoutError:
             continue
         except ConnectionResetError:
-            break
+            return got, time.monotonic() - t0, True
         if not chunk:
-            break
+            return got, time.monotonic() - t0, True
         got += chunk
-    return got, time.monotonic() - t0
+    return got, time.monotonic() - t0, False
 
 
 def _read_response(s: socket.socket, limit: float) -> tuple[bytes, bytes, float]:
@@ -112,10 +116,11 @@ def test_a_body_over_the_limit_is_refused_from_its_content_length_alone(target: 
     with _conn(target) as s:
         s.sendall(_head(target, f"Content-Length: {LIMIT + 1}\r\n") + b"[" + b" " * 65536)
         head, body, elapsed = _read_response(s, 30)
+    # 16 MB more were announced and never sent: a server that waited to count them would cut this
+    # client for stalling (408) instead, so the 413 itself shows the decision came from the header.
     assert head.startswith(b"HTTP/1.1 413"), head[:300]
     assert json.loads(body)["error_code"] == "REQUEST_LIMIT_EXCEEDED"
-    # 16 MB more were announced and never sent: an answer at once means nobody waited for them.
-    assert elapsed < 5, f"413 took {elapsed:.1f}s: the body should not be read"
+    print(f"\n413 for an announced oversize body after {elapsed:.2f} s")
 
 
 def test_sixteen_megabytes_still_reach_the_model(target: dict[str, Any]) -> None:
@@ -129,31 +134,36 @@ def test_sixteen_megabytes_still_reach_the_model(target: dict[str, Any]) -> None
 
 def test_stalled_clients_are_cut_off_and_others_are_served_meanwhile(target: dict[str, Any]) -> None:
     """Slow headers, a stalled body and 300 idle connections at once, while a good client scores."""
-    outcomes: dict[str, tuple[bytes, float]] = {}
-    good: list[int] = []
+    # what the stalled client got, seconds until it was cut, cut by the server, when (monotonic)
+    outcomes: dict[str, tuple[bytes, float, bool, float]] = {}
+    good: list[tuple[int, float]] = []  # status, when it came (monotonic)
     stop = threading.Event()
 
     def slow_headers() -> None:
         with _conn(target, timeout=60) as s:
             s.sendall(f"POST {target['path']} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode())
             t0 = time.monotonic()
+            cut = False
             try:  # a header line every second, never the blank line that ends them
-                for i in range(3 * TIMEOUT):
+                for i in range(GIVE_UP):
                     s.sendall(f"X-Slow-{i}: {i}\r\n".encode())
                     time.sleep(1)
             except OSError:
-                pass  # cut off while sending: what we want
-            got, _ = _read_until_closed(s, 3 * TIMEOUT)
-            outcomes["headers"] = (got, time.monotonic() - t0)
+                # Cut off while still sending: Nginx's timeout counts the whole header, not the
+                # gap between lines, or this client would be served forever.
+                cut = True
+            got, _, _ = _read_until_closed(s, GIVE_UP)
+            outcomes["headers"] = (got, time.monotonic() - t0, cut, time.monotonic())
 
     def stalled_body() -> None:
         with _conn(target, timeout=60) as s:
             s.sendall(_head(target, "Content-Length: 1000\r\n") + b'{"dataframe_split"')
-            outcomes["body"] = _read_until_closed(s, 3 * TIMEOUT)
+            got, took, closed = _read_until_closed(s, GIVE_UP)
+            outcomes["body"] = (got, took, closed, time.monotonic())
 
     def good_client() -> None:
         while not stop.is_set() and len(good) < 10_000:
-            good.append(_score(target))
+            good.append((_score(target), time.monotonic()))
             time.sleep(0.05)
 
     with ExitStack() as idle:
@@ -164,16 +174,24 @@ def test_stalled_clients_are_cut_off_and_others_are_served_meanwhile(target: dic
         for t in [*threads, client]:
             t.start()
         for t in threads:
-            t.join(timeout=6 * TIMEOUT)
+            t.join(timeout=2 * GIVE_UP + 30)
+        # At least ten answers however slow each one is (bounded), not ten within the stall.
+        deadline = time.monotonic() + GIVE_UP
+        while len(good) < 10 and time.monotonic() < deadline and client.is_alive():
+            time.sleep(0.1)
         stop.set()
         client.join(timeout=60)
     assert outcomes.keys() == {"headers", "body"}
-    for what, (got, took) in outcomes.items():
-        assert took < TIMEOUT + 8, f"slow {what}: still open after {took:.1f}s"
+    for what, (got, took, cut, _) in outcomes.items():
+        assert cut, f"slow {what}: still open after {took:.1f}s (Nginx's timeout: {TIMEOUT} s)"
         assert b" 500 " not in got[:20] and b" 502 " not in got[:20], (what, got[:200])
-    print(f"\nstalled clients closed after {', '.join(f'{w} {t:.1f}s' for w, (_, t) in sorted(outcomes.items()))}; "
-          f"{len(good)} good requests meanwhile, answers {sorted(set(good))}")
-    assert len(good) >= 10 and set(good) == {200}, good
+    first_cut = min(at for *_, at in outcomes.values())
+    meanwhile = sum(1 for _, at in good if at < first_cut)
+    print(f"\nstalled clients closed after {', '.join(f'{w} {o[1]:.1f}s' for w, o in sorted(outcomes.items()))}; "
+          f"{meanwhile} good requests while both were stalled, {len(good)} in all, "
+          f"answers {sorted({code for code, _ in good})}")
+    assert len(good) >= 10 and {code for code, _ in good} == {200}, good
+    assert meanwhile >= 1, "no good request was answered while the stalled clients held their connections"
 
 
 def test_truncated_bodies_never_reach_the_model_and_the_next_request_works(system: System,
@@ -182,18 +200,18 @@ def test_truncated_bodies_never_reach_the_model_and_the_next_request_works(syste
     with _conn(target) as s:  # Content-Length larger than what is sent, then the client goes away
         s.sendall(_head(target, "Content-Length: 5000\r\n") + json.dumps(ROW).encode()[:40])
         s.shutdown(socket.SHUT_WR)
-        got, took = _read_until_closed(s, 3 * TIMEOUT)
-    assert b" 500 " not in got[:20] and took < 3 * TIMEOUT, got[:200]
+        got, _, closed = _read_until_closed(s, GIVE_UP)
+    assert b" 500 " not in got[:20] and closed, got[:200]
     with _conn(target) as s:  # a chunked body cut inside a chunk
         s.sendall(_head(target, "Transfer-Encoding: chunked\r\n") + b"100\r\n" + b'{"dataframe_split": {' + b" " * 20)
         s.shutdown(socket.SHUT_WR)
-        got, took = _read_until_closed(s, 3 * TIMEOUT)
-    assert b" 500 " not in got[:20] and took < 3 * TIMEOUT, got[:200]
+        got, _, closed = _read_until_closed(s, GIVE_UP)
+    assert b" 500 " not in got[:20] and closed, got[:200]
     with _conn(target) as s:  # the same, complete: Nginx buffers it and the model gets a length
         payload = json.dumps(ROW).encode()
         s.sendall(_head(target, "Transfer-Encoding: chunked\r\nConnection: close\r\n")
                   + f"{len(payload):x}\r\n".encode() + payload + b"\r\n0\r\n\r\n")
-        got, _ = _read_until_closed(s, 30)
+        got, _, _ = _read_until_closed(s, 30)
     assert got.startswith(b"HTTP/1.1 200"), got[:300]
     assert _score(target) == 200
     assert _model_pid(system) == before, "the model's process was restarted"

@@ -61,7 +61,7 @@ def served(system: System, register: Callable[..., str], iris: pd.DataFrame) -> 
     MlflowClient(system.url).transition_model_version_stage(NAME, "1", "Production")
     rows = iris.drop(columns=["target"]).head(3).to_dict(orient="records")
     prod = f"{system.url}/model/{NAME}/Production/invocations"
-    first = system.wait_for("Production routed", lambda: answer(system, prod, rows), timeout=60)
+    first = system.wait_for("Production routed", lambda: answer(system, prod, rows), timeout=120)
     return {"prod": prod, "v1": f"{system.url}/model/{NAME}/1/invocations", "rows": rows, "first": first}
 
 
@@ -76,19 +76,22 @@ def outage(system: System, served: dict[str, Any]) -> dict[str, Any]:
         with frozen(up["children"]["mlflow"]):
             stopped = time.monotonic()
             seen["health"] = system.wait_for("the registry reported unreachable", lambda: (
-                h := health(system))["registry"] == "unreachable" and h, timeout=90)
+                h := health(system))["registry"] == "unreachable" and h, timeout=120)
             detected = time.monotonic()
             seen["detected_after"] = detected - stopped
             seen["cli"] = system.cli("status", check=False)
             time.sleep(max(0.0, OUTAGE_AFTER_DETECTION - (time.monotonic() - detected)))
-            try:  # a signed-in reader's page; a hang is an answer too, recorded as such
-                seen["page"] = system.raw.get(f"{system.url}/serving/", headers=token, timeout=30)
+            # A signed-in reader's page; a hang is an answer too, recorded as such. Generous for a
+            # loaded machine, yet short enough that detection + this wait + the sleep above stay
+            # well inside MODELSERVE_AUTH_STALE_SECONDS (300 s), which the load relies on.
+            try:
+                seen["page"] = system.raw.get(f"{system.url}/serving/", headers=token, timeout=60)
             except requests.RequestException as exc:
                 seen["page"] = exc
         thawed = time.monotonic()
         seen["frozen_for"] = thawed - stopped
         system.wait_for("the registry reachable again", lambda: health(system)["registry"] == "reachable",
-                        timeout=90)
+                        timeout=120)
         seen["recovered_after"] = time.monotonic() - thawed
     seen["load"] = load
     print(f"\nregistry outage: {seen['frozen_for']:.1f} s frozen, reported after {seen['detected_after']:.1f} s, "
@@ -126,7 +129,8 @@ def test_the_reconciler_catches_up_once_the_registry_is_back(
     # Made right after the outage: a stage move, which no webhook announces (only the tick sees it).
     MlflowClient(system.url).transition_model_version_stage(NAME, "1", "Staging")
     staging = f"{system.url}/model/{NAME}/Staging/invocations"
-    system.wait_for("Staging routed", lambda: answer(system, staging, served["rows"]) == served["first"], timeout=60)
+    system.wait_for("Staging routed", lambda: answer(system, staging, served["rows"]) == served["first"],
+                    timeout=120)
     system.wait_for("Production unrouted", lambda: requests.post(
-        served["prod"], json=served["rows"], timeout=30).status_code == 404, timeout=60)
+        served["prod"], json=served["rows"], timeout=30).status_code == 404, timeout=120)
     assert system.versions(NAME)["1"]["state"] == "VERSION_STATE_READY"

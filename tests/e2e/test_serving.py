@@ -88,7 +88,7 @@ def test_serve_a_registered_model_end_to_end(system: System, register: Any, iris
     client.transition_model_version_stage(NAME, "1", "Production")
     prod = f"{system.url}/model/{NAME}/Production/invocations"
     system.wait_for("Production route", lambda: requests.post(prod, json=rows.to_dict(orient="records"),
-                                                              timeout=10).status_code == 200, timeout=60)
+                                                              timeout=10).status_code == 200, timeout=120)
     assert score_model(prod, system.token, rows) == expected_v1
 
     # Version 2 is deployed without any call, reusing version 1's environment.
@@ -102,15 +102,16 @@ def test_serve_a_registered_model_end_to_end(system: System, register: Any, iris
 
     # Move Production to version 2; version 1's own URI keeps answering.
     client.transition_model_version_stage(NAME, "2", "Production")
-    system.wait_for("Production -> v2", lambda: score_model(prod, system.token, rows) == expected_v2, timeout=60)
+    system.wait_for("Production -> v2", lambda: score_model(prod, system.token, rows) == expected_v2, timeout=120)
     assert score_model(v1, system.token, rows) == expected_v1
     aliases = system.api("GET", "list-version-aliases", registered_model_name=NAME).json()["aliases"]
     assert {"alias": "Production", "endpoint_version_name": "2"} in aliases
 
     # Archive version 1: its URI answers 404 and it is no longer listed.
     client.transition_model_version_stage(NAME, "1", "Archived")
-    system.wait_for("v1 removed", lambda: requests.post(v1, json=[{}], timeout=10).status_code == 404, timeout=60)
-    r = requests.post(v1, json=rows.to_dict(orient="records"), timeout=10)
+    system.wait_for("v1 removed", lambda: requests.post(v1, json=[{}], timeout=10).status_code == 404,
+                    timeout=120)
+    r = requests.post(v1, json=rows.to_dict(orient="records"), timeout=30)
     assert r.status_code == 404 and r.json()["error_code"] == "RESOURCE_DOES_NOT_EXIST"
     assert "1" not in system.versions(NAME)
 
@@ -118,7 +119,7 @@ def test_serve_a_registered_model_end_to_end(system: System, register: Any, iris
     client.set_registered_model_alias(NAME, "champion", "2")
     alias_uri = f"{system.url}/model/{NAME}/@champion/invocations"
     system.wait_for("alias route", lambda: requests.post(alias_uri, json=rows.to_dict(orient="records"),
-                                                         timeout=10).status_code == 200, timeout=60)
+                                                         timeout=10).status_code == 200, timeout=120)
     assert score_model(alias_uri, system.token, rows) == expected_v2
 
     # Events tell the story.
@@ -139,7 +140,7 @@ def test_serve_a_registered_model_end_to_end(system: System, register: Any, iris
     assert system.cli("disable", NAME).returncode == 0
     for uri in (prod, alias_uri, f"{system.url}/model/{NAME}/2/invocations"):
         system.wait_for(f"{uri} gone", lambda u=uri: requests.post(u, json=[{}], timeout=10).status_code == 404,
-                        timeout=60)
-    system.wait_for("host exited", lambda: not any(pid_alive(p) for p in pids), timeout=60)
+                        timeout=120)
+    system.wait_for("host exited", lambda: not any(pid_alive(p) for p in pids), timeout=120)
     r = system.api("GET", "get-status", registered_model_name=NAME)
     assert r.status_code == 400 and r.json()["error_code"] == "INVALID_PARAMETER_VALUE"

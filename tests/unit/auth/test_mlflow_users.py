@@ -4,9 +4,11 @@ bounded memory of the last answer while MLflow is unreachable."""
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import pytest
 
+from supervisor.auth import mlflow_users
 from supervisor.auth.mlflow_users import AuthBackendError, MlflowUsers, TTLCache, User
 from tests.support import free_port
 
@@ -23,17 +25,22 @@ def test_ttl_cache() -> None:
     assert len(calls) == 6
 
 
-def test_ttl_cache_serves_its_last_answer_while_mlflow_is_unreachable_for_grace_seconds() -> None:
+def test_ttl_cache_serves_its_last_answer_while_mlflow_is_unreachable_for_grace_seconds(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The cache's clock, moved by hand: with real sleeps, a test descheduled for a moment would
+    # overshoot the grace window and be refused the last answer it is meant to get.
+    now = [1000.0]
+    monkeypatch.setattr(mlflow_users, "time", SimpleNamespace(monotonic=lambda: now[0], sleep=time.sleep))
     cache = TTLCache(ttl=0.2, keep_warm=0, grace=0.5)
     assert cache.get_or("k", lambda: "READ") == "READ"
 
     def down() -> str:
         raise AuthBackendError("unreachable")
 
-    time.sleep(0.3)  # expired, within grace: the last answer
+    now[0] += 0.3  # expired, within grace: the last answer
     assert cache.get_or("k", down) == "READ"
     assert cache.get_or("k", lambda: "NO_PERMISSIONS") == "NO_PERMISSIONS"  # MLflow answers: it wins
-    time.sleep(0.8)  # past ttl + grace
+    now[0] += 0.8  # past ttl + grace
     with pytest.raises(AuthBackendError):
         cache.get_or("k", down)
     with pytest.raises(AuthBackendError):
@@ -47,23 +54,33 @@ def test_ttl_cache_keeps_used_entries_warm_in_the_background() -> None:
         calls.append(time.monotonic())
         return len(calls)
 
-    cache = TTLCache(ttl=0.4, keep_warm=5)
+    # The warmer looks every quarter of the TTL and refreshes entries past half of it, so it may
+    # be a quarter of the TTL from expiry when it comes: 1 s here (0.1 s at a 0.4 s TTL, which a
+    # thread kept waiting on a loaded machine can overrun). The deadline only bounds the loop.
+    cache = TTLCache(ttl=4, keep_warm=30)
     assert cache.get_or("k", compute) == 1
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + 60
     while len(calls) < 3 and time.monotonic() < deadline:
         assert cache.get_or("k", lambda: pytest.fail("a used entry expired on the request path"))
         time.sleep(0.02)
     assert len(calls) >= 3  # refreshed by the warmer, never by a caller
 
 
-def test_mlflow_users_stop_asking_an_unreachable_mlflow_for_a_moment() -> None:
+def test_mlflow_users_stop_asking_an_unreachable_mlflow_for_a_moment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A stopped clock: "a moment" (BACKOFF_SECONDS) cannot run out between the two calls however
+    # long a loaded machine takes between them.
+    monkeypatch.setattr(mlflow_users, "time", SimpleNamespace(monotonic=lambda: 1000.0, sleep=time.sleep))
     users = MlflowUsers(f"http://127.0.0.1:{free_port()}", "admin", "pw", ttl=0)
     with pytest.raises(AuthBackendError, match="unreachable"):
         users.permission("u", "m")
-    t0 = time.monotonic()
+
+    def never(*_: object, **__: object) -> None:
+        pytest.fail("MLflow was asked again at once")
+
+    # Not asked at all, which says more than an answer in little time (a refused connection is quick).
+    users.session = SimpleNamespace(get=never)  # type: ignore[assignment]
     with pytest.raises(AuthBackendError, match="moments ago"):
         users.permission("u", "m")
-    assert time.monotonic() - t0 < 0.5
 
 
 class FlakySession:

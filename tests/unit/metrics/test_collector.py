@@ -28,9 +28,11 @@ def _store(tmp_path: Path, ports: list[int]) -> Store:
 
 def _poll_until(collector: Collector, want: int) -> int:
     got = 0
-    for _ in range(40):  # Nginx flushes its buffer at least every second
+    # Nginx flushes its buffer at least every second; a minute allows for a loaded machine.
+    deadline = time.monotonic() + 60
+    while True:
         got += collector.poll()
-        if got >= want:
+        if got >= want or time.monotonic() > deadline:
             break
         time.sleep(0.25)
     return got

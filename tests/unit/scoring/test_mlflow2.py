@@ -48,23 +48,23 @@ def test_serves_a_model_saved_with_mlflow_2(tmp_path: Path) -> None:
     proc = subprocess.Popen([py, str(Path(server.__file__)), "--model-dir", str(model_dir), "--port", str(port)])
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # loading MLflow and the model: over a minute when loaded
         while time.monotonic() < deadline:
             try:
                 if requests.get(f"{url}/ping", timeout=1).status_code == 200:
                     break
             except requests.RequestException:
                 time.sleep(0.2)
-        assert requests.get(f"{url}/version", timeout=5).text == "2.22.0"
+        assert requests.get(f"{url}/version", timeout=30).text == "2.22.0"
         rows = [[5.1, 3.5, 1.4, 0.2], [4.9, 3.0, 1.4, 0.2], [4.7, 3.2, 1.3, 0.2]]
         records = [dict(zip("abcd", r, strict=True)) for r in rows]
         r = requests.post(f"{url}/invocations", json=records,
-                          headers={"Content-Type": "application/json; format=pandas-records"}, timeout=10)
+                          headers={"Content-Type": "application/json; format=pandas-records"}, timeout=60)
         assert r.status_code == 200 and r.json() == expected
         r = requests.post(f"{url}/invocations", json={"dataframe_split": {"columns": list("abcd"), "data": rows}},
-                          timeout=10)
+                          timeout=60)
         assert r.json() == {"predictions": expected}
-        r = requests.post(f"{url}/invocations", json={"dataframe_records": [{"z": 1}]}, timeout=10)
+        r = requests.post(f"{url}/invocations", json={"dataframe_records": [{"z": 1}]}, timeout=60)
         assert r.status_code == 400
     finally:
         proc.terminate()
