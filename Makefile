@@ -59,8 +59,8 @@ e2e: setup docker-engine
 
 # Two workers: most of the suite waits on real processes (model loads, deploys, steady load
 # phases), so the second core is better used by another file's tests. One file per worker
-# (loadfile), so a module's running system starts once; tests marked `alone` (timing rules a
-# busy second core would bend) run after, with the machine to themselves.
+# (loadfile), so a module's running system starts once. No test depends on the machine's speed,
+# so none needs the machine to itself.
 PYTEST_WORKERS ?= 2
 # Each part runs under .ci/timed, which records its duration for the table at the end of .ci/run
 # (outside CI it records nothing). In order; the first to fail stops the rest.
@@ -69,6 +69,5 @@ test:
 	@$(TIMED) "make setup" $(MAKE) --no-print-directory setup
 	@$(TIMED) "docker-engine (make test)" $(MAKE) --no-print-directory docker-engine
 	@$(TIMED) "make lint" $(MAKE) --no-print-directory lint
-	PATH="$(CURDIR)/$(VENV)/bin:/usr/sbin:$$PATH" $(TIMED) "pytest -n $(PYTEST_WORKERS) (not alone)" \
-	  $(PY) -m pytest -ra -n $(PYTEST_WORKERS) --dist loadfile -m "not alone"
-	PATH="$(CURDIR)/$(VENV)/bin:/usr/sbin:$$PATH" $(TIMED) "pytest -m alone" $(PY) -m pytest -ra -m alone
+	PATH="$(CURDIR)/$(VENV)/bin:/usr/sbin:$$PATH" $(TIMED) "pytest -n $(PYTEST_WORKERS)" \
+	  $(PY) -m pytest -ra -n $(PYTEST_WORKERS) --dist loadfile
