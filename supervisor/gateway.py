@@ -10,6 +10,7 @@ Nginx always runs with our own prefix and config (``-p``/``-c``): nothing touche
 
 from __future__ import annotations
 
+import logging
 import os
 import pwd
 import signal
@@ -24,6 +25,8 @@ import jinja2
 
 from supervisor.routing import ModelRoutes, render_routes
 from supervisor.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def nginx_cache_seconds(auth_cache_seconds: float) -> int:
@@ -142,12 +145,14 @@ class Gateway:
             return False
         return b"shutting down" not in title and b"worker" in title
 
-    def reload(self, timeout: float = 10.0) -> None:
+    def reload(self, timeout: float = 60.0) -> None:
         """Reload and return only once every worker taking new connections runs the new config.
 
         ``nginx -s reload`` only sends a signal; until the master has started new workers and
         told the old ones to stop accepting, requests still meet the old routes. Waiting here
-        lets callers announce a route (e.g. a version READY) only when it really is live."""
+        lets callers announce a route (e.g. a version READY), or stop what a removed route led
+        to, only when the change really is live. The bound is generous (a loaded machine can take
+        seconds to start workers) and, when reached, said in the log rather than passed over."""
         master = self.pid()
         before = {w for w in self._workers(master) if self._accepting(w)} if master else set()
         result = self._nginx("-s", "reload")
@@ -162,6 +167,7 @@ class Gateway:
             if new and not any(self._accepting(w) for w in before):
                 return
             time.sleep(0.02)
+        log.warning("nginx had not switched to the new configuration %.0f s after the reload", timeout)
 
     def reopen_logs(self) -> bool:
         """Have Nginx flush and reopen its log files (after one was renamed); False if it could not."""

@@ -26,6 +26,23 @@ from typing import Any
 
 TIMEOUT = 2.0  # a holder that does not hand over within this is hung, not busy
 RETIRE = b"retire\n"
+# A Unix socket's path must fit in sockaddr_un (108 bytes on Linux); a data dir and a model's name
+# can make it longer, so longer paths go through a descriptor of their directory.
+MAX_PATH = 100
+
+
+@contextlib.contextmanager
+def _reachable(path: Path) -> Any:
+    """A name for ``path`` short enough to bind or connect to: the path itself, or the same file
+    reached through /proc/self/fd and a descriptor of its directory (held open meanwhile)."""
+    if len(os.fsencode(str(path))) <= MAX_PATH:
+        yield str(path)
+        return
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
 
 
 def same_address(a: Any, b: Any) -> bool:
@@ -45,8 +62,13 @@ class Offer:
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(str(self.path))
-        os.chmod(self.path, 0o600)
+        try:
+            with _reachable(self.path) as name:
+                self.sock.bind(name)
+            os.chmod(self.path, 0o600)
+        except OSError:
+            self.sock.close()
+            raise
         self.sock.listen(8)
         threading.Thread(target=self._accept, name="handoff", daemon=True).start()
 
@@ -84,7 +106,8 @@ def _receive(path: Path) -> tuple[socket.socket, socket.socket] | None:
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     conn.settimeout(TIMEOUT)
     try:
-        conn.connect(str(path))
+        with _reachable(path) as name:
+            conn.connect(name)
     except (ConnectionRefusedError, FileNotFoundError):
         conn.close()
         with contextlib.suppress(OSError):

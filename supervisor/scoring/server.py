@@ -578,7 +578,12 @@ def prefork(server: Server, workers: int, handoff_dir: Path | None = None,
             offer = None
             try:
                 if handoff_dir is not None:
-                    offer = handoff.Offer(handoff_dir, server.socket, lambda: _retire(server))
+                    try:
+                        offer = handoff.Offer(handoff_dir, server.socket, lambda: _retire(server))
+                    except OSError as exc:
+                        # Serving comes first: without an offer, a replacement binds afresh.
+                        print(f"modelserve scoring server: worker {os.getpid()} cannot offer its socket at "
+                              f"{handoff_dir}: {exc}", flush=True)
                 serve(server)
             finally:
                 if offer is not None:
@@ -679,6 +684,9 @@ def main(argv: list[str] | None = None) -> int:
     if listener is not None:
         server.socket.close()
         server.socket = listener
+        # What server_bind() would have set, for anything that reads it.
+        server.server_address = listener.getsockname()
+        server.server_name, server.server_port = str(args.host), int(args.port)
         how = f"took over the listening socket from {len(previous)} worker(s) of the previous generation"
     else:
         try:

@@ -10,9 +10,11 @@ The rules (issues 7 and 18):
 - a "fault" phase (SIGKILL of one process on the serving path: a scoring worker, a version's
   server, a model host): a kill costs only the requests in flight inside the killed process, so
   failures only on the targets of the faulted model, only for requests in flight when the signal
-  was sent (sent before it had landed, answered after it was sent), and no more of them than the
-  load's concurrency on that model (each per-request target is one client sending one request at
-  a time);
+  was sent (sent before it had landed, or within ``GATEWAY_NOTICE`` after: Nginx may hand a
+  request to a kept-alive connection of the killed process before it has read that connection's
+  close; seen once in 9 kills of the long form, 6 ms after the kill), answered after it was sent,
+  and no more of them than the load's concurrency on that model (each per-request target is one
+  client sending one request at a time);
 - the faulted model comes back to full capacity, which is measured and shown, never judged by
   speed: only "it comes back" within the generous ``BACK_WITHIN``;
 - every target sent requests in every phase (a phase nobody scored through proves nothing).
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 BACK_WITHIN = 120.0  # "it comes back": generous, never a performance target
+GATEWAY_NOTICE = 0.5  # after a kill, until the gateway has seen the killed process's connections close
 BETWEEN = "between"
 KEEPALIVE = "keepalive:"
 
@@ -106,7 +109,7 @@ def verdict(records: list[dict[str, Any]], phases: list[Phase], targets: list[st
             problems.append(f"{what}, during {p.name}, which hit model {p.model} only")
         elif r["t"] + r["d"] < p.fault_at:  # answered before the fault; one in flight dies with it
             problems.append(f"{what}, during {p.name}, before the fault")
-        elif r["t"] > (p.fault_done or p.fault_at):
+        elif r["t"] > (p.fault_done or p.fault_at) + GATEWAY_NOTICE:
             problems.append(f"{what}, during {p.name}, sent after the kill (not in flight in the killed process)")
     for p in phases:
         problems += [f"{p.name}: {x}" for x in p.problems]

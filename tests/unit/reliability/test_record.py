@@ -44,6 +44,8 @@ def test_fault_failures_only_on_that_model_and_only_in_flight_at_the_kill() -> N
     assert "which hit model A only" in other_model[0]
     late = verdict(steady(100, 130, (112.0, "A/Production", 503)), PHASES, TARGETS)
     assert "sent after the kill" in late[0]
+    # Handed to a kept-alive connection of the killed process before the gateway saw it close.
+    assert verdict(steady(100, 130, (111.2, "A/Production", 503)), PHASES, TARGETS) == []
 
 
 def test_more_failures_than_the_load_had_in_flight_fail_the_run() -> None:

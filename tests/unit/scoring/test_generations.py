@@ -116,7 +116,10 @@ def groups() -> Iterator[list[int]]:
 def test_a_killed_worker_or_parent_costs_only_what_was_inside_it(
         saved_model: tuple[Path, list[Any]], tmp_path: Path, groups: list[int]) -> None:
     model_dir, expected = saved_model
-    port, handoff, log = free_port(), tmp_path / "handoff", tmp_path / "server.log"
+    # Longer than a Unix socket's path may be (108 bytes), as a data dir and a model's name can make it.
+    handoff = tmp_path / ("a-long-model-name-" * 6) / "versions" / "1.handoff"
+    assert len(str(handoff / "1234567.sock")) > 108
+    port, log = free_port(), tmp_path / "server.log"
     first = start(model_dir, port, handoff, log)
     groups.append(first.pid)
     url = f"http://127.0.0.1:{port}"
