@@ -1,18 +1,25 @@
 # Two commands do everything on a fresh machine with only Python:
-#   make up     install what is missing, then start the whole system (Ctrl-C stops it)
-#   make test   install what is missing, then run the linters and every test
+#   make up     install what running needs, if missing, then start the whole system (Ctrl-C stops it)
+#   make test   install that and the test tools, if missing, then run the linters and every test
+# Each install step is skipped once done (apt: the command exists; pip: a stamp file in the venv
+# newer than pyproject.toml), so only the first run of each pays for it.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-packages docker-engine up down test lint unit e2e
+.PHONY: setup test-setup system-packages test-system-packages docker-engine up down test lint unit e2e
 
+# What running needs: Nginx, and the package with its own dependencies (no test tool).
 setup: system-packages $(VENV)/.installed
+# What the linters and tests need on top of it.
+test-setup: setup test-system-packages $(VENV)/.installed-test
 
 system-packages:
 	@command -v nginx >/dev/null 2>&1 || command -v /usr/sbin/nginx >/dev/null 2>&1 || { \
 	  echo "installing nginx (apt)"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nginx >/dev/null; }
+
+test-system-packages:
 	@{ command -v wrk && command -v curl; } >/dev/null 2>&1 || { \
 	  echo "installing wrk and curl (apt; the benchmarks' load generator, the seed's curl in tests)"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk curl >/dev/null; }
@@ -38,6 +45,11 @@ docker-engine:
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip uv
+	$(VENV)/bin/uv pip install -q --python $(PY) -e .
+	touch $@
+
+# After .installed (a changed pyproject.toml reinstalls both, runtime first).
+$(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 	$(VENV)/bin/uv pip install -q --python $(PY) -e '.[test]'
 	touch $@
 
@@ -47,14 +59,14 @@ up: setup
 down:
 	$(VENV)/bin/modelserve down
 
-lint: setup
+lint: test-setup
 	$(VENV)/bin/ruff check supervisor tests
 	$(VENV)/bin/mypy supervisor
 
-unit: setup
+unit: test-setup
 	PATH="$(CURDIR)/$(VENV)/bin:/usr/sbin:$$PATH" $(PY) -m pytest tests/unit
 
-e2e: setup docker-engine
+e2e: test-setup docker-engine
 	PATH="$(CURDIR)/$(VENV)/bin:/usr/sbin:$$PATH" $(PY) -m pytest tests/e2e
 
 # Two workers: most of the suite waits on real processes (model loads, deploys, steady load
@@ -66,7 +78,7 @@ PYTEST_WORKERS ?= 2
 # (outside CI it records nothing). In order; the first to fail stops the rest.
 TIMED := bash $(CURDIR)/.ci/timed
 test:
-	@$(TIMED) "make setup" $(MAKE) --no-print-directory setup
+	@$(TIMED) "make test-setup" $(MAKE) --no-print-directory test-setup
 	@$(TIMED) "docker-engine (make test)" $(MAKE) --no-print-directory docker-engine
 	@$(TIMED) "make lint" $(MAKE) --no-print-directory lint
 	PATH="$(CURDIR)/$(VENV)/bin:/usr/sbin:$$PATH" $(TIMED) "pytest -n $(PYTEST_WORKERS)" \

@@ -107,8 +107,10 @@ def up(detach: bool, no_auth: bool) -> None:
         up_detached(settings, echo=click.echo)
         return
     launcher = Launcher(settings, echo=lambda m: click.echo(m, err=False))
+    # Before anything starts: a Ctrl-C while starting stops what was started, hosts included.
+    launcher.signals.install()
     launcher.start()
-    click.echo("press Ctrl-C to stop")
+    click.echo("press Ctrl-C to stop everything, model hosts included")
     launcher.watch()
 
 

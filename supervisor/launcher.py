@@ -4,8 +4,10 @@ The launcher starts, in order, and waits for each to answer before the next: the
 server (unless an external one is configured), the reconciler (one process, guarded by a file
 lock), the API under gunicorn, and Nginx, the gateway. It then watches them and restarts one
 that dies (with backoff), until Ctrl-C or ``modelserve down``. Model hosts are NOT its children:
-they run detached and keep serving while the supervisor restarts; ``down`` stops them explicitly.
-Every pid is written to ``run/up.json`` so ``down`` and ``status`` work from another terminal.
+they run detached and keep serving while the supervisor restarts. A stop of the whole system
+(Ctrl-C, SIGTERM or SIGHUP of ``modelserve up``, even while it is still starting, or ``down``)
+stops them explicitly, last (``supervisor/stopping.py``). Every pid is written to ``run/up.json``
+as soon as it is started, so ``down`` and ``status`` work from another terminal.
 
 Authentication is on unless ``MODELSERVE_AUTH=off``: the embedded tracking server runs MLflow's
 basic-auth app (``supervisor/auth/bootstrap.py`` makes its secrets), and the supervisor's own
@@ -30,8 +32,8 @@ from typing import IO
 from supervisor import webhooks
 from supervisor.auth import bootstrap
 from supervisor.gateway import Gateway
-from supervisor.runtime import make_runtime
 from supervisor.settings import Settings
+from supervisor.stopping import Leftovers, StopSignals, alive_pids, down_message, stop_model_hosts, tolerant
 from supervisor.store import Store
 
 Echo = Callable[[str], None]
@@ -63,10 +65,11 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
-def _wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> bool:
+def _wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None,
+               abort: Callable[[], bool] = lambda: False) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
+        if (proc is not None and proc.poll() is not None) or abort():
             return False
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
@@ -95,11 +98,11 @@ def external_tracking_uri(settings: Settings) -> str:
 class Launcher:
     def __init__(self, settings: Settings, echo: Echo = print) -> None:
         self.settings = settings
-        self.echo = echo
+        self.echo = tolerant(echo)
         self.children: list[Child] = []
         self.external = external_tracking_uri(settings)
         self.gateway = Gateway(settings, mlflow_upstream=self._mlflow_upstream())
-        self._stopping = False
+        self.signals = StopSignals()
         self.secret = settings.webhook_secret or webhooks.kept_secret(settings.run_dir / "webhook_secret")
         self.admin_password = bootstrap.ensure_admin_password(settings)[0] if settings.auth else ""
 
@@ -178,7 +181,18 @@ class Launcher:
                                       env={**self._child_env(), **child.env}, start_new_session=True)
         logf.close()
 
+    @property
+    def _stopping(self) -> bool:
+        return self.signals.requested
+
+    def _stop_if_asked(self) -> None:
+        """A stop asked for while starting: stop what was started so far, hosts included."""
+        if self._stopping:
+            self.stop()
+            raise SystemExit("modelserve was stopped before it was up")
+
     def start(self) -> None:
+        """Start everything. Call ``signals.install()`` first so that Ctrl-C here stops cleanly."""
         s = self.settings
         state = read_state(s)
         if state and pid_alive(int(state["launcher_pid"])):  # type: ignore[call-overload]
@@ -201,19 +215,25 @@ class Launcher:
             t0 = time.monotonic()
             self.echo(f"starting {child.name} ... (log: {child.log})")
             self._spawn(child)
-            if child.health_url and not _wait_http(child.health_url, s.start_timeout, child.proc):
+            self._write_state()
+            if child.health_url and not _wait_http(child.health_url, s.start_timeout, child.proc,
+                                                   abort=lambda: self._stopping):
+                self._stop_if_asked()
                 self.stop()
                 tail = child.log.read_text(errors="replace")[-3000:] if child.log.exists() else ""
                 raise SystemExit(f"{child.name} did not start; last lines of {child.log}:\n{tail}")
             self.echo(f"  {child.name} ready in {time.monotonic() - t0:.1f} s")
             if child.name == "mlflow":
                 self._check_auth()
+            self._stop_if_asked()
         if webhooks.register(self._child_env()["MODELSERVE_TRACKING_URI"],
                              f"http://127.0.0.1:{s.api_port}/api/2.0/modelserve/webhook", self.secret):
             self.echo("  MLflow webhooks wake the reconciler on registry changes")
+        self._stop_if_asked()
         self.echo("starting nginx (the gateway) ...")
         self.gateway.start()
         self._write_state()
+        self._stop_if_asked()
         self.echo(f"modelserve is up: gateway {s.gateway_url}\n"
                   f"  export MLFLOW_TRACKING_URI={s.gateway_url}   # register, serve and score through it\n"
                   f"  data in {s.data_dir}; logs in {s.logs_dir}")
@@ -231,12 +251,8 @@ class Launcher:
         os.replace(tmp, path)
 
     def watch(self) -> None:
-        """Restart a supervisor process that died, until asked to stop."""
-        def _stop(*_: object) -> None:
-            self._stopping = True
-
-        signal.signal(signal.SIGTERM, _stop)
-        signal.signal(signal.SIGINT, _stop)
+        """Restart a supervisor process that died, until asked to stop; then stop everything."""
+        self.signals.install()
         while not self._stopping:
             for child in self.children:
                 if child.proc is None or child.proc.poll() is None or self._stopping:
@@ -260,9 +276,15 @@ class Launcher:
         self.stop()
 
     def stop(self, stop_models: bool = True) -> None:
-        self.echo("stopping modelserve ...")
-        self.gateway.stop()
+        names = ", ".join(c.name for c in reversed(self.children) if c.proc)
+        self.echo(f"stopping modelserve: the gateway{', ' + names if names else ''}"
+                  f"{', then every model host' if stop_models else ''} ...")
+        try:
+            self.gateway.stop()
+        except OSError as exc:  # the processes behind it, and the hosts, are stopped all the same
+            self.echo(f"  stopping nginx failed: {exc}")
         # Each child leads its own process group: mlflow server and gunicorn have workers of their own.
+        # The reconciler is gone before the hosts are stopped, so nothing starts them again.
         for child in reversed(self.children):
             if child.proc and child.proc.poll() is None:
                 _signal_group(child.proc.pid, signal.SIGTERM)
@@ -273,10 +295,10 @@ class Launcher:
                 except subprocess.TimeoutExpired:
                     _signal_group(child.proc.pid, signal.SIGKILL)
                     child.proc.wait()
-        if stop_models:
-            stop_model_hosts(self.settings)
+        hosts = stop_model_hosts(self.settings) if stop_models else 0
         (self.settings.run_dir / "up.json").unlink(missing_ok=True)
-        self.echo("modelserve stopped")
+        self.echo(f"modelserve stopped ({hosts} model host{'' if hosts == 1 else 's'} stopped)"
+                  if stop_models else "modelserve stopped")
 
 
 def _signal_group(pid: int, sig: int) -> None:
@@ -284,12 +306,6 @@ def _signal_group(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-def stop_model_hosts(settings: Settings) -> None:
-    runtime = make_runtime(settings)
-    for model in runtime.hosts():
-        runtime.stop_host(model)
 
 
 def read_state(settings: Settings) -> dict[str, object] | None:
@@ -300,27 +316,43 @@ def read_state(settings: Settings) -> dict[str, object] | None:
         return None
 
 
+def stop_leftovers(settings: Settings, state: dict[str, object] | None) -> Leftovers:
+    """Stop what a launcher that is gone (a crash, a kill -9) left behind; say what it was."""
+    children = state.get("children") if state else None
+    pids = alive_pids(children.values() if isinstance(children, dict) else (), pid_alive)
+    for child_pid in pids:
+        _signal_group(child_pid, signal.SIGTERM)
+    gateway = Gateway(settings)
+    had_gateway = gateway.is_running()
+    gateway.stop()
+    # After the reconciler got its SIGTERM: hosts it restarted in the meantime are found and
+    # stopped here too.
+    hosts = stop_model_hosts(settings)
+    (settings.run_dir / "up.json").unlink(missing_ok=True)
+    return Leftovers(processes=len(pids), gateway=had_gateway, model_hosts=hosts)
+
+
 def down(settings: Settings, echo: Echo = print, timeout: float = 60.0) -> bool:
     """Stop a running ``modelserve up`` (started in any terminal). False when none was running."""
     state = read_state(settings)
     pid = int(state["launcher_pid"]) if state else 0  # type: ignore[call-overload]
     if not pid or not pid_alive(pid):
-        # No launcher: clean up whatever it left behind (a crash, a kill -9).
-        for child_pid in (state or {}).get("children", {}).values():  # type: ignore[attr-defined]
-            if pid_alive(int(child_pid)):
-                _signal_group(int(child_pid), signal.SIGTERM)
-        Gateway(settings).stop()
-        stop_model_hosts(settings)
-        (settings.run_dir / "up.json").unlink(missing_ok=True)
-        echo("modelserve was not running")
+        echo(down_message(False, stop_leftovers(settings, state)))
         return False
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and pid_alive(pid):
         time.sleep(0.2)
-    if pid_alive(pid):
-        os.kill(pid, signal.SIGKILL)
-    echo("modelserve stopped")
+    if not pid_alive(pid):
+        echo(down_message(True, Leftovers()))
+        return True
+    # Killed halfway through its stop, the launcher leaves whatever it had not stopped yet
+    # (the model hosts go last): finish its work.
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and pid_alive(pid):
+        time.sleep(0.05)
+    echo(down_message(True, stop_leftovers(settings, state), killed_after=timeout))
     return True
 
 

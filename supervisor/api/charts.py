@@ -12,7 +12,14 @@ from dataclasses import dataclass
 
 from markupsafe import Markup
 
-from supervisor.metrics.series import ERRORS_4XX, ERRORS_5XX, REQUESTS, SECONDS_SUM, STEP_MS
+from supervisor.metrics.series import (
+    CLIENT_CLOSED_REQUESTS,
+    ERRORS_4XX,
+    ERRORS_5XX,
+    REQUESTS,
+    SECONDS_SUM,
+    STEP_MS,
+)
 
 WINDOW_MS = 15 * 60 * 1000
 WIDTH, HEIGHT = 300, 60
@@ -54,7 +61,10 @@ def request_charts(points: dict[int, list[float]], now_ms: int) -> list[Chart]:
         p = points.get(t)
         n = p[REQUESTS] if p else 0
         rate.append(n / (STEP_MS / 1000))
-        errors.append((p[ERRORS_4XX] + p[ERRORS_5XX]) / n * 100 if p and n else 0.0)
+        # Of the requests that got an answer: one whose client left (499) is neither an error
+        # nor a success, so it counts on neither side of the rate.
+        answered = n - p[CLIENT_CLOSED_REQUESTS] if p else 0
+        errors.append((p[ERRORS_4XX] + p[ERRORS_5XX]) / answered * 100 if p and answered else 0.0)
         latency.append(p[SECONDS_SUM] / n * 1000 if p and n else 0.0)
     out = []
     for title, unit, values in (("Requests", "req/s", rate), ("Errors", "%", errors),

@@ -16,6 +16,7 @@ from typing import Any
 
 from supervisor.metrics.series import (
     BUCKETS,
+    CLIENT_CLOSED_REQUESTS,
     ERRORS_4XX,
     ERRORS_5XX,
     REQUESTS,
@@ -117,9 +118,15 @@ def prometheus_text(state: MetricsState, deployments: Sequence[Deployment],
     for k, s in routes:
         for code, n in sorted(s.codes.items()):
             out.append(f"modelserve_requests_total{_labels(model=k.model, version=k.version, route=k.route, code=code)} {n}")
-    family("modelserve_request_errors_total", "counter", "Scoring requests answered with a status of 400 or more.")
+    family("modelserve_request_errors_total", "counter",
+           "Scoring requests answered with a status of 400 or more, except 499 (the client closed the connection).")
     for k, s in routes:
         out.append(f"modelserve_request_errors_total{_labels(model=k.model, version=k.version, route=k.route)} {s.errors}")
+    family("modelserve_client_closed_requests_total", "counter",
+           "Scoring requests whose client closed the connection before the answer (status 499); not errors.")
+    for k, s in routes:
+        out.append(f"modelserve_client_closed_requests_total{_labels(model=k.model, version=k.version, route=k.route)} "
+                   f"{s.client_closed}")
     family("modelserve_request_duration_seconds", "histogram", "Time from the request's first byte to the answer's last, at the gateway.")
     for k, s in routes:
         base = {"model": k.model, "version": k.version, "route": k.route}
@@ -169,11 +176,15 @@ def metric_history(state: MetricsState, model: str, version: str | None = None,
         if (start_ms is not None and t + STEP_MS <= start_ms) or (end_ms is not None and t > end_ms):
             continue
         n = int(p[REQUESTS])
+        closed = int(p[CLIENT_CLOSED_REQUESTS])
         values = {
+            # requests = successes + errors_4xx + errors_5xx + client_closed: a request whose
+            # client left got no answer, so it is neither a success nor an error.
             "requests": n,
-            "successes": n - int(p[ERRORS_4XX]) - int(p[ERRORS_5XX]),
+            "successes": n - int(p[ERRORS_4XX]) - int(p[ERRORS_5XX]) - closed,
             "errors_4xx": int(p[ERRORS_4XX]),
             "errors_5xx": int(p[ERRORS_5XX]),
+            "client_closed": closed,
             "latency_ms_avg": round(p[SECONDS_SUM] / n * 1000, 3) if n else 0.0,
             "latency_ms_max": round(p[SECONDS_MAX] * 1000, 3),
         }

@@ -5,6 +5,10 @@ and saves it as one JSON document in the store, beside the log offset it has rea
 the counts and the offset always agree. Counters are kept for as long as the data dir lives
 (Prometheus counters must not go back); the timeline behind the charts and
 ``get-metric-history`` keeps ``KEEP_MS`` of ``STEP_MS`` buckets per version.
+
+Status 499 is Nginx's word for "the client closed the connection before the answer": nothing
+went wrong on our side, so it is counted apart from the errors (its own timeline field and
+``RouteStats.client_closed``), never in them, while still being one of the requests.
 """
 
 from __future__ import annotations
@@ -22,8 +26,17 @@ BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 STEP_MS = 10_000
 KEEP_MS = 3_600_000
 
-# Timeline point fields.
-REQUESTS, ERRORS_4XX, ERRORS_5XX, SECONDS_SUM, SECONDS_MAX = range(5)
+# Nginx's status for a request whose client went away before the answer.
+CLIENT_CLOSED = 499
+
+# Timeline point fields. CLIENT_CLOSED_REQUESTS came last, so points saved before it existed
+# read as the same fields with a zero appended.
+REQUESTS, ERRORS_4XX, ERRORS_5XX, SECONDS_SUM, SECONDS_MAX, CLIENT_CLOSED_REQUESTS = range(6)
+POINT_FIELDS = 6
+
+
+def new_point() -> list[float]:
+    return [0, 0, 0, 0.0, 0.0, 0]
 
 
 @dataclass(frozen=True)
@@ -45,7 +58,11 @@ class RouteStats:
 
     @property
     def errors(self) -> int:
-        return sum(n for code, n in self.codes.items() if int(code) >= 400)
+        return sum(n for code, n in self.codes.items() if int(code) >= 400 and int(code) != CLIENT_CLOSED)
+
+    @property
+    def client_closed(self) -> int:
+        return self.codes.get(str(CLIENT_CLOSED), 0)
 
     def observe(self, status: int, seconds: float) -> None:
         self.codes[str(status)] = self.codes.get(str(status), 0) + 1
@@ -101,9 +118,11 @@ class MetricsState:
             return
         self.routes.setdefault(key, RouteStats()).observe(access.status, access.seconds)
         at = int(access.at * 1000) // STEP_MS * STEP_MS
-        point = self.timeline.setdefault((key.model, key.version), {}).setdefault(at, [0, 0, 0, 0.0, 0.0])
+        point = self.timeline.setdefault((key.model, key.version), {}).setdefault(at, new_point())
         point[REQUESTS] += 1
-        if 400 <= access.status < 500:
+        if access.status == CLIENT_CLOSED:
+            point[CLIENT_CLOSED_REQUESTS] += 1
+        elif 400 <= access.status < 500:
             point[ERRORS_4XX] += 1
         elif access.status >= 500:
             point[ERRORS_5XX] += 1
@@ -135,7 +154,7 @@ class MetricsState:
             if len(buckets) == len(BUCKETS) + 1:  # histograms of another bucket ladder are dropped
                 state.routes[RouteKey(model, version, route)] = RouteStats(dict(codes), list(buckets), seconds)
         for model, version, pts in raw.get("timeline", []):
-            state.timeline[(model, version)] = {int(t): list(p) for t, p in pts.items()}
+            state.timeline[(model, version)] = {int(t): _padded(p) for t, p in pts.items()}
         return state
 
     def timeline_of(self, model: str, version: str | None = None) -> dict[int, list[float]]:
@@ -145,8 +164,13 @@ class MetricsState:
             if m != model or (version is not None and v != version):
                 continue
             for t, p in pts.items():
-                acc = out.setdefault(t, [0, 0, 0, 0.0, 0.0])
-                for i in (REQUESTS, ERRORS_4XX, ERRORS_5XX, SECONDS_SUM):
+                acc = out.setdefault(t, new_point())
+                for i in (REQUESTS, ERRORS_4XX, ERRORS_5XX, SECONDS_SUM, CLIENT_CLOSED_REQUESTS):
                     acc[i] += p[i]
                 acc[SECONDS_MAX] = max(acc[SECONDS_MAX], p[SECONDS_MAX])
         return dict(sorted(out.items()))
+
+
+def _padded(point: Sequence[float]) -> list[float]:
+    """A saved point with the fields added since it was saved, as zeros."""
+    return [*point, *new_point()[len(point):]][:POINT_FIELDS]

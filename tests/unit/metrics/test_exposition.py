@@ -80,3 +80,19 @@ def test_metric_history() -> None:
     assert metric_history(state, "m", start_ms=1_010_000) == [m for m in metric_history(state, "m")
                                                               if m["timestamp"] == 1_010_000]
     assert metric_history(state, "other") == []
+
+
+def test_client_closed_is_not_an_error() -> None:
+    state = MetricsState()
+    key = RouteKey("m", "1", "1")
+    for at, status in ((1000.0, 200), (1001.0, 499), (1002.0, 499), (1003.0, 404), (1004.0, 500)):
+        state.observe(key, Access(at, "/model/m/1/invocations", status, 0.01, "u"))
+    text = prometheus_text(state, [], {})
+    labels = 'model="m",version="1",route="1"'
+    assert f'modelserve_requests_total{{{labels},code="499"}} 2' in text
+    assert f"modelserve_request_errors_total{{{labels}}} 2" in text
+    assert f"modelserve_client_closed_requests_total{{{labels}}} 2" in text
+    assert "# TYPE modelserve_client_closed_requests_total counter" in text
+    got = {m["key"]: m["value"] for m in metric_history(state, "m")}
+    assert got["requests"] == 5 and got["client_closed"] == 2
+    assert got["errors_4xx"] == 1 and got["errors_5xx"] == 1 and got["successes"] == 1

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from supervisor.metrics.accesslog import Access, Position, parse_line
-from supervisor.metrics.series import BUCKETS, MetricsState, RouteKey, resolve, split_uri
+from supervisor.metrics.series import (
+    BUCKETS,
+    CLIENT_CLOSED_REQUESTS,
+    MetricsState,
+    RouteKey,
+    resolve,
+    split_uri,
+)
 from supervisor.naming import upstream_name
 from supervisor.store import READY, Deployment
 
@@ -46,8 +53,26 @@ def test_histogram_timeline_and_round_trip() -> None:
     stats = state.routes[key]
     assert stats.buckets[0] == 1 and stats.buckets[BUCKETS.index(0.5)] == 1 and stats.buckets[-1] == 1
     assert stats.count == 3 and stats.errors == 2 and state.unrouted == 1
-    assert state.timeline[("m", "1")] == {1_000_000: [2, 1, 0, 0.304, 0.3], 1_010_000: [1, 0, 1, 99, 99]}
+    assert state.timeline[("m", "1")] == {1_000_000: [2, 1, 0, 0.304, 0.3, 0], 1_010_000: [1, 0, 1, 99, 99, 0]}
     back = MetricsState.from_json(state.to_json())
     assert back == state
     state.prune(1_010_000 + 3_600_000)
     assert list(state.timeline[("m", "1")]) == [1_010_000]
+
+
+def test_client_closed_is_counted_apart_from_errors() -> None:
+    state = MetricsState()
+    key = RouteKey("m", "1", "1")
+    for status in (200, 499, 499, 404, 502):
+        state.observe(key, access("/model/m/1/invocations", "x", status=status, at=1000.0))
+    stats = state.routes[key]
+    assert stats.count == 5 and stats.client_closed == 2 and stats.errors == 2
+    assert stats.codes["499"] == 2  # still one of the requests, by its own code
+    assert state.timeline[("m", "1")][1_000_000][:3] == [5, 1, 1]
+    assert state.timeline[("m", "1")][1_000_000][CLIENT_CLOSED_REQUESTS] == 2
+    assert state.timeline_of("m")[1_000_000][CLIENT_CLOSED_REQUESTS] == 2
+
+
+def test_points_saved_before_client_closed_read_as_zero() -> None:
+    raw = {"routes": [], "timeline": [["m", "1", {"1000000": [3, 1, 0, 0.3, 0.2]}]], "unrouted": 0, "position": [0, 0]}
+    assert MetricsState.from_json(raw).timeline[("m", "1")] == {1_000_000: [3, 1, 0, 0.3, 0.2, 0]}
