@@ -94,6 +94,23 @@ def cmdline(pid: int) -> list[str] | None:
     return [a.decode(errors="replace") for a in raw.split(b"\0")[:-1]]
 
 
+def serves_from(pid: int, state_dir: Path) -> bool:
+    """Whether ``pid`` is a scoring server process (a parent or a worker) of the host whose state
+    dir is ``state_dir``: its ``--handoff-dir`` lies inside it. A process group named by an old
+    status file is signalled only when it holds such a process, never on the word of the file
+    alone (after a reboot, its number may belong to anything)."""
+    argv = cmdline(pid)
+    if not argv or "--handoff-dir" not in argv:
+        return False
+    where = argv.index("--handoff-dir") + 1
+    return where < len(argv) and argv[where].startswith(str(state_dir).rstrip("/") + "/")
+
+
+def our_groups(candidates: list[int], state_dir: Path, groups: dict[int, list[int]]) -> list[int]:
+    """The ``candidates`` that still hold a scoring server of this state dir."""
+    return [g for g in candidates if any(serves_from(p, state_dir) for p in groups.get(g, []))]
+
+
 def signal_group(pgid: int, sig: int) -> bool:
     try:
         os.killpg(pgid, sig)
@@ -234,7 +251,7 @@ class Child:
         self.last_exit_at = previous.get("last_exit_at")
         started = previous.get("started_at")
         self.started_at = float(started) if isinstance(started, (int, float)) else time.time()
-        self.old_groups = [g for g in previous.get("old_groups") or [] if isinstance(g, int)]
+        self.old_groups = [g for g in previous.get("old_groups") or [] if isinstance(g, int) and g > 1]
         self._started(pid)
         _log(f"version {self.version}: adopted its running scoring server (pid {pid})")
 
@@ -367,16 +384,20 @@ class Host:
                 pid = before.get("pid")
                 if isinstance(pid, int) and pid > 1 and cmdline(pid) == child.argv:
                     child.adopt(pid, before)
+                    child.old_groups = self._ours(child.old_groups)
                 else:
-                    child.old_groups = [g for g in before.get("old_groups") or [] if isinstance(g, int) and g > 1]
+                    child.old_groups = self._ours(before.get("old_groups"))
                     child.start()
         for version, before in previous.items():
             # Served by the killed host, no longer wanted: its processes are stopped all the same.
             orphan = Child(version, {"argv": []})
-            orphan.old_groups = [g for g in [before.get("pid"), *(before.get("old_groups") or [])]
-                                 if isinstance(g, int) and g > 1]
+            orphan.old_groups = self._ours([before.get("pid"), *(before.get("old_groups") or [])])
             orphan.stop()
         self.write_status()
+
+    def _ours(self, candidates: Any) -> list[int]:
+        wanted = [g for g in candidates or [] if isinstance(g, int) and g > 1]
+        return our_groups(wanted, self.state_dir, process_groups()) if wanted else []
 
     def probe_forever(self) -> None:
         while not self.stop_requested:
@@ -419,6 +440,7 @@ class Host:
         groups = process_groups()
         versions = {}
         for v, c in self.children.items():
+            c.old_groups = our_groups(c.old_groups, self.state_dir, groups)
             c.tend_old_groups(groups)
             versions[v] = c.status(groups)
         self.changing = any(d["state"] != "running" or d["workers"] < d["wanted_workers"] or d["retiring"]

@@ -27,7 +27,7 @@ from typing import Any
 from supervisor import naming
 from supervisor.auth.bootstrap import without_secrets
 from supervisor.envs import EnvBuilder, EnvSpec
-from supervisor.host.modelhost import cmdline, process_groups
+from supervisor.host.modelhost import cmdline, process_groups, serves_from
 from supervisor.runtime.base import HostState, VersionLaunch, VersionProcess
 from supervisor.runtime.statefiles import read_json, tail_text, write_json
 from supervisor.settings import Settings
@@ -110,10 +110,10 @@ class ProcessRuntime:
             )
         write_json(d / "host.json", {"model": model, "pid": proc.pid, "started": time.time()})
 
-    def _server_alive(self, pid: object) -> bool:
-        """Whether ``pid`` is a live scoring server (the status file names it; /proc confirms)."""
-        argv = cmdline(pid) if isinstance(pid, int) and pid > 1 else None
-        return argv is not None and str(SCORING_SERVER) in argv
+    def _server_alive(self, d: Path, pid: object) -> bool:
+        """Whether ``pid`` is a live scoring server of this host (the status file names it; /proc
+        confirms it runs the scoring server for this state dir)."""
+        return isinstance(pid, int) and pid > 1 and serves_from(pid, d)
 
     def _server_groups(self, d: Path) -> list[int]:
         """Process groups of the scoring servers the host's status names, current and retiring."""
@@ -142,7 +142,7 @@ class ProcessRuntime:
         # it has members).
         live = process_groups()
         for group in self._server_groups(d):
-            if any(self._server_alive(member) for member in live.get(group, [])):
+            if any(self._server_alive(d, member) for member in live.get(group, [])):
                 try:
                     os.killpg(group, signal.SIGKILL)
                 except OSError:
@@ -161,7 +161,7 @@ class ProcessRuntime:
             if not isinstance(v, dict):
                 continue
             # A dead host's servers may well be serving still: judged by their own processes.
-            running = (v.get("state") == "running") if alive else self._server_alive(v.get("pid"))
+            running = (v.get("state") == "running") if alive else self._server_alive(d, v.get("pid"))
             versions[str(version)] = VersionProcess(
                 version=str(version),
                 running=running,

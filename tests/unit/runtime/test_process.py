@@ -206,3 +206,28 @@ def test_pid_reuse_is_not_mistaken_for_our_host(tmp_path: Path) -> None:
     (d / "host.json").write_text(json.dumps({"model": "m", "pid": os.getpid()}))
     state = rt.host_state("m")
     assert state is not None and not state.alive
+
+
+def test_groups_named_by_a_stale_status_file_are_left_alone_unless_they_serve_this_host(
+        runtime: ProcessRuntime) -> None:
+    import subprocess
+
+    # After a reboot, the numbers in an old status.json may belong to anything: here, a process
+    # group of its own that is no scoring server of this host.
+    stranger = subprocess.Popen(["sleep", "120"], start_new_session=True)
+    try:
+        d = runtime.state_dir("m")
+        (d / "versions").mkdir(parents=True)
+        (d / "status.json").write_text(json.dumps({"host_pid": 1, "versions": {
+            "1": {"pid": stranger.pid, "old_groups": [stranger.pid]},
+            "gone": {"pid": stranger.pid, "old_groups": [stranger.pid]}}}))
+        port = free_port()
+        runtime.apply_host("m", [launch("1", port)])
+        assert wait("v1", lambda: ping(port)) == "/models/v1"
+        wait("the host's first report", lambda: json.loads((d / "status.json").read_text())["host_pid"] != 1)
+        assert json.loads((d / "status.json").read_text())["versions"]["1"]["old_groups"] == []
+        runtime.stop_host("m")
+        assert alive(stranger.pid)
+    finally:
+        stranger.kill()
+        stranger.wait()
