@@ -119,6 +119,16 @@ def signal_group(pgid: int, sig: int) -> bool:
     return True
 
 
+def has_workers(pid: int) -> bool:
+    """Whether a server's parent has forked its workers, which it does only once it accepts on the
+    version's socket (taken over from an older generation, or its own)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return bool(f.read().split())
+    except OSError:
+        return False
+
+
 def wanted_workers(argv: list[str]) -> int:
     """The worker count a server's argv asks for, as the scoring server works it out."""
     try:
@@ -162,7 +172,7 @@ class Child:
         self.backoff = BACKOFF_START
         self.next_start = 0.0
         self.started_at: float | None = None
-        self.started_mono = 0.0
+        self.took_over_at: float | None = None  # when this generation was first seen serving
         self.last_exit: str | None = None
         self.last_exit_at: float | None = None
         # Written by the probe thread: when the running server last answered /ping, and why it is
@@ -203,6 +213,10 @@ class Child:
         now = time.monotonic()
         if generation != self.generation:
             return False  # restarted meanwhile: this answer was about the old one
+        if self.old_groups and not has_workers(pid):
+            # An older generation still answers on the port while this one loads: its answer, or
+            # its silence, says nothing about this server.
+            return False
         if ok:
             first, self.answered_at = self.answered_at is None, now
             return first
@@ -220,7 +234,7 @@ class Child:
         self.state = "running"
         self.answered_at = None
         self.kill_reason = None
-        self.started_mono = time.monotonic()
+        self.took_over_at = None
 
     def start(self) -> None:
         self.attempt += 1
@@ -309,10 +323,17 @@ class Child:
             _log(f"version {self.version} stopped")
 
     def tend_old_groups(self, groups: dict[int, list[int]]) -> None:
-        """Forgets earlier generations that have left; kills those that outstay their replacement."""
+        """Forgets earlier generations that have left; kills those that outstay their replacement
+        by ``RETIRE_GRACE`` once it serves (has forked its workers on the socket): never while it
+        is still loading, when they are all that answers."""
         self.old_groups = [g for g in self.old_groups if groups.get(g)]
-        if (self.old_groups and self.pid is not None and self.answered_at is not None
-                and time.monotonic() - self.started_mono > RETIRE_GRACE):
+        if not self.old_groups or self.pid is None:
+            return
+        if self.took_over_at is None:
+            if any(p != self.pid for p in groups.get(self.pid, [])):
+                self.took_over_at = time.monotonic()
+            return
+        if time.monotonic() - self.took_over_at > RETIRE_GRACE:
             for group in self.old_groups:
                 _log(f"version {self.version}: an earlier generation (group {group}) did not retire; killing it")
                 signal_group(group, signal.SIGKILL)
