@@ -4,10 +4,30 @@ from __future__ import annotations
 
 import shutil
 import socket
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from supervisor.registry import RegistryModel, RegistryUnavailable
+
+
+def wait_until(what: str, cond: Callable[[], Any], timeout: float, every: float = 0.1) -> Any:
+    """``cond()``'s first true value, polled every ``every`` s; AssertionError after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def process_alive(pid: int | None) -> bool:
+    """Whether ``pid`` runs (a zombie does not: it holds no port and answers nothing)."""
+    from supervisor.host.modelhost import cmdline
+
+    return pid is not None and cmdline(pid) is not None
 
 
 def free_port() -> int:

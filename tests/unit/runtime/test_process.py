@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import sys
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ from supervisor.runtime import process
 from supervisor.runtime.base import VersionLaunch
 from supervisor.runtime.process import ProcessRuntime, host_is_alive
 from supervisor.settings import Settings
-from tests.support import free_port
+from tests.support import free_port, process_alive, wait_until
 
 STAND_IN = '''
 import argparse, http.server, time
@@ -41,13 +40,7 @@ http.server.HTTPServer((a.host, a.port), H).serve_forever()
 
 
 def wait(what: str, cond: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    return wait_until(what, cond, timeout, every=0.1)
 
 
 def ping(port: int) -> str | None:
@@ -58,14 +51,7 @@ def ping(port: int) -> str | None:
         return None
 
 
-def alive(pid: int | None) -> bool:
-    if pid is None:
-        return False
-    try:
-        os.kill(pid, 0)
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] != "Z"
-    except (OSError, IndexError):
-        return False
+alive = process_alive
 
 
 @pytest.fixture()

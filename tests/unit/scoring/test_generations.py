@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import requests
 
-from tests.support import free_port
+from tests.support import free_port, process_alive, wait_until
 from tests.unit.scoring.conftest import COLS, SERVER
 
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
@@ -33,21 +33,11 @@ def children_of(pid: int) -> list[int]:
         return []
 
 
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] != "Z"
-    except (OSError, IndexError):
-        return False
+alive = process_alive
 
 
 def wait(what: str, cond: Any, timeout: float = 120.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    return wait_until(what, cond, timeout, every=0.05)
 
 
 class Load:
