@@ -65,6 +65,20 @@ class Settings(BaseSettings):
     docker_network: str = "host"
     # Seconds an old container keeps running after the gateway stopped routing to it.
     docker_drain_seconds: float = 2.0
+    # Every served model runs in a box of its own (supervisor/isolation): these are the limits of
+    # a model's host and all its scoring servers together, unless a MANAGE user set the model's own.
+    model_memory_mb: int = 2048
+    model_cpus: float = 2.0
+    model_pids: int = 512  # processes and threads
+    model_tmp_mb: int = 256  # its private writable /tmp
+    # When the supervisor runs as root, each served model gets a system uid/gid of its own from
+    # this range (kept in the store, the same after restarts).
+    model_uid_start: int = 70000
+    model_uid_end: int = 79999
+    # How a model is confined on the process runtime: "bwrap" (bubblewrap: its own mount, PID,
+    # network and IPC namespaces). "off" runs model code unconfined, for local play only; `up`
+    # and the health endpoint say so.
+    sandbox: str = "bwrap"
     # Access control (supervisor/auth/). On by default: ``MODELSERVE_AUTH=off`` is for local play only.
     auth: bool = True
     admin_username: str = "admin"
