@@ -19,6 +19,7 @@ from pathlib import Path
 
 from supervisor import naming
 from supervisor.envs import EnvBuildError, EnvSpecError, read_env_spec
+from supervisor.isolation.boxes import box_for
 from supervisor.registry import Registry, RegistryUnavailable, RegistryVersion
 from supervisor.runtime.base import Runtime, VersionLaunch
 from supervisor.runtime.statefiles import port_is_free
@@ -116,7 +117,7 @@ class Deployer:
                 launched = True
                 with self.host_lock(model):
                     self._still_wanted(model, version)
-                    self.runtime.apply_host(model, launches(self.store, model))
+                    self.runtime.apply_host(model, launches(self.store, model), box_for(self.store, self.settings, model))
             self._wait_healthy(model, version, log)
             self._still_wanted(model, version)
             self.publish(model, version, READY, "")
@@ -208,4 +209,4 @@ class Deployer:
         if launched:
             # A version that cannot serve must not sit in the host restarting forever.
             with self.host_lock(model):
-                self.runtime.apply_host(model, launches(self.store, model))
+                self.runtime.apply_host(model, launches(self.store, model), box_for(self.store, self.settings, model))

@@ -31,6 +31,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from supervisor import envsweep
 from supervisor.deployer import Deployer, launches
 from supervisor.gateway import Gateway
+from supervisor.isolation.boxes import box_for
 from supervisor.metrics.collector import Collector
 from supervisor.plan import Plan, compute_plan, model_routes
 from supervisor.registry import Registry, RegistryModel, RegistryUnavailable
@@ -208,7 +209,7 @@ class Reconciler:
             count, not_before = self._host_failures.get(model, (0, 0.0))
             if time.monotonic() < not_before:
                 return
-            self.runtime.apply_host(model, wanted)
+            self.runtime.apply_host(model, wanted, box_for(self.store, self.settings, model))
             self._applied[model] = key
             # Scoring servers outlive their host and the new one adopts them: a version whose
             # server still runs keeps serving as it was. The others are loading again: until they
@@ -233,7 +234,7 @@ class Reconciler:
                                      f"restarted it (restart {count}){still}")
             return
         if self._applied.get(model) != key:
-            self.runtime.apply_host(model, wanted)
+            self.runtime.apply_host(model, wanted, box_for(self.store, self.settings, model))
             self._applied[model] = key
         count, _ = self._host_failures.get(model, (0, 0.0))
         if count:

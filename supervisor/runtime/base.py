@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from supervisor.envs import EnvSpec
+    from supervisor.isolation.box import Box
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,9 @@ class Runtime(Protocol):
         """Build (or reuse) the environment of ``spec``; return its python as the host will run it.
         Raises ``EnvBuildError`` with the story in ``log_path`` when it cannot be built."""
 
-    def apply_host(self, model: str, versions: list[VersionLaunch]) -> None:
-        """Make the model's host run exactly ``versions`` (start it if absent or dead)."""
+    def apply_host(self, model: str, versions: list[VersionLaunch], box: Box) -> None:
+        """Make the model's host run exactly ``versions`` inside ``box`` (start it if absent or
+        dead; a changed box starts it anew)."""
 
     def stop_host(self, model: str) -> None:
         """Stop the model's host and every scoring server in it; forget its state."""

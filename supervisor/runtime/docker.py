@@ -35,6 +35,7 @@ from typing import Any
 
 from supervisor import naming
 from supervisor.envs import EnvBuilder, EnvBuildError, EnvSpec
+from supervisor.isolation.box import Box
 from supervisor.runtime.base import HostState, VersionLaunch, VersionProcess
 from supervisor.runtime.images import (
     CONTAINER_STATE_DIR,
@@ -209,7 +210,7 @@ class DockerRuntime:
         }
         return short_hash(json.dumps(data, sort_keys=True), 16)
 
-    def apply_host(self, model: str, versions: list[VersionLaunch]) -> None:
+    def apply_host(self, model: str, versions: list[VersionLaunch], box: Box) -> None:
         desired = self.desired_hash(model, versions)
         active = self._active(model)
         if active is not None and active.labels.get(LABEL_DESIRED) == desired:

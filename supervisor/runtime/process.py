@@ -28,6 +28,7 @@ from supervisor import naming
 from supervisor.auth.bootstrap import without_secrets
 from supervisor.envs import EnvBuilder, EnvSpec
 from supervisor.host.modelhost import cmdline, process_groups, serves_from
+from supervisor.isolation.box import Box
 from supervisor.runtime.base import HostState, VersionLaunch, VersionProcess
 from supervisor.runtime.statefiles import read_json, tail_text, write_json
 from supervisor.settings import Settings
@@ -88,7 +89,7 @@ class ProcessRuntime:
         pid = info.get("pid") if info else None
         return int(pid) if isinstance(pid, int) else None
 
-    def apply_host(self, model: str, versions: list[VersionLaunch]) -> None:
+    def apply_host(self, model: str, versions: list[VersionLaunch], box: Box) -> None:
         d = self.state_dir(model)
         (d / "versions").mkdir(parents=True, exist_ok=True)
         write_json(d / "spec.json", self.spec(model, versions))

@@ -24,7 +24,7 @@ class FakeRuntime:
         self.dead: set[str] = set()
         self.calls: list[tuple[str, str]] = []
 
-    def apply_host(self, model: str, versions: list[VersionLaunch]) -> None:
+    def apply_host(self, model: str, versions: list[VersionLaunch], box: object = None) -> None:
         self.calls.append(("apply", model))
         self.running[model] = [v.version for v in versions]
         self.dead.discard(model)

@@ -11,9 +11,12 @@ from typing import Any
 import docker
 import pytest
 
+from supervisor.isolation.box import Box
 from supervisor.runtime.base import VersionLaunch
 from supervisor.runtime.docker import DockerRuntime
 from supervisor.settings import Settings
+
+BOX = Box(uid=None, gid=None, memory_bytes=1 << 30, cpus=2.0, pids=512, tmp_bytes=64 << 20)
 
 _ids = itertools.count(1)
 
@@ -114,7 +117,7 @@ def launch(tmp_path: Path, version: str) -> VersionLaunch:
 
 def test_same_version_set_is_adopted_and_a_dead_container_started_again(rt: DockerRuntime, tmp_path: Path) -> None:
     engine: FakeEngine = rt._client
-    rt.apply_host("m", [launch(tmp_path, "1")])
+    rt.apply_host("m", [launch(tmp_path, "1")], BOX)
     [first] = engine.items
     assert first.labels["modelserve.model"] == "m" and first.labels["modelserve.versions"] == "1"
     state = rt.host_state("m")
@@ -123,24 +126,24 @@ def test_same_version_set_is_adopted_and_a_dead_container_started_again(rt: Dock
 
     restarted = DockerRuntime(rt.settings)  # a restarted supervisor: nothing in memory
     restarted._client = engine
-    restarted.apply_host("m", [launch(tmp_path, "1")])
+    restarted.apply_host("m", [launch(tmp_path, "1")], BOX)
     assert engine.items == [first] and first.starts == 1 and len(engine.images_built) == 2
 
     first.status = "exited"
     first.attrs["State"].update(Status="exited", ExitCode=137)
     state = rt.host_state("m")
     assert state is not None and not state.alive and "SIGKILL" in (state.reason or "")
-    rt.apply_host("m", [launch(tmp_path, "1")])
+    rt.apply_host("m", [launch(tmp_path, "1")], BOX)
     assert engine.items == [first] and first.starts == 2
 
 
 def test_a_new_version_set_switches_containers_and_the_old_one_goes_only_once_unrouted(
         rt: DockerRuntime, tmp_path: Path) -> None:
     engine: FakeEngine = rt._client
-    rt.apply_host("m", [launch(tmp_path, "1")])
+    rt.apply_host("m", [launch(tmp_path, "1")], BOX)
     [old] = engine.items
     old_address = rt.address("m", "1", 20000)
-    rt.apply_host("m", [launch(tmp_path, "1"), launch(tmp_path, "2")])
+    rt.apply_host("m", [launch(tmp_path, "1"), launch(tmp_path, "2")], BOX)
     assert rt.waited == [[], ["1"]]  # type: ignore[attr-defined]  # the switch waited for version 1
     new = engine.items[-1]
     assert new is not old and rt.address("m", "1", 20000) != old_address
@@ -155,11 +158,11 @@ def test_a_new_version_set_switches_containers_and_the_old_one_goes_only_once_un
 
 def test_switching_back_before_the_old_container_is_retired_takes_it_back(rt: DockerRuntime, tmp_path: Path) -> None:
     engine: FakeEngine = rt._client
-    rt.apply_host("m", [launch(tmp_path, "1")])
+    rt.apply_host("m", [launch(tmp_path, "1")], BOX)
     [first] = engine.items
     address = rt.address("m", "1", 20000)
-    rt.apply_host("m", [launch(tmp_path, "1"), launch(tmp_path, "2")])  # e.g. version 2 then fails
-    rt.apply_host("m", [launch(tmp_path, "1")])
+    rt.apply_host("m", [launch(tmp_path, "1"), launch(tmp_path, "2")], BOX)  # e.g. version 2 then fails
+    rt.apply_host("m", [launch(tmp_path, "1")], BOX)
     assert rt.address("m", "1", 20000) == address and first in engine.items and len(engine.items) == 2
     rt.routes_applied([address])
     assert engine.items == [first]  # the container of the failed set is retired, the first one kept

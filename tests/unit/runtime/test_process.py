@@ -16,11 +16,14 @@ from typing import Any
 
 import pytest
 
+from supervisor.isolation.box import Box
 from supervisor.runtime import process
 from supervisor.runtime.base import VersionLaunch
 from supervisor.runtime.process import ProcessRuntime, host_is_alive
 from supervisor.settings import Settings
 from tests.support import free_port, process_alive, wait_until
+
+BOX = Box(uid=None, gid=None, memory_bytes=1 << 30, cpus=2.0, pids=512, tmp_bytes=64 << 20)
 
 STAND_IN = '''
 import argparse, http.server, time
@@ -72,7 +75,7 @@ def launch(version: str, port: int) -> VersionLaunch:
 
 def test_host_runs_versions_restarts_a_killed_one_and_keeps_the_other(runtime: ProcessRuntime) -> None:
     p1, p2 = free_port(), free_port()
-    runtime.apply_host("m o/d'el", [launch("1", p1), launch("2", p2)])
+    runtime.apply_host("m o/d'el", [launch("1", p1), launch("2", p2)], BOX)
     assert wait("v1", lambda: ping(p1)) == "/models/v1"
     assert wait("v2", lambda: ping(p2)) == "/models/v2"
     state = wait("status", lambda: (s := runtime.host_state("m o/d'el")) and len(s.versions) == 2 and s)
@@ -95,7 +98,7 @@ def test_a_hung_version_is_killed_and_restarted_but_a_loading_one_is_left_alone(
     hung, slow = free_port(), free_port()
     # A proxy meant for the model's own calls must not swallow the host's pings.
     monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
-    runtime.apply_host("m", [launch("1", hung), launch("slow", slow)])
+    runtime.apply_host("m", [launch("1", hung), launch("slow", slow)], BOX)
     monkeypatch.delenv("http_proxy")
     status = runtime.state_dir("m") / "status.json"
     pid = wait("v1 answering the host", lambda: (s := json.loads(status.read_text()) if status.exists() else None)
@@ -114,10 +117,10 @@ def test_a_hung_version_is_killed_and_restarted_but_a_loading_one_is_left_alone(
 
 def test_removing_a_version_stops_only_it(runtime: ProcessRuntime) -> None:
     p1, p2 = free_port(), free_port()
-    runtime.apply_host("m", [launch("1", p1), launch("2", p2)])
+    runtime.apply_host("m", [launch("1", p1), launch("2", p2)], BOX)
     wait("both", lambda: ping(p1) and ping(p2))
     v2_pid = wait("pids", lambda: (s := runtime.host_state("m")) and s.versions.get("2") and s.versions["2"].pid)
-    runtime.apply_host("m", [launch("2", p2)])
+    runtime.apply_host("m", [launch("2", p2)], BOX)
     wait("v1 gone", lambda: ping(p1) is None)
     state = wait("status", lambda: (s := runtime.host_state("m")) and set(s.versions) == {"2"} and s)
     assert state.versions["2"].pid == v2_pid
@@ -125,7 +128,7 @@ def test_removing_a_version_stops_only_it(runtime: ProcessRuntime) -> None:
 
 def test_a_killed_host_leaves_its_servers_serving_and_the_new_host_adopts_them(runtime: ProcessRuntime) -> None:
     port = free_port()
-    runtime.apply_host("m", [launch("1", port)])
+    runtime.apply_host("m", [launch("1", port)], BOX)
     wait("v1", lambda: ping(port))
     state = wait("status", lambda: (s := runtime.host_state("m")) and s.versions.get("1") and s)
     host_pid, child_pid = state.pid, state.versions["1"].pid
@@ -134,7 +137,7 @@ def test_a_killed_host_leaves_its_servers_serving_and_the_new_host_adopts_them(r
     assert str(host_pid) in (dead.reason or "")
     # The host is not on the serving path: its server goes on answering, and says it runs.
     assert alive(child_pid) and ping(port) == "/models/v1" and dead.versions["1"].running
-    runtime.apply_host("m", [launch("1", port)])
+    runtime.apply_host("m", [launch("1", port)], BOX)
     host_log = runtime.state_dir("m") / "host.log"
     wait("adopted by the new host", lambda: "adopted its running scoring server" in host_log.read_text())
     adopted = runtime.host_state("m")
@@ -150,7 +153,7 @@ def test_a_killed_host_leaves_its_servers_serving_and_the_new_host_adopts_them(r
 
 def test_stopping_a_model_whose_host_was_killed_stops_its_servers(runtime: ProcessRuntime) -> None:
     port = free_port()
-    runtime.apply_host("m", [launch("1", port)])
+    runtime.apply_host("m", [launch("1", port)], BOX)
     wait("v1", lambda: ping(port))
     state = wait("status", lambda: (s := runtime.host_state("m")) and s.versions.get("1") and s)
     os.kill(state.pid, signal.SIGKILL)  # type: ignore[arg-type]
@@ -162,7 +165,7 @@ def test_stopping_a_model_whose_host_was_killed_stops_its_servers(runtime: Proce
 
 def test_a_new_runtime_adopts_running_hosts(runtime: ProcessRuntime) -> None:
     port = free_port()
-    runtime.apply_host("adopt me", [launch("1", port)])
+    runtime.apply_host("adopt me", [launch("1", port)], BOX)
     wait("v1", lambda: ping(port))
     pid = runtime.host_state("adopt me").pid  # type: ignore[union-attr]
     again = ProcessRuntime(runtime.settings)
@@ -173,7 +176,7 @@ def test_a_new_runtime_adopts_running_hosts(runtime: ProcessRuntime) -> None:
 
 def test_stop_host_leaves_nothing(runtime: ProcessRuntime) -> None:
     port = free_port()
-    runtime.apply_host("m", [launch("1", port)])
+    runtime.apply_host("m", [launch("1", port)], BOX)
     wait("v1", lambda: ping(port))
     state = wait("status", lambda: (s := runtime.host_state("m")) and s.versions.get("1") and s)
     runtime.stop_host("m")
@@ -208,7 +211,7 @@ def test_groups_named_by_a_stale_status_file_are_left_alone_unless_they_serve_th
             "1": {"pid": stranger.pid, "old_groups": [stranger.pid]},
             "gone": {"pid": stranger.pid, "old_groups": [stranger.pid]}}}))
         port = free_port()
-        runtime.apply_host("m", [launch("1", port)])
+        runtime.apply_host("m", [launch("1", port)], BOX)
         assert wait("v1", lambda: ping(port)) == "/models/v1"
         wait("the host's first report", lambda: json.loads((d / "status.json").read_text())["host_pid"] != 1)
         assert json.loads((d / "status.json").read_text())["versions"]["1"]["old_groups"] == []
