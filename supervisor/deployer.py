@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,6 +20,7 @@ from supervisor import naming
 from supervisor.envs import EnvBuildError, EnvSpecError, read_env_spec
 from supervisor.isolation.boxes import box_for
 from supervisor.registry import Registry, RegistryUnavailable, RegistryVersion
+from supervisor.runtime import sockets
 from supervisor.runtime.base import Runtime, VersionLaunch
 from supervisor.runtime.statefiles import port_is_free
 from supervisor.settings import Settings
@@ -171,23 +171,17 @@ class Deployer:
             model_dir=str(model_dir),
             port=port,
         )
-        self.store.add_event(model, VERSION_UPDATE, f"Version {version} is launching on port {port}", version)
-        self._log(log, f"launching the scoring server on port {port}")
+        self.store.add_event(model, VERSION_UPDATE, f"Version {version} is launching", version)
+        self._log(log, "launching the scoring server")
 
     def _wait_healthy(self, model: str, version: str, log: Path) -> None:
-        d = self._still_wanted(model, version)
-        assert d.port is not None
-        host, port = self.runtime.address(model, version, d.port)
-        url = f"http://{host}:{port}/ping"
+        self._still_wanted(model, version)
+        address = self.runtime.address(model, version)
         deadline = time.monotonic() + self.settings.health_timeout
         while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(url, timeout=2) as resp:
-                    if resp.status == 200:
-                        self._log(log, f"health check passed: {url}")
-                        return
-            except OSError:
-                pass
+            if sockets.ping(address):
+                self._log(log, f"health check passed: GET /ping on {address}")
+                return
             state = self.runtime.host_state(model)
             proc = state.versions.get(version) if state else None
             if proc is not None and proc.restarts >= MAX_START_RESTARTS:
@@ -198,7 +192,7 @@ class Deployer:
                 )
             time.sleep(0.3)
             self._still_wanted(model, version)
-        raise TimeoutError(f"no answer from {url} within {self.settings.health_timeout:.0f} s")
+        raise TimeoutError(f"no answer from {address} within {self.settings.health_timeout:.0f} s")
 
     def _fail(self, model: str, version: str, log: Path, message: str, launched: bool) -> None:
         self._log(log, f"FAILED: {message}")

@@ -111,7 +111,7 @@ def alias_targets(deps: Sequence[Deployment]) -> dict[str, Deployment]:
 
 
 def model_routes(
-    model: str, deps: Sequence[Deployment], address: Callable[[Deployment], tuple[str, int]]
+    model: str, deps: Sequence[Deployment], address: Callable[[Deployment], str]
 ) -> ModelRoutes:
     """The routing table of one model from its recorded deployments."""
     versions = []

@@ -269,7 +269,7 @@ class Reconciler:
                 if d.version == override[1]:
                     d.state = override[2]
         tables = [
-            model_routes(m, deps.get(m, []), lambda d: self.runtime.address(d.model, d.version, d.port or 0))
+            model_routes(m, deps.get(m, []), lambda d: self.runtime.address(d.model, d.version))
             for m in enabled
         ]
         result = self.gateway.apply_routes(tables)

@@ -32,7 +32,7 @@ PENDING_TARGET = "pending"
 class VersionRoute:
     version: str
     state: Literal["ready", "pending"]
-    address: tuple[str, int] | None  # upstream host/port when ready
+    address: str | None  # the upstream's Nginx server address when ready (``unix:/...``)
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,7 @@ class ModelRoutes:
 @dataclass(frozen=True)
 class Upstream:
     name: str
-    host: str
-    port: int
+    server: str
 
 
 @dataclass(frozen=True)
@@ -76,7 +75,7 @@ def _entries(m: ModelRoutes) -> tuple[list[tuple[str, str]], list[Upstream]]:
     for v in m.versions:
         if v.state == "ready" and v.address is not None:
             up = upstream_name(m.name, v.version)
-            upstreams.append(Upstream(up, v.address[0], v.address[1]))
+            upstreams.append(Upstream(up, v.address))
             target[v.version] = up
         else:
             target[v.version] = PENDING_TARGET

@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     docker_network: str = "host"
     # Seconds an old container keeps running after the gateway stopped routing to it.
     docker_drain_seconds: float = 2.0
+    # Where the scoring servers' Unix sockets live (one directory per model); empty: <data_dir>/sock.
+    # Socket paths must fit in 108 bytes, so a long data dir needs a shorter one here.
+    socket_dir: Path | None = None
     # Every served model runs in a box of its own (supervisor/isolation): these are the limits of
     # a model's host and all its scoring servers together, unless a MANAGE user set the model's own.
     model_memory_mb: int = 2048
@@ -120,6 +123,10 @@ class Settings(BaseSettings):
     @property
     def hosts_dir(self) -> Path:
         return self.data_dir / "hosts"
+
+    @property
+    def sockets_dir(self) -> Path:
+        return self.socket_dir or self.data_dir / "sock"
 
     @property
     def nginx_dir(self) -> Path:

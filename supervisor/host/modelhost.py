@@ -30,6 +30,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -146,6 +147,22 @@ def probe_timeout(window: float) -> float:
     return max(0.2, min(10.0, window / 4))
 
 
+def ping_socket(path: str, timeout: float) -> bool:
+    """Whether the scoring server on the Unix socket ``path`` answers ``GET /ping`` with 200."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+        conn = http.client.HTTPConnection("localhost", timeout=timeout)
+        conn.sock = sock  # http.client speaks HTTP over whatever socket it is given
+        conn.request("GET", "/ping")
+        return conn.getresponse().status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        sock.close()
+
+
 def exit_reason(status: int) -> str:
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
@@ -185,12 +202,12 @@ class Child:
         return [str(a) for a in self.spec["argv"]]
 
     @property
-    def liveness(self) -> tuple[int, float] | None:
-        """(port, window in seconds) when this server's /ping is watched."""
+    def liveness(self) -> tuple[str, float] | None:
+        """(the server's Unix socket, window in seconds) when its /ping is watched."""
         spec = self.spec.get("liveness") or {}
-        port, window = spec.get("port"), spec.get("seconds")
-        if isinstance(port, int) and isinstance(window, (int, float)) and window > 0:
-            return port, float(window)
+        path, window = spec.get("socket"), spec.get("seconds")
+        if isinstance(path, str) and isinstance(window, (int, float)) and window > 0:
+            return path, float(window)
         return None
 
     def probe(self) -> bool:
@@ -200,16 +217,8 @@ class Child:
         watch, pid, generation = self.liveness, self.pid, self.generation
         if watch is None or pid is None or self.kill_reason is not None:
             return False
-        port, window = watch
-        # http.client, not urllib: urllib would send it through an http_proxy set for the model.
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=probe_timeout(window))
-        try:
-            conn.request("GET", "/ping")
-            ok = conn.getresponse().status == 200
-        except (OSError, http.client.HTTPException):
-            ok = False
-        finally:
-            conn.close()
+        path, window = watch
+        ok = ping_socket(path, probe_timeout(window))
         now = time.monotonic()
         if generation != self.generation:
             return False  # restarted meanwhile: this answer was about the old one

@@ -41,7 +41,7 @@ STATE_KEY = "metrics"
 STATES = (PENDING, LAUNCHING, READY, FAILED)
 
 PENDING_MARK = " is pending deployment"
-LAUNCHING_MARK = " is launching on port "
+LAUNCHING_MARK = " is launching"  # also the older events' "is launching on port N"
 READY_MARK = " is ready and serving"
 HOST_RESTART_MARK = "Model host exited unexpectedly"
 VERSION_RESTART_MARK = "restarted by the model host"

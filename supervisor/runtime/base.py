@@ -26,7 +26,7 @@ class VersionLaunch:
     version: str
     python: Path  # the version environment's python executable
     model_dir: Path  # local copy of the version's MLflow model directory
-    port: int  # port the scoring server listens on (inside the host)
+    port: int  # the store's number for this version (no longer a listening port: servers use Unix sockets)
     env_hash: str
     batching: str = ""  # auto | on | off from the model's tag; empty: the settings' default
 
@@ -76,11 +76,10 @@ class Runtime(Protocol):
     def hosts(self) -> list[str]:
         """Names of models that have a host (running or dead) this runtime knows about."""
 
-    def address(self, model: str, version: str, port: int) -> tuple[str, int]:
-        """The address Nginx uses to reach that version's scoring server. ``port`` is the one the
-        store gave the version; a runtime that chooses its own ports (docker) answers with those."""
+    def address(self, model: str, version: str) -> str:
+        """The Nginx ``server`` address of that version's scoring server (``unix:/...``)."""
 
-    def routes_applied(self, addresses: Iterable[tuple[str, int]]) -> None:
+    def routes_applied(self, addresses: Iterable[str]) -> None:
         """The gateway now routes to exactly ``addresses``: a runtime may stop what it replaced."""
 
     def version_log(self, model: str, version: str, max_bytes: int = 200_000) -> str:

@@ -390,7 +390,7 @@ class DockerRuntime:
             self._remove(container)
         shutil.rmtree(self._model_dir(model), ignore_errors=True)
 
-    def routes_applied(self, addresses: Iterable[tuple[str, int]]) -> None:
+    def routes_applied(self, addresses: Iterable[str]) -> None:
         routed = set(addresses)
         now = time.monotonic()
         for container in self._containers():
@@ -401,7 +401,7 @@ class DockerRuntime:
             if info is None or info.get("id") == container.id:
                 continue
             ports = json.loads(container.labels.get(LABEL_PORTS) or "{}").values()
-            if {self._address_of(container.name, p) for p in ports} & routed:
+            if {'%s:%d' % self._address_of(container.name, p) for p in ports} & routed:
                 self._unrouted_since.pop(container.id, None)
                 continue
             since = self._unrouted_since.setdefault(container.id, now)
@@ -454,12 +454,13 @@ class DockerRuntime:
     def hosts(self) -> list[str]:
         return sorted({c.labels[LABEL_MODEL] for c in self._containers() if LABEL_MODEL in c.labels})
 
-    def address(self, model: str, version: str, port: int) -> tuple[str, int]:
+    def address(self, model: str, version: str) -> str:
         info = self._active_info(model) or {}
         chosen = (info.get("ports") or {}).get(version)
         if chosen is None:
-            return ("127.0.0.1", port)  # not in the current container: nothing answers there
-        return self._address_of(str(info.get("name")), int(chosen))
+            return "127.0.0.1:1"  # not in the current container: nothing answers there
+        host, port = self._address_of(str(info.get("name")), int(chosen))
+        return f"{host}:{port}"
 
     def container_id(self, model: str) -> str | None:
         info = self._active_info(model)

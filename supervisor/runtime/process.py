@@ -29,6 +29,7 @@ from supervisor.auth.bootstrap import without_secrets
 from supervisor.envs import EnvBuilder, EnvSpec
 from supervisor.host.modelhost import cmdline, process_groups, serves_from
 from supervisor.isolation.box import Box
+from supervisor.runtime import sockets
 from supervisor.runtime.base import HostState, VersionLaunch, VersionProcess
 from supervisor.runtime.statefiles import read_json, tail_text, write_json
 from supervisor.settings import Settings
@@ -63,6 +64,12 @@ class ProcessRuntime:
     def state_dir(self, model: str) -> Path:
         return self.settings.hosts_dir / naming.model_id(model)
 
+    def socket_dir(self, model: str) -> Path:
+        return sockets.model_dir(self.settings.sockets_dir, model)
+
+    def socket_path(self, model: str, version: str) -> Path:
+        return self.socket_dir(model) / sockets.socket_name(version)
+
     def _version_log(self, model: str, version: str) -> Path:
         return self.state_dir(model) / "versions" / f"{version}.log"
 
@@ -72,13 +79,14 @@ class ProcessRuntime:
             "versions": {
                 v.version: {
                     "argv": [str(v.python), str(SCORING_SERVER), "--model-dir", str(v.model_dir),
-                             "--host", "127.0.0.1", "--port", str(v.port),
+                             "--socket", str(self.socket_path(model, v.version)),
                              "--workers", str(self.settings.scoring_workers),
                              "--batching", v.batching or self.settings.batching,
                              "--handoff-dir", str(self.state_dir(model) / "versions" / f"{v.version}.handoff")],
                     "env": {"PYTHONUNBUFFERED": "1"},
                     "log": str(self._version_log(model, v.version)),
-                    "liveness": {"port": v.port, "seconds": self.settings.liveness_seconds},
+                    "liveness": {"socket": str(self.socket_path(model, v.version)),
+                                 "seconds": self.settings.liveness_seconds},
                 }
                 for v in versions
             },
@@ -92,6 +100,7 @@ class ProcessRuntime:
     def apply_host(self, model: str, versions: list[VersionLaunch], box: Box) -> None:
         d = self.state_dir(model)
         (d / "versions").mkdir(parents=True, exist_ok=True)
+        self.socket_dir(model).mkdir(parents=True, exist_ok=True, mode=0o700)
         write_json(d / "spec.json", self.spec(model, versions))
         pid = self._host_pid(model)
         if pid is not None and host_is_alive(pid, d):
@@ -149,6 +158,7 @@ class ProcessRuntime:
                 except OSError:
                     pass
         shutil.rmtree(d, ignore_errors=True)
+        shutil.rmtree(self.socket_dir(model), ignore_errors=True)
 
     def host_state(self, model: str) -> HostState | None:
         d = self.state_dir(model)
@@ -181,10 +191,10 @@ class ProcessRuntime:
                 out.append(info["model"])
         return out
 
-    def address(self, model: str, version: str, port: int) -> tuple[str, int]:
-        return ("127.0.0.1", port)
+    def address(self, model: str, version: str) -> str:
+        return sockets.upstream(self.socket_path(model, version))
 
-    def routes_applied(self, addresses: Iterable[tuple[str, int]]) -> None:
+    def routes_applied(self, addresses: Iterable[str]) -> None:
         """A version keeps its port across host changes: nothing is ever left to retire."""
 
     def version_log(self, model: str, version: str, max_bytes: int = 200_000) -> str:

@@ -45,9 +45,13 @@ def _reachable(path: Path) -> Any:
         os.close(fd)
 
 
-def same_address(a: Any, b: Any) -> bool:
-    """Whether two TCP socket names are one address (host and port)."""
-    return isinstance(a, tuple) and isinstance(b, tuple) and tuple(a[:2]) == tuple(b[:2])
+def same_address(name: Any, address: Any) -> bool:
+    """Whether a listening socket's name is ``address``: the same host and port, or, for a Unix
+    socket, any Unix socket (each version has a handoff directory of its own, and a Unix listener
+    is named by the temporary path it was bound to before being renamed into place)."""
+    if isinstance(address, str):
+        return isinstance(name, (str, bytes))
+    return isinstance(name, tuple) and isinstance(address, tuple) and tuple(name[:2]) == tuple(address[:2])
 
 
 class Offer:
@@ -133,7 +137,7 @@ def _receive(path: Path) -> tuple[socket.socket, socket.socket] | None:
     return socket.socket(fileno=fds[0]), conn
 
 
-def take(directory: Path, address: tuple[str, int]) -> tuple[socket.socket | None, list[socket.socket]]:
+def take(directory: Path, address: tuple[str, int] | str) -> tuple[socket.socket | None, list[socket.socket]]:
     """The listening socket at ``address`` that an earlier generation offers in ``directory``, and
     the connections to every holder of it (to retire them with ``retire``); (None, []) when none
     offers it. Only one socket can listen on an address, so every offer is the same socket."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import datetime as dt
 import inspect
 import io
@@ -25,6 +26,7 @@ import json
 import math
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -379,6 +381,14 @@ class Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     scorer: Scorer
 
+    def setup(self) -> None:
+        if self.request.family == socket.AF_UNIX:
+            self.disable_nagle_algorithm = False  # a TCP option; a Unix socket has no delayed ACK
+        super().setup()
+
+    def address_string(self) -> str:
+        return self.client_address[0] if isinstance(self.client_address, tuple) else "gateway"
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         pass  # no access log: one line per request would cost more than the request
 
@@ -525,6 +535,34 @@ class Server(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
+class UnixServer(Server):
+    """The same server on a Unix socket: the model's host and the gateway reach it by a path in a
+    directory no one else can enter, so no local process can score it around the gateway's access
+    check (as it could on a loopback TCP port)."""
+
+    address_family = socket.AF_UNIX
+    allow_reuse_address = False
+
+    def server_bind(self) -> None:
+        # Bound under a temporary name and renamed into place once listening (server_activate):
+        # the version's path never names a socket that refuses connections, even during a rebind.
+        path = str(self.server_address)
+        head, name = os.path.split(path)
+        self._pending = os.path.join(head, f".{os.getpid()}.{name}")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._pending)
+        mask = os.umask(0o177)  # 0600: the directory's owner (the host's user) and the gateway (root)
+        try:
+            self.socket.bind(self._pending)
+        finally:
+            os.umask(mask)
+        self.server_name, self.server_port = "localhost", 0
+
+    def server_activate(self) -> None:
+        super().server_activate()
+        os.replace(self._pending, str(self.server_address))
+
+
 # A retiring generation outlives the gateway's upstream keep-alive timeout (10 s), so every idle
 # connection to it is closed from the gateway's side; one stopped by SIGTERM has no routes left.
 RETIRE_DRAIN = 15.0
@@ -654,8 +692,10 @@ def worker_count(value: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="modelserve scoring server")
     parser.add_argument("--model-dir", required=True)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--socket", help="the Unix socket to listen on (how a model host runs it)")
+    where.add_argument("--port", type=int, help="a TCP port to listen on instead (by hand, benchmarks)")
+    parser.add_argument("--host", default="127.0.0.1", help="with --port: the address to bind")
     parser.add_argument("--workers", default="1", help="processes serving the port (forked after load), or auto")
     parser.add_argument("--batching", default="auto", choices=("auto", "on", "off"),
                         help="micro-batching of concurrent requests; auto: on for row-independent flavors")
@@ -679,14 +719,15 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     Handler.scorer = scorer
     handoff_dir = Path(args.handoff_dir) if args.handoff_dir else None
-    server = Server((args.host, args.port), Handler, bind_and_activate=False)
-    listener, previous = handoff.take(handoff_dir, (args.host, args.port)) if handoff_dir else (None, [])
+    address: Any = args.socket if args.socket else (args.host, args.port)
+    server = (UnixServer if args.socket else Server)(address, Handler, bind_and_activate=False)
+    listener, previous = handoff.take(handoff_dir, address) if handoff_dir else (None, [])
     if listener is not None:
         server.socket.close()
         server.socket = listener
         # What server_bind() would have set, for anything that reads it.
-        server.server_address = listener.getsockname()
-        server.server_name, server.server_port = str(args.host), int(args.port)
+        server.server_address = address
+        server.server_name, server.server_port = ("localhost", 0) if args.socket else (str(args.host), int(args.port))
         how = f"took over the listening socket from {len(previous)} worker(s) of the previous generation"
     else:
         try:
@@ -697,7 +738,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         how = "bound a new listening socket"
     print(f"modelserve scoring server: model loaded from {args.model_dir} in {time.monotonic() - t0:.1f}s, "
-          f"listening on {args.host}:{args.port} with {workers} worker(s), {how} (mlflow {scorer.mlflow_version}; "
+          f"listening on {args.socket or f'{args.host}:{args.port}'} with {workers} worker(s), {how} (mlflow {scorer.mlflow_version}; "
           f"{scorer.describe()})", flush=True)
     # Under a model host (which passes --handoff-dir) the parent always forks, so that no single
     # process is the whole version; run by hand with one worker it serves in-process.

@@ -59,7 +59,7 @@ def main() -> None:
                            dict(os.environ), work / "scoring.log"))
         # A real MLflow auth app, and the supervisor's API asking it.
         stack = cleanup.enter_context(authstack.running(base, work))
-        routes = [ModelRoutes("iris", (VersionRoute("1", "ready", ("127.0.0.1", scoring)),))]
+        routes = [ModelRoutes("iris", (VersionRoute("1", "ready", f"127.0.0.1:{scoring}"),))]
         variants: dict[str, dict[str, Any]] = {"auth off": dict(auth=False), "auth on (default cache)": dict(auth_cache_seconds=10.0),
                     "auth on, no Nginx cache": dict(auth_cache_seconds=0.0)}
         urls = {}

@@ -199,7 +199,7 @@ def main() -> None:
             x = makers[name]()[1]
             servers = Servers(python, model, args)
             try:
-                gateway.apply_routes([ModelRoutes(name, (VersionRoute("1", "ready", ("127.0.0.1", servers.ours_port)),))])
+                gateway.apply_routes([ModelRoutes(name, (VersionRoute("1", "ready", f"127.0.0.1:{servers.ours_port}"),))])
                 servers.urls["ours (gateway)"] = f"{settings.gateway_url}/model/{name}/1/invocations"
                 bodies = write_bodies(name, x, work)
                 if stack is not None:

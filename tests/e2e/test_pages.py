@@ -156,7 +156,7 @@ def test_serving_pages_in_a_browser(system: System, register: Any, browser: Any)
     expect(page.locator("#served-log")).not_to_be_empty()
     shot(page, "08-version-logs")
     page.get_by_role("link", name="Version Events").click()
-    expect(page.locator("#events")).to_contain_text("is launching on port")
+    expect(page.locator("#events")).to_contain_text("is launching its scoring server")
     shot(page, "09-version-events")
 
     # On a narrow screen nothing sticks out sideways.

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import socketserver
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ class Echo(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        body = json.dumps({"path": self.path, "port": self.server.server_address[1]}).encode()
+        body = json.dumps({"path": self.path, "port": Path(self.server.server_address).stem}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -35,15 +36,21 @@ class Echo(BaseHTTPRequestHandler):
         pass
 
 
+class UnixEcho(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+
 @pytest.fixture()
-def backends() -> Iterator[list[int]]:
-    servers = [ThreadingHTTPServer(("127.0.0.1", 0), Echo) for _ in range(2)]
+def backends(tmp_path: Path) -> Iterator[list[str]]:
+    """Two scoring-server stand-ins on Unix sockets, as the runtimes run them; each answers with its
+    socket's name (backend0, backend1)."""
+    servers = [UnixEcho(str(tmp_path / f"backend{i}.sock"), Echo) for i in range(2)]
     for s in servers:
-        s.daemon_threads = True
         threading.Thread(target=s.serve_forever, daemon=True).start()
-    yield [s.server_address[1] for s in servers]
+    yield [str(s.server_address) for s in servers]
     for s in servers:
         s.shutdown()
+        s.server_close()
 
 
 @pytest.fixture()
@@ -57,8 +64,8 @@ def gateway(tmp_path: Path) -> Iterator[Gateway]:
     gw.stop()
 
 
-def table(ports: list[int], name: str = "my model", extra_pending: bool = False) -> list[ModelRoutes]:
-    versions = [VersionRoute("1", "ready", ("127.0.0.1", ports[0])), VersionRoute("2", "ready", ("127.0.0.1", ports[1]))]
+def table(backends: list[str], name: str = "my model", extra_pending: bool = False) -> list[ModelRoutes]:
+    versions = [VersionRoute("1", "ready", f"unix:{backends[0]}"), VersionRoute("2", "ready", f"unix:{backends[1]}")]
     if extra_pending:
         versions.append(VersionRoute("3", "pending", None))
     return [ModelRoutes(name, tuple(versions), (("Production", "2"),), (("champion", "1"),))]
@@ -69,13 +76,13 @@ def post(gw: Gateway, path: str, data: bytes = b"[]") -> requests.Response:
                          headers={"Content-Type": "application/json"}, timeout=30)
 
 
-def test_routes_and_json_errors(gateway: Gateway, backends: list[int]) -> None:
+def test_routes_and_json_errors(gateway: Gateway, backends: list[str]) -> None:
     assert gateway.apply_routes(table(backends, extra_pending=True)).changed
     r = post(gateway, "/model/my%20model/1/invocations")
-    assert r.status_code == 200 and r.json() == {"path": "/invocations", "port": backends[0]}
-    assert post(gateway, "/model/my%20model/Production/invocations").json()["port"] == backends[1]
-    assert post(gateway, "/model/my%20model/production/invocations").json()["port"] == backends[1]
-    assert post(gateway, "/model/my%20model/@champion/invocations").json()["port"] == backends[0]
+    assert r.status_code == 200 and r.json() == {"path": "/invocations", "port": "backend0"}
+    assert post(gateway, "/model/my%20model/Production/invocations").json()["port"] == "backend1"
+    assert post(gateway, "/model/my%20model/production/invocations").json()["port"] == "backend1"
+    assert post(gateway, "/model/my%20model/@champion/invocations").json()["port"] == "backend0"
     r = post(gateway, "/model/my%20model/3/invocations")
     assert r.status_code == 503 and r.headers["Retry-After"] == "5"
     assert r.json()["error_code"] == "TEMPORARILY_UNAVAILABLE"
@@ -87,14 +94,14 @@ def test_routes_and_json_errors(gateway: Gateway, backends: list[int]) -> None:
     assert r.status_code == 413 and r.json()["error_code"] == "REQUEST_LIMIT_EXCEEDED"
 
 
-def test_identical_routes_do_not_reload(gateway: Gateway, backends: list[int]) -> None:
+def test_identical_routes_do_not_reload(gateway: Gateway, backends: list[str]) -> None:
     assert gateway.apply_routes(table(backends)).changed
     before = gateway.routes_conf.stat().st_mtime_ns
     assert not gateway.apply_routes(table(backends)).changed
     assert gateway.routes_conf.stat().st_mtime_ns == before
 
 
-def test_refused_config_keeps_the_old_routes(gateway: Gateway, backends: list[int], tmp_path: Path,
+def test_refused_config_keeps_the_old_routes(gateway: Gateway, backends: list[str], tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     gateway.apply_routes(table(backends))
     broken = tmp_path / "broken-templates"
@@ -107,7 +114,7 @@ def test_refused_config_keeps_the_old_routes(gateway: Gateway, backends: list[in
     assert post(gateway, "/model/my%20model/1/invocations").status_code == 200
 
 
-def test_reloads_lose_no_request(gateway: Gateway, backends: list[int]) -> None:
+def test_reloads_lose_no_request(gateway: Gateway, backends: list[str]) -> None:
     """Clients as the seed's snippets are (a new connection per request) lose nothing to reloads.
 
     A client that keeps a connection open can meet HTTP/1.1's keep-alive race when the old

@@ -94,7 +94,7 @@ def gateway(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Ga
     Recorder.answering.set()
     gw = Gateway(settings)
     gw.start()
-    routes = [ModelRoutes(name, (VersionRoute("1", "ready", ("127.0.0.1", api_port)),)) for name in ("my model", "b")]
+    routes = [ModelRoutes(name, (VersionRoute("1", "ready", f"127.0.0.1:{api_port}"),)) for name in ("my model", "b")]
     gw.apply_routes(routes)
     Recorder.checks = []
     yield gw, api_port

@@ -67,9 +67,9 @@ def test_stage_route_prefers_the_newest_ready_version() -> None:
 
 def test_model_routes_maps_ready_pending_and_skips_failed() -> None:
     deps = [dep("1", stage="Production", aliases=["a"]), dep("2", PENDING), dep("3", FAILED, aliases=["b"])]
-    routes = model_routes("m", deps, lambda d: ("127.0.0.1", 1000 + int(d.version)))
+    routes = model_routes("m", deps, lambda d: f"unix:/s/{d.version}.sock")
     assert [(v.version, v.state, v.address) for v in routes.versions] == [
-        ("1", "ready", ("127.0.0.1", 1001)), ("2", "pending", None)]
+        ("1", "ready", "unix:/s/1.sock"), ("2", "pending", None)]
     assert routes.stages == (("Production", "1"),)
     assert routes.aliases == (("a", "1"),)
 

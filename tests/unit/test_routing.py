@@ -31,7 +31,7 @@ HOSTILE = [
 
 
 def ready(name: str, port: int = 9000) -> ModelRoutes:
-    return ModelRoutes(name, (VersionRoute("1", "ready", ("127.0.0.1", port)),), (("Production", "1"),),
+    return ModelRoutes(name, (VersionRoute("1", "ready", f"127.0.0.1:{port}"),), (("Production", "1"),),
                        (("champion", "1"),))
 
 
@@ -50,14 +50,14 @@ def test_quote_escapes_backslash_and_quote() -> None:
 
 
 def test_ready_pending_stage_alias_entries(tmp_path: Path) -> None:
-    m = ModelRoutes("iris", (VersionRoute("1", "ready", ("127.0.0.1", 9001)), VersionRoute("2", "pending", None)),
+    m = ModelRoutes("iris", (VersionRoute("1", "ready", "unix:/run/ms/iris/1.sock"), VersionRoute("2", "pending", None)),
                     (("Production", "1"), ("Staging", "2")), (("champion", "1"),))
     text = render_routes([m], TEMPLATES).text
     assert '"/model/iris/1/invocations" "ms_' in text
     assert '"/model/iris/2/invocations" "pending"' in text
     assert '"/model/iris/Staging/invocations" "pending"' in text
     assert '"/model/iris/@champion/invocations" "ms_' in text
-    assert "server 127.0.0.1:9001" in text
+    assert "server unix:/run/ms/iris/1.sock max_fails=0;" in text
     nginx_accepts(text, tmp_path)
 
 

@@ -61,23 +61,9 @@ def test_an_older_generation_that_left_is_forgotten(killed: list[Any]) -> None:
 def test_while_an_older_generation_answers_the_port_the_probe_judges_nothing(
         killed: list[Any], monkeypatch: pytest.MonkeyPatch) -> None:
     child = replacement()
-    child.spec["liveness"] = {"port": 1, "seconds": 1.0}
+    child.spec["liveness"] = {"socket": "/nonexistent/1.sock", "seconds": 1.0}
     monkeypatch.setattr(modelhost, "has_workers", lambda pid: False)
-
-    class Answering:
-        def __init__(self, *_: Any, **__: Any) -> None:
-            pass
-
-        def request(self, *_: Any) -> None:
-            pass
-
-        def getresponse(self) -> Any:
-            return type("R", (), {"status": 200})()
-
-        def close(self) -> None:
-            pass
-
-    monkeypatch.setattr(modelhost.http.client, "HTTPConnection", Answering)
+    monkeypatch.setattr(modelhost, "ping_socket", lambda path, timeout: True)
     assert child.probe() is False and child.answered_at is None  # the orphans answered, not it
     monkeypatch.setattr(modelhost, "has_workers", lambda pid: True)
     assert child.probe() is True and child.answered_at is not None

@@ -5,11 +5,11 @@ tests need no model environment."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
 import sys
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,17 +17,17 @@ from typing import Any
 import pytest
 
 from supervisor.isolation.box import Box
-from supervisor.runtime import process
+from supervisor.runtime import process, sockets
 from supervisor.runtime.base import VersionLaunch
 from supervisor.runtime.process import ProcessRuntime, host_is_alive
 from supervisor.settings import Settings
-from tests.support import free_port, process_alive, wait_until
+from tests.support import process_alive, wait_until
 
 BOX = Box(uid=None, gid=None, memory_bytes=1 << 30, cpus=2.0, pids=512, tmp_bytes=64 << 20)
 
 STAND_IN = '''
-import argparse, http.server, time
-p = argparse.ArgumentParser(); p.add_argument("--model-dir"); p.add_argument("--host"); p.add_argument("--port", type=int); p.add_argument("--workers"); p.add_argument("--batching"); p.add_argument("--handoff-dir")
+import argparse, http.server, os, socketserver, time
+p = argparse.ArgumentParser(); p.add_argument("--model-dir"); p.add_argument("--socket"); p.add_argument("--workers"); p.add_argument("--batching"); p.add_argument("--handoff-dir")
 a = p.parse_args()
 if "slow" in a.model_dir:
     time.sleep(3)  # a model that takes long to load
@@ -37,8 +37,13 @@ class H(http.server.BaseHTTPRequestHandler):
         self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
         self.wfile.write(body)
     def log_message(self, *x): pass
-print("stand-in listening on", a.port, flush=True)
-http.server.HTTPServer((a.host, a.port), H).serve_forever()
+class S(socketserver.UnixStreamServer):
+    def server_bind(self):
+        if os.path.exists(a.socket):
+            os.unlink(a.socket)
+        super().server_bind()
+print("stand-in listening on", a.socket, flush=True)
+S(a.socket, H).serve_forever()
 '''
 
 
@@ -46,12 +51,13 @@ def wait(what: str, cond: Callable[[], Any], timeout: float = 20.0) -> Any:
     return wait_until(what, cond, timeout, every=0.1)
 
 
-def ping(port: int) -> str | None:
+def ping(path: Path) -> str | None:
+    """The stand-in's answer on its Unix socket: the model dir it serves."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=1) as r:
-            return r.read().decode()
-    except OSError:
+        status, body = sockets.request(sockets.upstream(path), "GET", "/ping", timeout=1)
+    except (OSError, http.client.HTTPException):
         return None
+    return body.decode() if status == 200 else None
 
 
 alive = process_alive
@@ -68,14 +74,14 @@ def runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Process
         rt.stop_host(model)
 
 
-def launch(version: str, port: int) -> VersionLaunch:
+def launch(version: str) -> VersionLaunch:
     return VersionLaunch(version=version, python=Path(sys.executable), model_dir=Path(f"/models/v{version}"),
-                         port=port, env_hash="h")
+                         port=20000, env_hash="h")
 
 
 def test_host_runs_versions_restarts_a_killed_one_and_keeps_the_other(runtime: ProcessRuntime) -> None:
-    p1, p2 = free_port(), free_port()
-    runtime.apply_host("m o/d'el", [launch("1", p1), launch("2", p2)], BOX)
+    p1, p2 = runtime.socket_path("m o/d'el", "1"), runtime.socket_path("m o/d'el", "2")
+    runtime.apply_host("m o/d'el", [launch("1"), launch("2")], BOX)
     assert wait("v1", lambda: ping(p1)) == "/models/v1"
     assert wait("v2", lambda: ping(p2)) == "/models/v2"
     state = wait("status", lambda: (s := runtime.host_state("m o/d'el")) and len(s.versions) == 2 and s)
@@ -95,10 +101,10 @@ def test_host_runs_versions_restarts_a_killed_one_and_keeps_the_other(runtime: P
 def test_a_hung_version_is_killed_and_restarted_but_a_loading_one_is_left_alone(
         runtime: ProcessRuntime, monkeypatch: pytest.MonkeyPatch) -> None:
     runtime.settings.liveness_seconds = 1.0
-    hung, slow = free_port(), free_port()
+    hung, slow = runtime.socket_path("m", "1"), runtime.socket_path("m", "slow")
     # A proxy meant for the model's own calls must not swallow the host's pings.
     monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
-    runtime.apply_host("m", [launch("1", hung), launch("slow", slow)], BOX)
+    runtime.apply_host("m", [launch("1"), launch("slow")], BOX)
     monkeypatch.delenv("http_proxy")
     status = runtime.state_dir("m") / "status.json"
     pid = wait("v1 answering the host", lambda: (s := json.loads(status.read_text()) if status.exists() else None)
@@ -116,19 +122,19 @@ def test_a_hung_version_is_killed_and_restarted_but_a_loading_one_is_left_alone(
 
 
 def test_removing_a_version_stops_only_it(runtime: ProcessRuntime) -> None:
-    p1, p2 = free_port(), free_port()
-    runtime.apply_host("m", [launch("1", p1), launch("2", p2)], BOX)
+    p1, p2 = runtime.socket_path("m", "1"), runtime.socket_path("m", "2")
+    runtime.apply_host("m", [launch("1"), launch("2")], BOX)
     wait("both", lambda: ping(p1) and ping(p2))
     v2_pid = wait("pids", lambda: (s := runtime.host_state("m")) and s.versions.get("2") and s.versions["2"].pid)
-    runtime.apply_host("m", [launch("2", p2)], BOX)
+    runtime.apply_host("m", [launch("2")], BOX)
     wait("v1 gone", lambda: ping(p1) is None)
     state = wait("status", lambda: (s := runtime.host_state("m")) and set(s.versions) == {"2"} and s)
     assert state.versions["2"].pid == v2_pid
 
 
 def test_a_killed_host_leaves_its_servers_serving_and_the_new_host_adopts_them(runtime: ProcessRuntime) -> None:
-    port = free_port()
-    runtime.apply_host("m", [launch("1", port)], BOX)
+    port = runtime.socket_path("m", "1")
+    runtime.apply_host("m", [launch("1")], BOX)
     wait("v1", lambda: ping(port))
     state = wait("status", lambda: (s := runtime.host_state("m")) and s.versions.get("1") and s)
     host_pid, child_pid = state.pid, state.versions["1"].pid
@@ -137,7 +143,7 @@ def test_a_killed_host_leaves_its_servers_serving_and_the_new_host_adopts_them(r
     assert str(host_pid) in (dead.reason or "")
     # The host is not on the serving path: its server goes on answering, and says it runs.
     assert alive(child_pid) and ping(port) == "/models/v1" and dead.versions["1"].running
-    runtime.apply_host("m", [launch("1", port)], BOX)
+    runtime.apply_host("m", [launch("1")], BOX)
     host_log = runtime.state_dir("m") / "host.log"
     wait("adopted by the new host", lambda: "adopted its running scoring server" in host_log.read_text())
     adopted = runtime.host_state("m")
@@ -152,8 +158,8 @@ def test_a_killed_host_leaves_its_servers_serving_and_the_new_host_adopts_them(r
 
 
 def test_stopping_a_model_whose_host_was_killed_stops_its_servers(runtime: ProcessRuntime) -> None:
-    port = free_port()
-    runtime.apply_host("m", [launch("1", port)], BOX)
+    port = runtime.socket_path("m", "1")
+    runtime.apply_host("m", [launch("1")], BOX)
     wait("v1", lambda: ping(port))
     state = wait("status", lambda: (s := runtime.host_state("m")) and s.versions.get("1") and s)
     os.kill(state.pid, signal.SIGKILL)  # type: ignore[arg-type]
@@ -164,8 +170,8 @@ def test_stopping_a_model_whose_host_was_killed_stops_its_servers(runtime: Proce
 
 
 def test_a_new_runtime_adopts_running_hosts(runtime: ProcessRuntime) -> None:
-    port = free_port()
-    runtime.apply_host("adopt me", [launch("1", port)], BOX)
+    port = runtime.socket_path("adopt me", "1")
+    runtime.apply_host("adopt me", [launch("1")], BOX)
     wait("v1", lambda: ping(port))
     pid = runtime.host_state("adopt me").pid  # type: ignore[union-attr]
     again = ProcessRuntime(runtime.settings)
@@ -175,8 +181,8 @@ def test_a_new_runtime_adopts_running_hosts(runtime: ProcessRuntime) -> None:
 
 
 def test_stop_host_leaves_nothing(runtime: ProcessRuntime) -> None:
-    port = free_port()
-    runtime.apply_host("m", [launch("1", port)], BOX)
+    port = runtime.socket_path("m", "1")
+    runtime.apply_host("m", [launch("1")], BOX)
     wait("v1", lambda: ping(port))
     state = wait("status", lambda: (s := runtime.host_state("m")) and s.versions.get("1") and s)
     runtime.stop_host("m")
@@ -210,8 +216,8 @@ def test_groups_named_by_a_stale_status_file_are_left_alone_unless_they_serve_th
         (d / "status.json").write_text(json.dumps({"host_pid": 1, "versions": {
             "1": {"pid": stranger.pid, "old_groups": [stranger.pid]},
             "gone": {"pid": stranger.pid, "old_groups": [stranger.pid]}}}))
-        port = free_port()
-        runtime.apply_host("m", [launch("1", port)], BOX)
+        port = runtime.socket_path("m", "1")
+        runtime.apply_host("m", [launch("1")], BOX)
         assert wait("v1", lambda: ping(port)) == "/models/v1"
         wait("the host's first report", lambda: json.loads((d / "status.json").read_text())["host_pid"] != 1)
         assert json.loads((d / "status.json").read_text())["versions"]["1"]["old_groups"] == []

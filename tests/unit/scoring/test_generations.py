@@ -5,6 +5,8 @@ requests in flight inside the killed process (one per load thread)."""
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import signal
 import subprocess
@@ -17,9 +19,9 @@ from typing import Any
 
 import pandas as pd
 import pytest
-import requests
 
-from tests.support import free_port, process_alive, wait_until
+from supervisor.runtime import sockets
+from tests.support import process_alive, wait_until
 from tests.unit.scoring.conftest import COLS, SERVER
 
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
@@ -56,10 +58,11 @@ class Load:
         while not self.stop.is_set() and time.monotonic() < deadline:
             sent = time.monotonic()
             try:
-                r = requests.post(self.url, json=body, timeout=30)
-                ok = r.status_code == 200 and r.json() == {"predictions": self.expected}
-                why = "ok" if ok else f"{r.status_code} {r.text[:100]}"
-            except requests.RequestException as exc:
+                status, answer = sockets.request(self.url, "POST", "/invocations", json.dumps(body).encode(),
+                                                 {"Content-Type": "application/json"}, timeout=30)
+                ok = status == 200 and json.loads(answer) == {"predictions": self.expected}
+                why = "ok" if ok else f"{status} {answer[:100]!r}"
+            except (OSError, http.client.HTTPException) as exc:
                 why = type(exc).__name__
             with self.lock:
                 self.outcomes.append((sent, why))
@@ -84,10 +87,10 @@ def saved_model(model: tuple[str, Any], tmp_path: Path) -> tuple[Path, list[Any]
     return model_dir, clf.predict(pd.DataFrame(ROWS, columns=COLS)).tolist()
 
 
-def start(model_dir: Path, port: int, handoff: Path, log: Path) -> subprocess.Popen[bytes]:
+def start(model_dir: Path, where: Path, handoff: Path, log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         # Its own group, as the model host starts it: the test's kills aim at one process only.
-        return subprocess.Popen([sys.executable, str(SERVER), "--model-dir", str(model_dir), "--port", str(port),
+        return subprocess.Popen([sys.executable, str(SERVER), "--model-dir", str(model_dir), "--socket", str(where),
                                  "--workers", "2", "--handoff-dir", str(handoff)],
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -109,13 +112,13 @@ def test_a_killed_worker_or_parent_costs_only_what_was_inside_it(
     # Longer than a Unix socket's path may be (108 bytes), as a data dir and a model's name can make it.
     handoff = tmp_path / ("a-long-model-name-" * 6) / "versions" / "1.handoff"
     assert len(str(handoff / "1234567.sock")) > 108
-    port, log = free_port(), tmp_path / "server.log"
-    first = start(model_dir, port, handoff, log)
+    where, log = tmp_path / "1.sock", tmp_path / "server.log"
+    first = start(model_dir, where, handoff, log)
     groups.append(first.pid)
-    url = f"http://127.0.0.1:{port}"
+    url = sockets.upstream(where)
     wait("the server answering", lambda: _pings(url))
     workers = wait("two workers", lambda: len(w := children_of(first.pid)) == 2 and w)
-    load = Load(f"{url}/invocations", expected)
+    load = Load(url, expected)
     for t in load.threads:
         t.start()
     try:
@@ -138,7 +141,7 @@ def test_a_killed_worker_or_parent_costs_only_what_was_inside_it(
         time.sleep(1.0)  # the orphans serve alone meanwhile
         assert all(alive(w) for w in again)
         served_alone = load.count_since(t1)
-        second = start(model_dir, port, handoff, log)
+        second = start(model_dir, where, handoff, log)
         groups.append(second.pid)
         wait("the new generation's workers", lambda: len(children_of(second.pid)) == 2)
         wait("the old workers retired", lambda: not any(alive(w) for w in again), timeout=60)
@@ -160,20 +163,17 @@ def test_a_killed_worker_or_parent_costs_only_what_was_inside_it(
 def test_a_server_with_nobody_to_take_over_from_binds_its_own_socket(
         saved_model: tuple[Path, list[Any]], tmp_path: Path, groups: list[int]) -> None:
     model_dir, _ = saved_model
-    port, handoff, log = free_port(), tmp_path / "handoff", tmp_path / "server.log"
+    where, handoff, log = tmp_path / "1.sock", tmp_path / "handoff", tmp_path / "server.log"
     handoff.mkdir()
     (handoff / "999999999.sock").write_text("")  # left by a killed process: not a socket at all
-    proc = start(model_dir, port, handoff, log)
+    proc = start(model_dir, where, handoff, log)
     groups.append(proc.pid)
-    wait("the server answering", lambda: _pings(f"http://127.0.0.1:{port}"))
+    wait("the server answering", lambda: _pings(sockets.upstream(where)))
     assert "bound a new listening socket" in log.read_text()
     os.killpg(proc.pid, signal.SIGTERM)
     assert proc.wait(timeout=60) == 0
     assert not list(handoff.glob("*.sock")) or [p.name for p in handoff.glob("*.sock")] == ["999999999.sock"]
 
 
-def _pings(url: str) -> bool:
-    try:
-        return requests.get(f"{url}/ping", timeout=2).status_code == 200
-    except requests.RequestException:
-        return False
+def _pings(address: str) -> bool:
+    return sockets.ping(address)

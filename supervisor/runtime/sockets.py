@@ -1,0 +1,96 @@
+"""Where scoring servers listen: one Unix socket per version, in a directory per model.
+
+A loopback TCP port can be scored by any local process, around the gateway's access check; a
+Unix socket is reached through the file system, so a directory only the model's host (its uid)
+and the gateway (root, or the supervisor's own user) may enter keeps everyone else out. Nginx's
+upstreams are ``unix:`` addresses. A Unix socket's path must fit in 108 bytes: the directory
+layout is short on purpose, and ``check_length`` says so at start-up instead of failing later.
+
+This module is also the supervisor's one HTTP client for such sockets (``ping``, ``request``):
+the deployer's health check, the docker runtime's switch-over and the tests use it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import socket
+from pathlib import Path
+
+# Where a model's box sees its own socket directory (bubblewrap and docker bind it there).
+IN_BOX_DIR = "/run/modelserve/sock"
+SUN_PATH_MAX = 107  # sockaddr_un's 108 bytes, less the terminating NUL
+LONGEST_VERSION = 12  # room kept for a version number in a socket's name
+
+
+def model_dir(sockets_dir: Path, model: str) -> Path:
+    """A model's socket directory: named by a hash of the name alone (``naming.model_id``'s
+    readable slug would cost 40 of the 108 bytes)."""
+    return sockets_dir / hashlib.sha256(model.encode("utf-8")).hexdigest()[:12]
+
+
+def socket_name(version: str) -> str:
+    return f"{version}.sock"
+
+
+def upstream(path: Path | str) -> str:
+    """The Nginx ``server`` address of a socket."""
+    return f"unix:{path}"
+
+
+# The longest name under a sockets dir: /<model hash 12>/<container 10>/.<pid, 7>.<version>.sock
+# (the scoring server binds a temporary name beside the real one, docker adds a container level).
+_LONGEST_BELOW = 1 + 12 + 1 + 10 + 1 + 1 + 7 + 1 + LONGEST_VERSION + len(".sock")
+
+
+def check_length(sockets_dir: Path) -> str | None:
+    """Why sockets under ``sockets_dir`` could not be reached (too long a path), or None."""
+    longest = len(os.fsencode(str(sockets_dir))) + _LONGEST_BELOW
+    if longest > SUN_PATH_MAX:
+        return (f"the scoring servers' socket directory {sockets_dir} is too long for Unix socket paths "
+                f"(up to {longest} > {SUN_PATH_MAX} bytes); set MODELSERVE_SOCKET_DIR to a shorter path")
+    return None
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client over a Unix socket (``path``), everything else as for TCP."""
+
+    def __init__(self, path: str, timeout: float = 10.0) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.unix_path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def _path(address: str) -> str:
+    if not address.startswith("unix:"):
+        raise ValueError(f"not a Unix socket address: {address!r}")
+    return address.removeprefix("unix:")
+
+
+def request(address: str, method: str, path: str, body: bytes | None = None,
+            headers: dict[str, str] | None = None, timeout: float = 10.0) -> tuple[int, bytes]:
+    """(status, body) of one request to the scoring server at ``address`` (``unix:/...``)."""
+    conn = UnixHTTPConnection(_path(address), timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def ping(address: str, timeout: float = 2.0) -> bool:
+    try:
+        return request(address, "GET", "/ping", timeout=timeout)[0] == 200
+    except (OSError, http.client.HTTPException):
+        return False
