@@ -29,6 +29,7 @@ from supervisor.settings import Settings
 from supervisor.store import MODEL_UPDATE, BoxSettings, Store, UidRangeExhausted
 
 PREFIX = "/api/2.0/modelserve/served-models"
+BOX_API = PREFIX + "/update-box"
 
 
 def _using_defaults(own: BoxSettings) -> list[str]:
