@@ -32,6 +32,7 @@ from typing import IO
 from supervisor import webhooks
 from supervisor.auth import bootstrap
 from supervisor.gateway import Gateway
+from supervisor.isolation.capabilities import machine_capabilities
 from supervisor.settings import Settings
 from supervisor.stopping import Leftovers, StopSignals, alive_pids, down_message, stop_model_hosts, tolerant
 from supervisor.store import Store
@@ -206,6 +207,7 @@ class Launcher:
             self.echo(f"using the MLflow tracking server at {self.external}")
         if not s.auth:
             self.echo("AUTHENTICATION IS OFF (MODELSERVE_AUTH=off): anyone who reaches the gateway may do anything")
+        self.report_isolation()
         # The schema before any child: they all open the store at once (each copes, but need not).
         Store(s.resolved_store_url).engine.dispose()
         self.children = self._children()
@@ -237,6 +239,11 @@ class Launcher:
         self.echo(f"modelserve is up: gateway {s.gateway_url}\n"
                   f"  export MLFLOW_TRACKING_URI={s.gateway_url}   # register, serve and score through it\n"
                   f"  data in {s.data_dir}; logs in {s.logs_dir}")
+
+    def report_isolation(self) -> None:
+        """One line per part of a model's box this machine cannot hold (none when all can)."""
+        for missing in machine_capabilities(self.settings.sandbox).not_enforced():
+            self.echo(f"isolation: {missing.detail}")
 
     def _write_state(self) -> None:
         state = {
