@@ -83,6 +83,7 @@ class Reconciler:
         self._applied: dict[str, tuple[Any, ...]] = {}  # model -> (launches, box) last given to its host
         self._seen_restarts: dict[tuple[str, str], int] = {}
         self._seen_host_restarts: dict[str, int] = {}
+        self._seen_oom: dict[str, int] = {}
         self._host_failures: dict[str, tuple[int, float]] = {}  # model -> (count, not before)
         self._rejected_reported: set[str] = set()
         self._box_problems: dict[str, str] = {}  # model -> why its box cannot be worked out
@@ -259,13 +260,27 @@ class Reconciler:
             self.store.add_event(model, MODEL_UPDATE,
                                  f"Model host {state.host_last_exit or 'exited'}; a new one was started in its "
                                  f"place and its scoring servers kept serving (restart {state.host_restarts})")
+        seen_oom = self._seen_oom.get(model)
+        self._seen_oom[model] = state.oom_kills
+        oom = seen_oom is not None and state.oom_kills > seen_oom
+        limit = f" (limit {state.memory_limit_mib} MiB)" if state.memory_limit_mib else ""
+        restarted = False
         for version, proc in state.versions.items():
             seen = self._seen_restarts.get((model, version))
             self._seen_restarts[(model, version)] = proc.restarts
             if seen is not None and proc.restarts > seen:
+                why = proc.last_exit or "exited"
+                if oom and "SIGKILL" in why:
+                    why, restarted = f"was killed: out of memory{limit}", True
                 self.store.add_event(model, VERSION_UPDATE,
-                                     f"Scoring server of version {version} {proc.last_exit or 'exited'}; "
+                                     f"Scoring server of version {version} {why}; "
                                      f"restarted by the model host (restart {proc.restarts})", version)
+        if oom and not restarted:
+            # A forked worker killed for the memory limit is forked again by its server, which
+            # itself lives on: no restart to report, but the kill is said all the same.
+            self.store.add_event(model, MODEL_UPDATE,
+                                 f"Out of memory{limit}: the kernel killed {state.oom_kills - (seen_oom or 0)} "
+                                 "process(es) of this model; what was killed is started again")
 
     # --- routes --------------------------------------------------------------------------
     def publish(self, model: str, version: str, state: str, message: str = "") -> None:
