@@ -40,7 +40,7 @@ from supervisor import naming
 from supervisor.auth.bootstrap import without_secrets
 from supervisor.envs import EnvBuilder, EnvSpec
 from supervisor.host.modelhost import cmdline, process_groups, serves_from
-from supervisor.isolation import boxfiles, cgroups, pidns, sandbox
+from supervisor.isolation import boxfiles, cgroups, netguard, pidns, sandbox
 from supervisor.isolation.box import Box, MiB
 from supervisor.runtime import hoststatus, sockets
 from supervisor.runtime.base import HostState, VersionLaunch
@@ -158,11 +158,14 @@ class ProcessRuntime:
         os.chmod(self.spec_path(model), 0o644)
         pid = self._host_pid(model)
         if pid is not None and host_is_alive(pid, d):
-            if self._host_info(model).get("box") == box_key(box):
-                os.kill(pid if not self._host_info(model).get("sandboxed") else self._keeper(pid) or pid,
-                        signal.SIGHUP)
+            info = self._host_info(model)
+            mounted = set(info.get("interpreters") or []) if info.get("sandboxed") else None
+            needed = {str(interpreter_prefix(Path(v.python))) for v in versions}
+            if info.get("box") == box_key(box) and (mounted is None or needed <= mounted):
+                os.kill(pid if not info.get("sandboxed") else self._keeper(pid) or pid, signal.SIGHUP)
                 return
-            # A MANAGE user changed the box: limits and identity are fixed at start, so it starts anew.
+            # A MANAGE user changed the box (limits and identity are fixed at start), or a new version
+            # needs a Python installation the box does not have mounted: it starts anew.
             self.stop_host(model, forget=False)
         self._start(model, versions, box)
 
@@ -174,8 +177,24 @@ class ProcessRuntime:
                 os.chown(path, box.uid, box.gid)
             os.chmod(path, 0o700)
 
+    def _leftovers(self, model: str) -> list[int]:
+        """Processes of an earlier box of this model that outlived its first process (bubblewrap's
+        namespace init is its child and is not killed with it): found in the model's cgroups, and
+        by a command line naming this model's state dir."""
+        d, mine = str(self.state_dir(model)), os.getpid()
+        found = set(groups.pids()) if (groups := self.cgroups(model)) is not None else set()
+        for pid in process_groups().values():
+            for p in pid:
+                args = cmdline(p)
+                if p != mine and args and d in args and any(a.endswith(("keeper.py", "modelhost.py")) for a in args):
+                    found.add(p)
+        return sorted(found)
+
     def _start(self, model: str, versions: list[VersionLaunch], box: Box) -> None:
         d = self.state_dir(model)
+        for pid in self._leftovers(model):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
         self._box_dirs(model, box)
         args = ["--state-dir", str(d), "--spec", str(self.spec_path(model))]
         # Unboxed, the host itself (its servers outlive it and the next one adopts them); boxed, the
@@ -191,7 +210,9 @@ class ProcessRuntime:
             )
         write_json(self.model_dir(model) / "host.json",
                    {"model": model, "pid": proc.pid, "started": time.time(), "box": box_key(box),
-                    "sandboxed": self.sandboxed, "memory_bytes": box.memory_bytes})
+                    "sandboxed": self.sandboxed, "memory_bytes": box.memory_bytes,
+                    "interpreters": sorted({str(Path(sys.base_prefix).resolve())}
+                                           | {str(interpreter_prefix(Path(v.python))) for v in versions})})
 
     def _host_python(self) -> str:
         # The keeper and host are stdlib only: the bare interpreter, not the supervisor's venv.
@@ -200,11 +221,28 @@ class ProcessRuntime:
 
     def _boxed(self, model: str, versions: list[VersionLaunch], box: Box, keeper: list[str]) -> list[str]:
         root = os.geteuid() == 0
+        if box.network:
+            # It shares this machine's network namespace: without the loopback guard it would reach
+            # the supervisor API, MLflow and every local listener. No guard, no network.
+            problem = netguard.ensure(self.settings) if root else "the supervisor is not root"
+            if problem:
+                raise RuntimeError(f"network access cannot be confined here ({problem}); turn it off for this "
+                                   "model or run the supervisor as root")
+        # Mounts are fixed when the box starts, yet new versions join a running box (a restart
+        # would disturb the versions serving): so the box gets this model's whole files dir and
+        # the environments dir, each read-only. Environments are shared by content between models
+        # and hold installed packages only (docs/SECURITY.md says what that shows).
+        models = (self.settings.models_dir / naming.model_id(model)).resolve()
+        envs = self.settings.envs_dir.resolve()
+        for path in (models, envs):
+            path.mkdir(parents=True, exist_ok=True)
         readonly = {Path(sys.base_prefix).resolve(), KEEPER.parent, SCORING_SERVER.parent,
-                    self.spec_path(model).parent}
+                    self.spec_path(model).parent, models, envs}
         for v in versions:
-            env_dir = Path(v.python).parent.parent
-            readonly |= {env_dir.resolve(), interpreter_prefix(Path(v.python)), Path(v.model_dir).resolve()}
+            readonly.add(interpreter_prefix(Path(v.python)))
+            for path in (Path(v.python).parent.parent.resolve(), Path(v.model_dir).resolve()):
+                if path != models and models not in path.parents and envs not in path.parents:
+                    readonly.add(path)  # a version from elsewhere (tests, a custom layout)
         argv = sandbox.command(box, root=root, readonly=sorted(readonly),
                                writable=[self.state_dir(model), self.socket_dir(model)],
                                workdir=self.state_dir(model), argv=keeper,

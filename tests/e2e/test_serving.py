@@ -40,14 +40,16 @@ def local_predict(name: str, version: str, frame: pd.DataFrame) -> list[Any]:
 
 
 def host_pid(system: System, name: str) -> list[int]:
-    """The model host of ``name`` and the scoring servers it runs."""
+    """The box of ``name`` and every process in it (its host and scoring servers), as seen here."""
+    from supervisor.isolation import pidns
+
     pids = []
     for host_json in (system.data_dir / "hosts").glob("*/host.json"):
         if json.loads(host_json.read_text())["model"] != name:
             continue
-        pids.append(int(json.loads(host_json.read_text())["pid"]))
-        status = json.loads((host_json.parent / "status.json").read_text())
-        pids += [v["pid"] for v in status["versions"].values() if v["pid"]]
+        box = int(json.loads(host_json.read_text())["pid"])
+        pids += [box, *pidns.descendants(box)]
+    assert len(pids) > 3, pids  # bubblewrap, its namespace's init, the keeper, the host, servers
     return pids
 
 
