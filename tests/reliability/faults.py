@@ -92,10 +92,7 @@ def status(system: System, model: str, runtime: str) -> dict[str, Any]:
     """The model host's status.json (in the active container's state dir on docker, in the box's
     on the process runtime); its pids are the box's own."""
     d = _model_dir(system, model)
-    if runtime == "docker":
-        d = d / json.loads((d / "active.json").read_text())["name"]
-    else:
-        d = d / "box"
+    d = d / json.loads((d / "active.json").read_text())["name"] if runtime == "docker" else d / "box"
     return dict(json.loads((d / "status.json").read_text()))
 
 
