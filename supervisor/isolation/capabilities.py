@@ -141,10 +141,13 @@ def _identity(root: bool, sandboxed: bool) -> Capability:
                                          "sandbox, so model code runs as the supervisor's own user")
 
 
-def _network(sandboxed: bool) -> Capability:
+def _network(sandboxed: bool, root: bool = True) -> Capability:
     if sandboxed:
-        return Capability("network", True, "network: a model without network access can get an empty network "
-                                           "namespace of its own (bubblewrap)")
+        granted = ("a model given network access shares this machine's network, kept off its loopback except the "
+                   "gateway by iptables owner rules" if root else
+                   "network access cannot be granted to a model here (keeping it off the loopback needs root)")
+        return Capability("network", True, "network: a model without network access gets an empty network "
+                                           f"namespace of its own (bubblewrap); {granted}")
     return Capability("network", False, "network NOT isolated: without a working sandbox model code shares this "
                                         "machine's network")
 
@@ -228,7 +231,7 @@ def probe(sandbox: str, p: Probes | None = None) -> Capabilities:
         _identity(root, sandboxed),
         sandbox_item,
         _user_namespaces(root, sandboxed, p),
-        _network(sandboxed),
+        _network(sandboxed, root),
         *_limits(p),
     ))
 

@@ -4,11 +4,12 @@ Why bubblewrap: it gives every namespace a box needs in one small program that w
 root and for an ordinary user (unprivileged user namespaces), on Debian as a package.
 
 * **Files.** A new, empty root: the system's read-only base (``/usr``, ``/etc`` and the merged-usr
-  links), a fresh ``/proc`` (of its own PID namespace) and minimal ``/dev``, a size-capped tmpfs
-  ``/tmp``, then only the paths the box is given, each at its own path (environments keep their
-  absolute paths, ``pyvenv.cfg`` included): read-only ones (interpreter, environments, model
-  files, the host's code, the spec) and writable ones (its state dir, its socket dir). The
-  data dir, the store, ``auth/``, the logs and every other model simply do not exist inside.
+  links), a fresh ``/proc`` (of its own PID namespace) and minimal ``/dev``, size-capped tmpfs
+  ``/tmp`` and ``/dev/shm``, then only the paths the box is given, each at its own path
+  (environments keep their absolute paths, ``pyvenv.cfg`` included): read-only ones (interpreter,
+  environments, the model's files, the host's code, the spec) and writable ones (its state dir,
+  its socket dir). The rest of the data dir (the store, ``auth/``, MLflow's data, the logs,
+  every other model's files and state) simply does not exist inside.
 * **Processes, IPC, network, hostname.** Own namespaces: it sees and signals only its own
   processes, and without network it has a loopback of its own with nothing on it.
 * **Identity.** As root, bubblewrap binds as root (so root-only paths such as ``/root/.pyenv``
@@ -87,6 +88,8 @@ def command(box: Box, *, root: bool, readonly: Sequence[Path], writable: Sequenc
         spaces = ["--unshare-all", *(["--share-net"] if box.network else [])]
     args = [bwrap, *spaces, "--hostname", HOSTNAME, "--new-session", *_system_args(),
             "--proc", "/proc", "--dev", "/dev", "--size", str(box.tmp_bytes), "--perms", "1777", "--tmpfs", "/tmp",
+            # POSIX semaphores and shared memory (joblib, multiprocessing) live here; the same cap.
+            "--size", str(box.tmp_bytes), "--perms", "1777", "--tmpfs", "/dev/shm",
             *_mount_args(readonly, writable), "--chdir", str(workdir), "--clearenv"]
     for key, value in BOX_ENV.items():
         args += ["--setenv", key, value]
