@@ -49,7 +49,6 @@ def host_pid(system: System, name: str) -> list[int]:
             continue
         box = int(json.loads(host_json.read_text())["pid"])
         pids += [box, *pidns.descendants(box)]
-    assert len(pids) > 3, pids  # bubblewrap, its namespace's init, the keeper, the host, servers
     return pids
 
 
@@ -137,7 +136,7 @@ def test_serve_a_registered_model_end_to_end(system: System, register: Any, iris
 
     # Disable: every route goes, the processes exit.
     pids = host_pid(system, NAME)
-    assert len(pids) == 2  # the host and version 2's server
+    assert len(pids) >= 6  # bubblewrap, its init, the keeper, the host, version 2's server and its workers
     assert pids and all(pid_alive(p) for p in pids)
     assert system.cli("disable", NAME).returncode == 0
     for uri in (prod, alias_uri, f"{system.url}/model/{NAME}/2/invocations"):
