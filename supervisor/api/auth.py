@@ -54,8 +54,8 @@ def check_blueprint() -> Blueprint:
         who = caller()
         try:
             model = unquote(request.headers.get("X-Modelserve-Model", ""), errors="strict")
-        except UnicodeDecodeError:
-            model = ""  # never from Nginx: it sends names Python encoded
+        except UnicodeDecodeError:  # never from Nginx: it sends names Python encoded
+            raise ApiError("PERMISSION_DENIED", "Undecodable model name", 403) from None
         # A path with no route (no model) lets any known caller through to the gateway's 404;
         # only the credential is checked (above: 401), so an unknown path says nothing more to
         # a caller without one than a served model's path does.

@@ -5,10 +5,11 @@ Served both under ``/api/2.0/preview/mlflow/endpoints`` (REST clients) and under
 the store and the runtime, or record an intent (enable/disable) and wake the reconciler: the
 reconciler alone changes what runs.
 
-Every handler first asks ``Access`` (supervisor/auth/): the caller must be known (401), and hold
-MANAGE on the model to enable or disable it, READ to see anything about it (403); ``list`` shows
-only the models the caller may read. Permission comes before existence, so a caller without
-access cannot learn which models exist or are served.
+Every request first needs a known caller (401, before any other answer: ``app.py``). A model the
+caller may not READ is then answered exactly as one that does not exist (404
+RESOURCE_DOES_NOT_EXIST), whatever is asked of it, so nobody learns which models exist or are
+served by asking; a reader who lacks MANAGE gets 403 for enable and disable (existence is no
+secret to a reader). ``list`` shows only the models the caller may read.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from supervisor.api.auth import access, caller
 from supervisor.api.errors import ApiError
-from supervisor.auth.access import Need
 from supervisor.deployer import build_log_path
 from supervisor.metrics.exposition import load_state, metric_history
 from supervisor.reconciler import send_wake
@@ -64,35 +64,40 @@ def _model_exists(registry: Registry, name: str) -> bool:
         raise ApiError("TEMPORARILY_UNAVAILABLE", f"The model registry is unreachable: {exc}") from exc
 
 
-def _allowed_model(params: dict[str, Any], need: Need) -> str:
-    """The model named in ``params``, once the caller is known and may ``need`` it."""
-    who = caller()
+def _no_such_model(name: str) -> ApiError:
+    return ApiError("RESOURCE_DOES_NOT_EXIST", f"Registered model '{name}' does not exist")
+
+
+def _readable_model(params: dict[str, Any]) -> str:
+    """The model named in ``params``, which the caller may read; one they may not read is, to
+    them, a model that does not exist."""
     name = _required(params, "registered_model_name")
-    access().require(who, name, need)
+    if not access().allowed(caller(), name, "read"):
+        raise _no_such_model(name)
     return name
 
 
-def _served_model(params: dict[str, Any], need: Need = "read") -> str:
+def _served_model(params: dict[str, Any], manage: bool = False) -> str:
     """The model name, which must be served; else the error the legacy API gave."""
     _, store, registry, _ = _ctx()
-    name = _allowed_model(params, need)
-    if store.is_enabled(name):
-        return name
-    try:
-        exists = registry.get_model(name) is not None
-    except RegistryUnavailable:
-        exists = True
-    if not exists:
-        raise ApiError("RESOURCE_DOES_NOT_EXIST", f"Registered model '{name}' does not exist")
-    raise ApiError("INVALID_PARAMETER_VALUE", f"Model serving is not enabled for registered model '{name}'")
+    name = _readable_model(params)
+    served = store.is_enabled(name)
+    if not served:
+        try:
+            exists = registry.get_model(name) is not None
+        except RegistryUnavailable:
+            exists = True
+        if not exists:
+            raise _no_such_model(name)
+    if manage:
+        access().require(caller(), name, "manage")
+    if not served:
+        raise ApiError("INVALID_PARAMETER_VALUE", f"Model serving is not enabled for registered model '{name}'")
+    return name
 
 
 def make_blueprint(prefix: str) -> Blueprint:
     bp = Blueprint("legacy_" + prefix.split("/")[1].replace("-", "_"), __name__, url_prefix=prefix)
-
-    @bp.before_request
-    def _authenticate() -> None:
-        caller()  # 401 before anything else, even before a malformed body
 
     @bp.post("/enable")
     def enable() -> Response:
@@ -101,9 +106,10 @@ def make_blueprint(prefix: str) -> Blueprint:
         if "registered_model_name" not in params and "experiment_id" in params:
             raise ApiError("INVALID_PARAMETER_VALUE", "Serving by experiment_id is not supported; "
                                                       "pass registered_model_name")
-        name = _allowed_model(params, "manage")
+        name = _readable_model(params)
         if not _model_exists(registry, name):
-            raise ApiError("RESOURCE_DOES_NOT_EXIST", f"Registered model '{name}' does not exist")
+            raise _no_such_model(name)
+        access().require(caller(), name, "manage")
         if store.enable(name):
             store.add_event(name, MODEL_UPDATE, "Serving enabled")
         send_wake(settings)
@@ -112,7 +118,7 @@ def make_blueprint(prefix: str) -> Blueprint:
     @bp.post("/disable")
     def disable() -> Response:
         settings, store, _, _ = _ctx()
-        name = _served_model(_params(), "manage")
+        name = _served_model(_params(), manage=True)
         if store.disable(name):
             store.add_event(name, MODEL_UPDATE, "Serving disabled")
         send_wake(settings)
@@ -179,7 +185,7 @@ def make_blueprint(prefix: str) -> Blueprint:
     def get_event_history() -> Response:
         _, store, _, _ = _ctx()
         params = _params()
-        name = _allowed_model(params, "read")
+        name = _readable_model(params)
         found = store.events(name)
         if not found:
             _served_model(params)
