@@ -28,6 +28,9 @@ from supervisor.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# What a Unix socket's path may hold (sockaddr_un's sun_path on Linux, its final NUL included).
+SUN_PATH_MAX = 108
+
 
 def nginx_cache_seconds(auth_cache_seconds: float) -> int:
     """Nginx's share of the access-decision cache time.
@@ -61,6 +64,8 @@ class Gateway:
         self.main_conf = self.prefix / "nginx.conf"
         self.routes_conf = self.prefix / "routes.conf"
         self.pid_file = self.prefix / "nginx.pid"
+        # The gateway's own 404/503 for scoring paths without a running version (nginx.conf.j2).
+        self.gate_socket = self.prefix / "gate.sock"
         self.mlflow_upstream = mlflow_upstream or f"127.0.0.1:{settings.mlflow_port}"
         self._lock = threading.Lock()  # the reconciler's tick and its deploy threads both publish routes
 
@@ -69,6 +74,10 @@ class Gateway:
                                  autoescape=False, undefined=jinja2.StrictUndefined)
         # As root, Nginx would drop its workers to "nobody", who cannot read our data dir.
         user = pwd.getpwuid(os.geteuid()).pw_name if os.geteuid() == 0 else ""
+        if len(os.fsencode(str(self.gate_socket))) >= SUN_PATH_MAX:
+            raise GatewayConfigError(f"The data dir's path is too long for the gateway's Unix socket "
+                                     f"{self.gate_socket} (at most {SUN_PATH_MAX - 1} bytes): choose a "
+                                     "shorter MODELSERVE_DATA_DIR")
         return env.get_template("nginx.conf.j2").render(
             user=user,
             prefix=str(self.prefix),
@@ -79,6 +88,7 @@ class Gateway:
             mlflow_upstream=self.mlflow_upstream,
             max_body_mb=self.settings.max_body_mb,
             routes_path=str(routes_path),
+            gate_socket=str(self.gate_socket),
             metrics_log=str(self.settings.metrics_log),
             auth=self.settings.auth,
             auth_cache_seconds=nginx_cache_seconds(self.settings.auth_cache_seconds),
@@ -122,6 +132,8 @@ class Gateway:
         if self.is_running():
             self.reload()
             return
+        # A socket file left by an Nginx that was killed would keep the new one from binding.
+        self.gate_socket.unlink(missing_ok=True)
         result = self._nginx()
         if result.returncode != 0:
             raise GatewayConfigError(f"nginx did not start:\n{result.stderr.strip()}")

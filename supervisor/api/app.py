@@ -25,6 +25,11 @@ from supervisor.settings import Settings
 from supervisor.status import registry_error
 from supervisor.store import Store
 
+# Answered without credentials: load balancers and `modelserve up` poll the health check, MLflow
+# signs its webhooks, the OpenAPI document describes the API only, and the gateway's access check
+# authenticates the credential it is asked about itself.
+PUBLIC_ENDPOINTS = frozenset({"health", "webhook", "openapi.openapi", "auth_check.check"})
+
 
 def create_app(
     settings: Settings | None = None,
@@ -47,6 +52,14 @@ def create_app(
         "runtime": runtime or make_runtime(settings),
     }
     errors.register(app)
+
+    @app.before_request
+    def _authenticate_first() -> None:
+        # 401 before any other answer, whatever the path: an unknown operation, a malformed body
+        # or an unknown model says nothing to a caller without valid credentials.
+        if request.endpoint not in PUBLIC_ENDPOINTS:
+            auth.caller()
+
     for prefix in legacy.PREFIXES:
         app.register_blueprint(legacy.make_blueprint(prefix))
     app.register_blueprint(boxes.bp)

@@ -1,10 +1,11 @@
 """Access control over HTTP: the gateway's ``auth_request`` check and the personal access token API.
 
-``/internal/auth/check`` is what Nginx asks before every scoring request. It lives outside the
-paths the gateway sends to the supervisor, so a client cannot call it through the gateway, and
-it trusts exactly one header besides the credential: ``X-Modelserve-Model``, which Nginx always
-overwrites with the model its route map found for the decoded path (percent-encoded there,
-so any name fits in a header). Nginx caches its answers; how long, and how it may use them once
+``/internal/auth/check`` is what Nginx asks before every scoring request, whatever its path. It
+lives outside the paths the gateway sends to the supervisor, so a client cannot call it through
+the gateway, and it trusts exactly one header besides the credential: ``X-Modelserve-Model``,
+which Nginx always overwrites with the model its route map found for the decoded path
+(percent-encoded there, so any name fits in a header; absent for a path with no route). A 403
+here becomes, at the gateway, the same 404 as a path where nothing is served. Nginx caches its answers; how long, and how it may use them once
 expired, is said here in ``Cache-Control`` rather than in the Nginx template, because only the
 RFC 5861 extensions bound the use of a stale answer: ``stale-while-revalidate`` lets Nginx
 answer from an expired decision while it refreshes it in the background (no caller waits for
@@ -53,11 +54,13 @@ def check_blueprint() -> Blueprint:
         who = caller()
         try:
             model = unquote(request.headers.get("X-Modelserve-Model", ""), errors="strict")
-        except UnicodeDecodeError:
-            model = ""  # never from Nginx: it sends names Python encoded
-        if not model:
-            raise ApiError("PERMISSION_DENIED", "No served model at this path", 403)
-        access().require(who, model, "read")
+        except UnicodeDecodeError:  # never from Nginx: it sends names Python encoded
+            raise ApiError("PERMISSION_DENIED", "Undecodable model name", 403) from None
+        # A path with no route (no model) lets any known caller through to the gateway's 404;
+        # only the credential is checked (above: 401), so an unknown path says nothing more to
+        # a caller without one than a served model's path does.
+        if model:
+            access().require(who, model, "read")
         resp = make_response("", 200)
         resp.headers["X-Modelserve-User"] = who.username
         return resp

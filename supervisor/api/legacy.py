@@ -5,10 +5,11 @@ Served both under ``/api/2.0/preview/mlflow/endpoints`` (REST clients) and under
 the store and the runtime, or record an intent (enable/disable) and wake the reconciler: the
 reconciler alone changes what runs.
 
-Every handler first asks ``Access`` (supervisor/auth/): the caller must be known (401), and hold
-MANAGE on the model to enable or disable it, READ to see anything about it (403); ``list`` shows
-only the models the caller may read. Permission comes before existence, so a caller without
-access cannot learn which models exist or are served.
+Every request first needs a known caller (401, before any other answer: ``app.py``). A model the
+caller may not READ is then answered exactly as one that does not exist (404
+RESOURCE_DOES_NOT_EXIST), whatever is asked of it, so nobody learns which models exist or are
+served by asking; a reader who lacks MANAGE gets 403 for enable and disable (existence is no
+secret to a reader). ``list`` shows only the models the caller may read.
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ from flask import Blueprint, Response, jsonify
 from supervisor.api.auth import access, caller
 from supervisor.api.boxes import box_json
 from supervisor.api.errors import ApiError
-from supervisor.api.params import allowed_model as _allowed_model
 from supervisor.api.params import ctx as _ctx
 from supervisor.api.params import model_exists as _model_exists
+from supervisor.api.params import no_such_model as _no_such_model
 from supervisor.api.params import params as _params
+from supervisor.api.params import readable_model as _readable_model
 from supervisor.api.params import required as _required
 from supervisor.api.params import sign_in_first
-from supervisor.auth.access import Need
 from supervisor.deployer import build_log_path
 from supervisor.metrics.exposition import load_state, metric_history
 from supervisor.reconciler import send_wake
@@ -38,19 +39,23 @@ PREFIXES = ("/api/2.0/preview/mlflow/endpoints", "/ajax-api/2.0/preview/mlflow/e
 MAX_LOG_BYTES = 200_000
 
 
-def _served_model(params: dict[str, Any], need: Need = "read") -> str:
+def _served_model(params: dict[str, Any], manage: bool = False) -> str:
     """The model name, which must be served; else the error the legacy API gave."""
     _, store, registry, _ = _ctx()
-    name = _allowed_model(params, need)
-    if store.is_enabled(name):
-        return name
-    try:
-        exists = registry.get_model(name) is not None
-    except RegistryUnavailable:
-        exists = True
-    if not exists:
-        raise ApiError("RESOURCE_DOES_NOT_EXIST", f"Registered model '{name}' does not exist")
-    raise ApiError("INVALID_PARAMETER_VALUE", f"Model serving is not enabled for registered model '{name}'")
+    name = _readable_model(params)
+    served = store.is_enabled(name)
+    if not served:
+        try:
+            exists = registry.get_model(name) is not None
+        except RegistryUnavailable:
+            exists = True
+        if not exists:
+            raise _no_such_model(name)
+    if manage:
+        access().require(caller(), name, "manage")
+    if not served:
+        raise ApiError("INVALID_PARAMETER_VALUE", f"Model serving is not enabled for registered model '{name}'")
+    return name
 
 
 def make_blueprint(prefix: str) -> Blueprint:
@@ -65,9 +70,10 @@ def make_blueprint(prefix: str) -> Blueprint:
         if "registered_model_name" not in params and "experiment_id" in params:
             raise ApiError("INVALID_PARAMETER_VALUE", "Serving by experiment_id is not supported; "
                                                       "pass registered_model_name")
-        name = _allowed_model(params, "manage")
+        name = _readable_model(params)
         if not _model_exists(registry, name):
-            raise ApiError("RESOURCE_DOES_NOT_EXIST", f"Registered model '{name}' does not exist")
+            raise _no_such_model(name)
+        access().require(caller(), name, "manage")
         if store.enable(name):
             store.add_event(name, MODEL_UPDATE, "Serving enabled")
         send_wake(settings)
@@ -76,7 +82,7 @@ def make_blueprint(prefix: str) -> Blueprint:
     @bp.post("/disable")
     def disable() -> Response:
         settings, store, _, _ = _ctx()
-        name = _served_model(_params(), "manage")
+        name = _served_model(_params(), manage=True)
         if store.disable(name):
             store.add_event(name, MODEL_UPDATE, "Serving disabled")
         send_wake(settings)
@@ -145,7 +151,7 @@ def make_blueprint(prefix: str) -> Blueprint:
     def get_event_history() -> Response:
         _, store, _, _ = _ctx()
         params = _params()
-        name = _allowed_model(params, "read")
+        name = _readable_model(params)
         found = store.events(name)
         if not found:
             _served_model(params)

@@ -11,9 +11,10 @@ versions or a failed version is a message on the page, never a stack trace.
 Sign-in is the gateway's: the same credentials as everywhere behind it (the browser asks for the
 MLflow username and password on the first 401, then sends them with every request, the page's
 own ``fetch`` calls included). Identity and permissions are one hook each (``current_user``,
-``can_manage``): a page lists and shows only models the caller may read, and offers Enable/Stop
-and the form that changes a model's box only to those who may manage the model (the API checks
-again when it is called).
+``can_manage``): a page lists and shows only models the caller may read (one they may not read
+is, to them, a model that does not exist: the same 404), and offers Enable/Stop and the form that
+changes a model's box only to those who may manage the model (the API checks again when it is
+called).
 """
 
 from __future__ import annotations
@@ -84,8 +85,12 @@ def can_manage(model: str) -> bool:
 
 
 def _require_read(model: str) -> None:
-    if model:
-        auth.access().require(g.user, model, "read")
+    if model and not can_read(model):
+        raise _no_such_model(model)
+
+
+def _no_such_model(name: str) -> NotFound:
+    return NotFound(f"There is no registered model named “{name}”.")
 
 
 @bp.before_request
@@ -194,7 +199,7 @@ def _require_model(name: str) -> tuple[RegistryModel | None, str | None]:
     registered, down = _lookup(name)
     _, store, _, _ = _ctx()
     if registered is None and down is None and not store.is_enabled(name):
-        raise NotFound(f"There is no registered model named “{name}”.")
+        raise _no_such_model(name)
     return registered, down
 
 
@@ -281,7 +286,8 @@ def example() -> Response:
         return _json_message("Which model? Pass name=<registered model name>.", 400)
     if not version.isdigit():  # registry versions are numbers; anything else could walk the file system
         return _json_message(f"“{version}” is not a model version number.", 400)
-    _require_read(name)
+    if not can_read(name):
+        return _json_message(_no_model_files(name, version), 404)  # what a model that does not exist gets
     d = store.deployment(name, version)
     local = Path(d.model_dir) if d and d.model_dir else settings.models_dir / naming.model_id(name) / version
     tmp: Path | None = None
@@ -291,7 +297,7 @@ def example() -> Response:
             tmp = Path(tempfile.mkdtemp(prefix=".example-", dir=settings.data_dir))
             registry.fetch_files(name, version, ["MLmodel"], tmp)
             if not (tmp / "MLmodel").is_file():
-                raise ExampleUnavailable(f"Version {version} of “{name}” has no model files in the registry.")
+                raise ExampleUnavailable(_no_model_files(name, version))
             registry.fetch_files(name, version, example_files(tmp), tmp)
             local = tmp
         ex = load_example(local)
@@ -303,6 +309,10 @@ def example() -> Response:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     return jsonify({"body": ex.body, "content_type": ex.content_type, "source": ex.source})
+
+
+def _no_model_files(name: str, version: str) -> str:
+    return f"Version {version} of “{name}” has no model files in the registry."
 
 
 def _json_message(message: str, status: int) -> Response:

@@ -48,11 +48,26 @@ def model_exists(registry: Registry, name: str) -> bool:
         raise ApiError("TEMPORARILY_UNAVAILABLE", f"The model registry is unreachable: {exc}") from exc
 
 
-def allowed_model(values: dict[str, Any], need: Need) -> str:
-    """The model named in ``values``, once the caller is known and may ``need`` it."""
+def no_such_model(name: str) -> ApiError:
+    return ApiError("RESOURCE_DOES_NOT_EXIST", f"Registered model '{name}' does not exist")
+
+
+def readable_model(values: dict[str, Any]) -> str:
+    """The model named in ``values``, which the caller may read; one they may not read is, to
+    them, a model that does not exist (existence does not leak)."""
     who = caller()
     name = required(values, "registered_model_name")
-    access().require(who, name, need)
+    if not access().allowed(who, name, "read"):
+        raise no_such_model(name)
+    return name
+
+
+def allowed_model(values: dict[str, Any], need: Need) -> str:
+    """The model named in ``values``, once the caller is known, may read it (else it does not
+    exist to them) and may ``need`` it (else 403: existence is no secret to a reader)."""
+    name = readable_model(values)
+    if need != "read":
+        access().require(caller(), name, need)
     return name
 
 

@@ -3,6 +3,9 @@
 Two models and three MLflow users on the shared system: ``reader`` has READ on model A and no
 permission on B, ``manager`` has MANAGE on A. Every request here goes through ``System.raw``
 (no netrc, no admin credentials), so each one carries exactly the credential the test gives it.
+Nothing is there to probe from outside: without valid credentials every scoring path is the same
+401, and to a caller who may not read a model every path of it is the 404 of a model that does
+not exist.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -87,12 +91,112 @@ def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+NO_SUCH = "acl-model-never-registered"
+
+
+def _named(r: requests.Response, model: str) -> tuple[int, str]:
+    """Status and body, with the model's name (which the caller sent) taken out."""
+    return r.status_code, r.text.replace(model, "?")
+
+
+def _answer(r: requests.Response) -> tuple[int, bytes, dict[str, str]]:
+    """All a client can tell apart: status, body bytes and headers (but the clock's Date)."""
+    return r.status_code, r.content, {k.lower(): v for k, v in r.headers.items() if k.lower() != "date"}
+
+
+# Models from code: MLflow runs this file to load the model. Its load takes minutes, so its
+# version stays pending (the deployer's health check waits) for as long as a test needs.
+SLOW_MODEL = """
+import os
+import time
+
+import mlflow
+
+
+class SlowToLoad(mlflow.pyfunc.PythonModel):
+    def load_context(self, context):
+        if os.environ.get("ACL_SLOW_LOAD") != "skip":  # set only where the test logs it
+            time.sleep(900)
+
+    def predict(self, context, model_input, params=None):
+        return [0] * len(model_input)
+
+
+mlflow.models.set_model(SlowToLoad())
+"""
+
+
+@pytest.fixture(scope="module")
+def pending_path(system: System, users: Users, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The scoring path of a version of B that is still being deployed; the version is deleted after."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    work = tmp_path_factory.mktemp("slow-model")
+    mlflow.set_tracking_uri(system.url)
+    # The requirements of B's first version: the same environment, found in the cache.
+    first = Path(mlflow.artifacts.download_artifacts(f"models:/{B}/1", dst_path=str(work / "v1")))
+    requirements = [line for line in (first / "requirements.txt").read_text().splitlines() if line.strip()]
+    (work / "slow_model.py").write_text(SLOW_MODEL)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ACL_SLOW_LOAD", "skip")
+        with mlflow.start_run():
+            info = mlflow.pyfunc.log_model(name="model", python_model=str(work / "slow_model.py"),
+                                           pip_requirements=requirements, registered_model_name=B)
+    version = str(info.registered_model_version)
+    path = f"/model/{B}/{version}/invocations"
+    try:
+        system.wait_for(f"{B} v{version} routed as pending",
+                        lambda: _score(system, B, auth=system.admin, path=path).status_code == 503, timeout=400)
+        yield path
+    finally:
+        MlflowClient(system.url).delete_model_version(B, version)
+
+
+def test_without_valid_credentials_every_scoring_path_is_the_same_401(system: System, users: Users,
+                                                                      pending_path: str) -> None:
+    paths = [f"/model/{NO_SUCH}/1/invocations", pending_path, f"/model/{A}/1/invocations",
+             f"/model/{B}/1/invocations", f"/model/{A}/99/invocations", f"/model/{A}/Production/invocations",
+             "/model/", "/model/garbage", "/model/%ff%fe/..%2f/x", f"/model/{A}/1/ping"]
+    credentials: list[dict[str, Any]] = [{}, {"auth": (users.reader[0], "wrong-password")},
+                                         {"headers": _bearer(users.reader_token[:-1])}, {"headers": _bearer("msk")}]
+    first = None
+    for path in paths:
+        for cred in credentials:
+            r = _score(system, A, path=path, **cred)
+            _error(r, 401, "UNAUTHENTICATED")
+            assert r.headers["WWW-Authenticate"].startswith("Basic"), path
+            first = first or _answer(r)
+            assert _answer(r) == first, (path, cred)
+    # Any method: nothing answers before the check.
+    for method in ("GET", "PUT", "DELETE"):
+        for path in (f"/model/{NO_SUCH}/1/invocations", pending_path):
+            assert system.raw.request(method, f"{system.url}{path}", timeout=30).status_code == 401, (method, path)
+
+
+def test_a_model_one_may_not_read_answers_exactly_like_one_that_does_not_exist(
+        system: System, users: Users, pending_path: str) -> None:
+    for cred in ({"headers": _bearer(users.reader_token)}, {"auth": users.reader}):
+        nothing = _answer(_score(system, A, path=f"/model/{NO_SUCH}/1/invocations", **cred))
+        assert nothing[0] == 404 and nothing[1].startswith(b'{"error_code": "RESOURCE_DOES_NOT_EXIST"'), nothing
+        # B is served (version 1 ready, the pending one being deployed): closed to the reader,
+        # every path of it is the 404 above, byte for byte; as are other paths with no route.
+        for path in (f"/model/{B}/1/invocations", pending_path, f"/model/{B}/99/invocations",
+                     f"/model/{B}/Production/invocations", f"/model/{A}/99/invocations", "/model/garbage"):
+            assert _answer(_score(system, A, path=path, **cred)) == nothing, (path, cred)
+        assert _score(system, A, **cred).status_code == 200
+    # Who may read B learns that the version is on its way.
+    r = _score(system, B, auth=system.admin, path=pending_path)
+    _error(r, 503, "TEMPORARILY_UNAVAILABLE")
+    assert r.headers["Retry-After"] == "5"
+
+
 def test_scoring_needs_read_on_that_model(system: System, users: Users) -> None:
     assert _score(system, A, _bearer(users.reader_token)).json() == [0]
-    _error(_score(system, B, _bearer(users.reader_token)), 403, "PERMISSION_DENIED")
+    _error(_score(system, B, _bearer(users.reader_token)), 404, "RESOURCE_DOES_NOT_EXIST")
     # MLflow username and password work as well as a token.
     assert _score(system, A, auth=users.reader).status_code == 200
-    _error(_score(system, B, auth=users.reader), 403, "PERMISSION_DENIED")
+    _error(_score(system, B, auth=users.reader), 404, "RESOURCE_DOES_NOT_EXIST")
     unauthenticated = _score(system, A)
     _error(unauthenticated, 401, "UNAUTHENTICATED")
     assert unauthenticated.headers["WWW-Authenticate"].startswith("Basic")
@@ -103,7 +207,7 @@ def test_the_seeds_snippets_work_unchanged(system: System, users: Users,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NETRC")  # the seed's requests.request must send its own Bearer header
     assert score_model(f"{system.url}/model/{A}/1/invocations", users.reader_token, ROWS) == [0]
-    with pytest.raises(Exception, match="status 403"):
+    with pytest.raises(Exception, match="status 404"):
         score_model(f"{system.url}/model/{B}/1/invocations", users.reader_token, ROWS)
     curl = subprocess.run(
         ["curl", "-s", "-u", f"token:{users.reader_token}", "-X", "POST", "-H",
@@ -121,18 +225,42 @@ def test_serving_api_follows_registry_permissions(system: System, users: Users) 
         return system.raw.post(url, json=params, auth=auth, timeout=30)
 
     bearer = _BearerAuth(users.reader_token)
-    for op in ("get-status", "list-versions", "list-version-aliases", "get-event-history"):
+    # A model the reader may not read is answered as one that does not exist, whatever is asked.
+    for op in ("get-status", "list-versions", "list-version-aliases", "get-event-history", "get-metric-history"):
         assert api("GET", op, bearer, registered_model_name=A).status_code == 200, op
-        _error(api("GET", op, bearer, registered_model_name=B), 403, "PERMISSION_DENIED")
+        hidden, missing = (api("GET", op, bearer, registered_model_name=m) for m in (B, NO_SUCH))
+        _error(missing, 404, "RESOURCE_DOES_NOT_EXIST")
+        assert _named(hidden, B) == _named(missing, NO_SUCH), op
     assert api("POST", "get-version-logs", bearer, registered_model_name=A,
                endpoint_version_name="1").status_code == 200
-    _error(api("POST", "get-version-logs", bearer, registered_model_name=B, endpoint_version_name="1"), 403,
-           "PERMISSION_DENIED")
+    hidden, missing = (api("POST", "get-version-logs", bearer, registered_model_name=m, endpoint_version_name="1")
+                       for m in (B, NO_SUCH))
+    _error(missing, 404, "RESOURCE_DOES_NOT_EXIST")
+    assert _named(hidden, B) == _named(missing, NO_SUCH)
+    for op in ("enable", "disable"):
+        assert _named(api("POST", op, bearer, registered_model_name=B), B) == _named(
+            api("POST", op, bearer, registered_model_name=NO_SUCH), NO_SUCH), op
+    # The pages too.
+    for page in ("model?name={}", "version?name={}&version=1", "example?name={}&version=1"):
+        hidden, missing = (system.raw.get(f"{system.url}/serving/{page.format(m)}", auth=users.reader, timeout=60)
+                           for m in (B, NO_SUCH))
+        assert hidden.status_code == missing.status_code == 404, (page, hidden.status_code)
+        assert hidden.text.replace(B, "?") == missing.text.replace(NO_SUCH, "?"), page
     listed = {e["registered_model_name"] for e in api("GET", "list", bearer).json()["endpoints"]}
     assert A in listed and B not in listed
     admin_listed = {e["registered_model_name"] for e in api("GET", "list", system.admin).json()["endpoints"]}
     assert {A, B} <= admin_listed
     _error(api("GET", "list", None), 401, "UNAUTHENTICATED")
+    # Without valid credentials nothing else is answered: not an unknown model, not a bad request.
+    for auth in (None, ("acl-reader", "wrong-password")):
+        for op, params in (("get-status", {"registered_model_name": NO_SUCH}), ("get-status", {}),
+                           ("get-status", {"registered_model_name": B}), ("no-such-op", {})):
+            _error(api("GET", op, auth, **params), 401, "UNAUTHENTICATED")
+        r = system.raw.post(f"{system.url}{API}/enable", data=b"{not json", auth=auth, timeout=30,
+                            headers={"Content-Type": "application/json"})
+        _error(r, 401, "UNAUTHENTICATED")
+        _error(system.raw.get(f"{system.url}/metrics", auth=auth, timeout=30), 401, "UNAUTHENTICATED")
+        assert system.raw.get(f"{system.url}/serving/model?name={NO_SUCH}", auth=auth, timeout=30).status_code == 401
     # READ is not enough to change serving.
     for op in ("enable", "disable"):
         _error(api("POST", op, bearer, registered_model_name=A), 403, "PERMISSION_DENIED")
@@ -244,7 +372,7 @@ def test_hostile_credentials_are_refused(system: System, users: Users, no_server
             assert status == 400 and b"BAD_REQUEST" in body, (path, pair, status)
     # Another user's valid token is that other user: the manager has no grant on B (default READ).
     assert _score(system, B, _bearer(other)).status_code == 200
-    assert _score(system, B, _bearer(tok)).status_code == 403
+    assert _score(system, B, _bearer(tok)).status_code == 404
 
 
 def test_paths_and_forged_headers_cannot_reach_another_model(system: System, users: Users,
@@ -256,11 +384,11 @@ def test_paths_and_forged_headers_cannot_reach_another_model(system: System, use
                  f"/model/{A}/..%2F{B}/1/invocations", f"/model/{A}%2F..%2F{B}/1/invocations",
                  f"/model/{A}/%2E%2E/{B}/1/invocations", f"/model/{B}/1/invocations?x=/model/{A}/1/invocations"):
         status, body = _raw_request(system, path, auth)
-        assert status in (400, 403, 404), (path, status, body[:200])
+        assert status in (400, 404), (path, status, body[:200])
     forged = [("X-Modelserve-Model", A), ("X-Original-URI", f"/model/{A}/1/invocations"),
               ("X-Modelserve-User", "admin"), ("X-Forwarded-User", "admin")]
     status, _ = _raw_request(system, f"/model/{B}/1/invocations", auth + forged)
-    assert status == 403
+    assert status == 404
     status, _ = _raw_request(system, f"/model/{A}/1/invocations", forged)
     assert status == 401
     # The check itself is not reachable through the gateway.
@@ -282,7 +410,7 @@ def test_a_removed_permission_stops_working_within_the_cache_time(system: System
     removed_at = time.monotonic()
     # Due within MODELSERVE_AUTH_CACHE_SECONDS (10 s, split between Nginx and the API workers);
     # the bound here is only "it happens" (see the revoked token above), the figure is printed.
-    system.wait_for("denied", lambda: _score(system, A, _bearer(token)).status_code == 403, timeout=120)
+    system.wait_for("denied", lambda: _score(system, A, _bearer(token)).status_code == 404, timeout=120)
     print(f"\nremoved permission refused {time.monotonic() - removed_at:.1f} s after the change (cache: 10 s)")
 
 

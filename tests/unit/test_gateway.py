@@ -149,3 +149,30 @@ def test_reloads_lose_no_request(gateway: Gateway, backends: list[str]) -> None:
         t.join(timeout=60)
     assert len(results) > 50
     assert set(results) == {"200"}, {c: results.count(c) for c in set(results)}
+
+
+def test_a_socket_left_by_a_killed_nginx_does_not_stop_a_start(gateway: Gateway, backends: list[int]) -> None:
+    """The gateway's own 404/503 come from a Unix socket in its prefix (nginx.conf.j2)."""
+    import os
+    import signal
+
+    gateway.apply_routes(table(backends, extra_pending=True))
+    master = gateway.pid()
+    assert master is not None and gateway.gate_socket.exists()
+    workers = gateway._workers(master)
+    for pid in (master, *workers):  # killed, as by the OOM killer: nothing cleans up
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{pid}").exists() for pid in (master, *workers)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gateway.gate_socket.exists()  # nobody removed it
+    gateway.start()
+    assert post(gateway, "/model/my%20model/3/invocations").status_code == 503
+    assert post(gateway, "/model/nothing/1/invocations").status_code == 404
+
+
+def test_a_data_dir_too_long_for_the_socket_is_said_plainly(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 120)
+    gw = Gateway(Settings(data_dir=deep, nginx_bin=shutil.which("nginx") or "/usr/sbin/nginx", auth=False))
+    with pytest.raises(GatewayConfigError, match="too long"):
+        gw.write_main()

@@ -1,4 +1,5 @@
-"""A real Nginx asking a stand-in access check: JSON 401/403, forged headers overwritten, decisions cached.
+"""A real Nginx asking a stand-in access check: 401 before anything, a model one may not read answered as
+one that does not exist, forged headers overwritten, decisions cached.
 
 The stand-in sends the ``Cache-Control`` the real check sends (``decision_cache_control``), so
 the freshness, background refresh and stale-if-error bounds tested here are the shipped ones.
@@ -69,8 +70,8 @@ class Recorder(BaseHTTPRequestHandler):
             self._send(503, cache=True)
         elif auth not in ("Bearer good", "Bearer other"):
             self._send(401, cache=True)
-        else:
-            self._send(200 if (auth, model) == ("Bearer good", "my%20model") else 403, cache=True)
+        else:  # as the real check: a path with no route (no model) needs only a valid credential
+            self._send(200 if model == "" or (auth, model) == ("Bearer good", "my%20model") else 403, cache=True)
 
     def log_message(self, *args: object) -> None:
         pass
@@ -94,7 +95,8 @@ def gateway(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Ga
     Recorder.answering.set()
     gw = Gateway(settings)
     gw.start()
-    routes = [ModelRoutes(name, (VersionRoute("1", "ready", f"127.0.0.1:{api_port}"),)) for name in ("my model", "b")]
+    routes = [ModelRoutes(name, (VersionRoute("1", "ready", f"127.0.0.1:{api_port}"), VersionRoute("2", "pending", None)),
+                          (("Production", "1"),), (("champion", "2"),)) for name in ("my model", "b")]
     gw.apply_routes(routes)
     Recorder.checks = []
     yield gw, api_port
@@ -103,10 +105,15 @@ def gateway(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Ga
     server.shutdown()
 
 
-def score(gw: Gateway, path: str, **headers: Any) -> requests.Response:
+def client() -> requests.Session:
+    """A session that sends exactly the headers given (no netrc)."""
     session = requests.Session()
     session.trust_env = False
-    return session.post(f"{gw.settings.gateway_url}{path}", data=b"[]", timeout=30,
+    return session
+
+
+def score(gw: Gateway, path: str, **headers: Any) -> requests.Response:
+    return client().post(f"{gw.settings.gateway_url}{path}", data=b"[]", timeout=30,
                         headers={"Content-Type": "application/json", **headers})
 
 
@@ -115,7 +122,7 @@ def test_decisions_become_json_and_the_credential_stays_at_the_gate(gateway: tup
     ok = score(gw, "/model/my%20model/1/invocations", Authorization="Bearer good")
     assert ok.status_code == 200 and ok.json() == {"authorization": None}  # not passed to the model
     r = score(gw, "/model/b/1/invocations", Authorization="Bearer good")
-    assert r.status_code == 403 and r.json()["error_code"] == "PERMISSION_DENIED"
+    assert r.status_code == 404 and r.json()["error_code"] == "RESOURCE_DOES_NOT_EXIST"
     r = score(gw, "/model/my%20model/1/invocations")
     assert r.status_code == 401 and r.json()["error_code"] == "UNAUTHENTICATED"
     assert r.headers["WWW-Authenticate"].startswith("Basic")
@@ -127,13 +134,13 @@ def test_the_model_comes_from_the_route_not_the_client(gateway: tuple[Gateway, i
     gw, _ = gateway
     r = score(gw, "/model/b/1/invocations", Authorization="Bearer good", **{
         "X-Modelserve-Model": "my%20model", "X-Original-URI": "/model/my%20model/1/invocations"})
-    assert r.status_code == 403
+    assert r.status_code == 404
     check = Recorder.checks[-1]
     assert check["X-Modelserve-Model"] == "b" and check.get("X-Original-URI", "") == ""
     # Encoded and doubled slashes name the model their decoded path names.
     assert score(gw, "//model/my%20model/1/invocations", Authorization="Bearer good").status_code == 200
-    assert score(gw, "/model/%62/1/invocations", Authorization="Bearer good").status_code == 403
-    assert score(gw, "/model/my%20model/../b/1/invocations", Authorization="Bearer good").status_code == 403
+    assert score(gw, "/model/%62/1/invocations", Authorization="Bearer good").status_code == 404
+    assert score(gw, "/model/my%20model/../b/1/invocations", Authorization="Bearer good").status_code == 404
 
 
 # Fresh for a minute: fifteen requests on a loaded machine must not outlast a decision, whose
@@ -143,14 +150,84 @@ def test_decisions_are_cached_per_credential_and_model(gateway: tuple[Gateway, i
     gw, _ = gateway
     for _ in range(5):
         assert score(gw, "/model/my%20model/1/invocations", Authorization="Bearer good").status_code == 200
-        assert score(gw, "/model/b/1/invocations", Authorization="Bearer good").status_code == 403
-        assert score(gw, "/model/b/1/invocations", Authorization="Bearer other").status_code == 403
+        assert score(gw, "/model/b/1/invocations", Authorization="Bearer good").status_code == 404
+        assert score(gw, "/model/b/1/invocations", Authorization="Bearer other").status_code == 404
     assert len(Recorder.checks) == 3  # one per (credential, model) while the decision is cached
     # An unavailable check is not cached.
     for _ in range(2):
         assert score(gw, "/model/b/1/invocations", Authorization="Bearer down").status_code == 503
     assert len(Recorder.checks) == 5
 
+
+
+def answer(r: requests.Response) -> tuple[int, bytes, dict[str, str]]:
+    """What a client can tell apart: status, body bytes and headers (but the clock's Date)."""
+    return r.status_code, r.content, {k.lower(): v for k, v in r.headers.items() if k.lower() != "date"}
+
+
+# Paths with no route, one whose version is still being deployed (stage and alias of it too),
+# and a ready version's: without valid credentials they must all answer the same 401.
+NO_ROUTE = ("/model/nothing/1/invocations", "/model/my%20model/9/invocations", "/model/my%20model/1/ping",
+            "/model/", "/model/x", "/model/%ff/x", "/model/my%20model/1/invocations/../../../b")
+PENDING = ("/model/my%20model/2/invocations", "/model/my%20model/@champion/invocations")
+
+
+def test_without_valid_credentials_every_model_path_is_401_first(gateway: tuple[Gateway, int]) -> None:
+    gw, _ = gateway
+    first = None
+    for path in (*NO_ROUTE, *PENDING, GOOD[0], "/model/my%20model/Production/invocations"):
+        for headers in ({}, {"Authorization": "Bearer wrong"}):
+            r = score(gw, path, **headers)
+            assert r.status_code == 401 and r.json()["error_code"] == "UNAUTHENTICATED", (path, headers, r.text)
+            assert r.headers["WWW-Authenticate"].startswith("Basic")
+            first = first or answer(r)
+            assert answer(r) == first, path
+    # Other methods too: nothing is answered before the check.
+    session = client()
+    for method in ("GET", "PUT", "DELETE", "HEAD"):
+        for path in (NO_ROUTE[0], PENDING[0]):
+            assert session.request(method, f"{gw.settings.gateway_url}{path}", timeout=30).status_code == 401
+
+
+def test_a_model_one_may_not_read_answers_exactly_like_no_model(gateway: tuple[Gateway, int]) -> None:
+    gw, _ = gateway
+    nothing = answer(score(gw, "/model/nothing/1/invocations", Authorization="Bearer good"))
+    assert nothing[0] == 404 and json.loads(nothing[1])["error_code"] == "RESOURCE_DOES_NOT_EXIST"
+    assert nothing[2]["content-type"] == "application/json" and "retry-after" not in nothing[2]
+    for path in NO_ROUTE:
+        assert answer(score(gw, path, Authorization="Bearer good")) == nothing, path
+    # "b" is served (v1 ready, v2 pending, a stage and an alias): for a caller without READ every
+    # path of it is the answer above, byte for byte.
+    for path in ("/model/b/1/invocations", "/model/b/2/invocations", "/model/b/Production/invocations",
+                 "/model/b/@champion/invocations", "/model/b/9/invocations"):
+        assert answer(score(gw, path, Authorization="Bearer good")) == nothing, path
+    # A reader of the model gets the truth: pending is a 503 with Retry-After.
+    for path in PENDING:
+        r = score(gw, path, Authorization="Bearer good")
+        assert r.status_code == 503 and r.headers["Retry-After"] == "5", path
+        assert r.json()["error_code"] == "TEMPORARILY_UNAVAILABLE"
+    assert score(gw, "/model/my%20model/Production/invocations", Authorization="Bearer good").status_code == 200
+    # The gateway's own answers hold for every method and for the largest body it accepts.
+    session = client()
+    for method in ("GET", "PUT", "DELETE"):
+        r = session.request(method, f"{gw.settings.gateway_url}/model/nothing/1/invocations", timeout=30,
+                            headers={"Authorization": "Bearer good"})
+        assert r.status_code == 404 and r.content == nothing[1], method
+    big = session.post(f"{gw.settings.gateway_url}/model/nothing/1/invocations", data=b"x" * (16 * 1024 * 1024 - 10),
+                       headers={"Authorization": "Bearer good"}, timeout=60)
+    assert answer(big) == nothing
+
+
+@pytest.mark.cache_seconds(120)
+def test_paths_with_no_route_share_one_decision_per_credential(gateway: tuple[Gateway, int]) -> None:
+    gw, _ = gateway
+    for path in NO_ROUTE:
+        assert score(gw, path, Authorization="Bearer good").status_code == 404
+        assert score(gw, path, Authorization="Bearer wrong").status_code == 401
+    assert len(Recorder.checks) == 2 and {c.get("X-Modelserve-Model", "") for c in Recorder.checks} == {""}
+    # A model's decision is its own: the credential's "no route" decision does not stand in for it.
+    assert score(gw, "/model/b/1/invocations", Authorization="Bearer good").status_code == 404
+    assert len(Recorder.checks) == 3 and Recorder.checks[-1]["X-Modelserve-Model"] == "b"
 
 
 def wait_for_checks(n: int, timeout: float = 60.0) -> None:
@@ -215,17 +292,17 @@ def test_known_callers_keep_scoring_while_the_check_is_unreachable(gateway: tupl
     """The API restarting: Nginx keeps its decisions (stale-if-error), new callers wait outside."""
     gw, _ = gateway
     assert score(gw, GOOD[0], Authorization=GOOD[1]).status_code == 200
-    assert score(gw, "/model/b/1/invocations", Authorization="Bearer good").status_code == 403
+    assert score(gw, "/model/b/1/invocations", Authorization="Bearer good").status_code == 404
     Recorder.outage = "drop"
     # Fresh, in the refresh window, and past it (2 s fresh + 2 s stale-while-revalidate).
     for wait in (0.0, 2.5, 2.5):
         time.sleep(wait)
         assert score(gw, GOOD[0], Authorization=GOOD[1]).status_code == 200, f"after {wait} s"
-        assert score(gw, "/model/b/1/invocations", Authorization="Bearer good").status_code == 403
+        assert score(gw, "/model/b/1/invocations", Authorization="Bearer good").status_code == 404
     r = score(gw, GOOD[0], Authorization="Bearer other")
     assert r.status_code == 503 and r.json()["error_code"] == "TEMPORARILY_UNAVAILABLE"
     Recorder.outage = ""
-    assert score(gw, GOOD[0], Authorization="Bearer other").status_code == 403
+    assert score(gw, GOOD[0], Authorization="Bearer other").status_code == 404
 
 
 def test_a_check_that_cannot_decide_is_not_overruled(gateway: tuple[Gateway, int]) -> None:

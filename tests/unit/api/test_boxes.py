@@ -62,7 +62,8 @@ def test_a_reader_may_not_change_it(api: Any) -> None:
     client, store = api
     assert "needs MANAGE" in error(update(client, READER, network_access=True), 403, "PERMISSION_DENIED")
     error(update(client, READER, memory_mb=1), 403, "PERMISSION_DENIED")  # permission before validation
-    error(client.get(f"{BOXES}/get-box?registered_model_name=other", headers=READER), 403, "PERMISSION_DENIED")
+    # A model one may not read is one that does not exist.
+    error(client.get(f"{BOXES}/get-box?registered_model_name=other", headers=READER), 404, "RESOURCE_DOES_NOT_EXIST")
     error(client.get(f"{BOXES}/get-box?registered_model_name=iris"), 401, "UNAUTHENTICATED")
     assert store.box_settings("iris").updated == 0 and store.events("iris") == []
 

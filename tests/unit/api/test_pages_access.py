@@ -23,7 +23,9 @@ def client(tmp_path: Path) -> FlaskClient:
 
 
 def test_pages_ask_for_credentials(client: FlaskClient) -> None:
-    for url in ("/serving/", "/serving/model?name=open", "/serving/example?name=open&version=1"):
+    for url in ("/serving/", "/serving/model?name=open", "/serving/example?name=open&version=1",
+                "/serving/model?name=ghost", "/serving/version?name=secret&version=9", "/serving/example?name=x",
+                "/serving/no-such-page"):
         r = client.get(url)
         assert r.status_code == 401, url
         assert r.headers["WWW-Authenticate"] == 'Basic realm="modelserve"'
@@ -35,9 +37,15 @@ def test_a_reader_sees_only_what_they_may_read(client: FlaskClient) -> None:
     html = client.get("/serving/", headers=READER).get_data(as_text=True)
     assert 'data-model="open"' in html and 'data-model="secret"' not in html
     assert "signed in as reader" in html
-    assert client.get("/serving/model?name=secret", headers=READER).status_code == 403
-    assert client.get("/serving/version?name=secret&version=1", headers=READER).status_code == 403
-    assert client.get("/serving/example?name=secret&version=1", headers=READER).status_code == 403
+    # A model the reader may not read is, to them, one that does not exist: the same 404 page.
+    for url in ("/serving/model?name={}", "/serving/model?name={}&partial=1", "/serving/model?name={}&tab=events",
+                "/serving/version?name={}&version=1", "/serving/example?name={}&version=1"):
+        hidden, missing = client.get(url.format("secret"), headers=READER), client.get(url.format("ghost"), headers=READER)
+        assert hidden.status_code == missing.status_code == 404, url
+        assert hidden.get_data(as_text=True).replace("secret", "?") == missing.get_data(as_text=True).replace(
+            "ghost", "?"), url
+        assert hidden.content_type == missing.content_type
+    assert client.get("/serving/version?name=secret&version=1", headers=ROOT).status_code == 200
     page = client.get("/serving/model?name=open", headers=READER)
     assert page.status_code == 200
     assert "Stop" not in page.get_data(as_text=True).split("<main>", 1)[1].split("<script>", 1)[0]
