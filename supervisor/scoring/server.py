@@ -613,6 +613,9 @@ def prefork(server: Server, workers: int, handoff_dir: Path | None = None,
     def spawn() -> None:
         pid = os.fork()
         if pid == 0:
+            # The parent's handler is not the worker's: serve() installs the worker's own.
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
             offer = None
             try:
                 if handoff_dir is not None:
@@ -629,21 +632,22 @@ def prefork(server: Server, workers: int, handoff_dir: Path | None = None,
                 os._exit(RETIRED if server.retiring else 0)
         children[pid] = time.monotonic()
 
-    for _ in range(workers):
-        spawn()
-    handoff.retire(previous or [])
-
     def _stop(*_: Any) -> None:
         nonlocal stopping
         stopping = True
-        for child in children:
+        for child in list(children):
             try:
                 os.kill(child, signal.SIGTERM)
             except ProcessLookupError:
                 pass
 
+    # Before the first fork: a stop that comes as soon as a worker answers must find the handler.
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    for _ in range(workers):
+        if not stopping:
+            spawn()
+    handoff.retire(previous or [])
     backoff = 0.0
     while children:
         try:
