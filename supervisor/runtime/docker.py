@@ -376,6 +376,9 @@ class DockerRuntime:
                 for d in (state_dir, socket_dir):
                     shutil.rmtree(d, ignore_errors=True)
                 (state_dir / "versions").mkdir(parents=True)
+                # Above the container's own (the gateway's and supervisor's) nobody else may enter:
+                # a local process running as "nobody" must not read a shared-uid model's files.
+                self._model_dir(model).chmod(0o700)
                 write_json(state_dir / "spec.json", self._spec(model, versions))
                 # The model directory of sockets is the gateway's alone; each container's own below it.
                 socket_dir.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
