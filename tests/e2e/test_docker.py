@@ -159,6 +159,18 @@ def test_the_container_is_the_models_box(dsystem: System, iris: pd.DataFrame) ->
                               timeout=30).returncode == 3
     assert answer(f"{dsystem.url}/model/{quote(NAME)}/2/invocations", rows) is not None
 
+    # The memory limit holds, and the runtime finds the kernel's kills where it looks for them: a
+    # process beside the scoring servers that grows past the limit is the one killed, the
+    # servers go on.
+    from supervisor.runtime.docker import oom_kills
+
+    before = oom_kills(container["id"]) or 0
+    grow = "x = []\nwhile True:\n    x.append(bytearray(64 << 20))\n"
+    hog = subprocess.run(["docker", "exec", container["id"], "python3", "-c", grow], capture_output=True, timeout=120)
+    assert hog.returncode == 137, hog
+    assert (oom_kills(container["id"]) or 0) > before
+    assert answer(f"{dsystem.url}/model/{quote(NAME)}/2/invocations", rows) is not None
+
 
 def test_a_version_whose_build_fails_is_failed_alone(dsystem: System, dregister: Callable[..., str],
                                                       iris: pd.DataFrame) -> None:
