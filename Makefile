@@ -18,6 +18,10 @@ system-packages:
 	@command -v nginx >/dev/null 2>&1 || command -v /usr/sbin/nginx >/dev/null 2>&1 || { \
 	  echo "installing nginx (apt)"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nginx >/dev/null; }
+	@# Every served model runs in a bubblewrap box (supervisor/isolation/sandbox.py).
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  echo "installing bubblewrap (apt; the box each served model runs in)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq bubblewrap >/dev/null; }
 
 test-system-packages:
 	@{ command -v wrk && command -v curl; } >/dev/null 2>&1 || { \

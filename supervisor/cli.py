@@ -235,6 +235,83 @@ def logs(ctx: click.Context, name: str, version: str) -> None:
     sys.stdout.write(body["logs"] + "\n")
 
 
+BOXES = "/api/2.0/modelserve/served-models"
+
+
+class OrDefault(click.ParamType):
+    """A number, or ``default`` (sent as null: back to the settings' default)."""
+
+    name = "number|default"
+
+    def __init__(self, kind: type[int] | type[float]) -> None:
+        self.kind = kind
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value is None or isinstance(value, (int, float)) and not isinstance(value, bool):
+            return value
+        if str(value).lower() == "default":
+            return None
+        try:
+            return self.kind(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a number nor 'default'", param, ctx)
+
+
+_BOX_LINES = (("network_access", "network", lambda v: "on" if v else "off"),
+              ("memory_mb", "memory", lambda v: f"{v} MiB"),
+              ("cpus", "cpus", lambda v: f"{v:g}"),
+              ("max_processes", "processes", str))
+
+
+def _print_box(name: str, box: dict[str, Any]) -> None:
+    defaults = set(box.get("using_defaults", ()))
+    if box.get("identity") == "own_uid":
+        who = f"uid {box['uid']}" if box.get("uid") is not None else "its own uid, given when it is first served"
+    else:
+        who = "the supervisor's user, in a user-namespace sandbox"
+    click.echo(f"{name}: runs as {who}")
+    if box.get("identity_error"):
+        click.echo(f"  NOT STARTED: {box['identity_error']}")
+    for key, label, shown in _BOX_LINES:
+        click.echo(f"  {label:<10} {shown(box[key])}{'  (default)' if key in defaults else ''}")
+    click.echo(f"  {'tmp':<10} {box['tmp_mb']} MiB")
+    if box.get("updated_by"):
+        click.echo(f"  last changed by {box['updated_by']} at {_ts(box['update_time'])}")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--network", type=click.Choice(["on", "off"]), default=None, help="Outbound network for the model.")
+@click.option("--memory-mb", type=OrDefault(int), default=None, help="Memory of the model's host, MiB, or 'default'.")
+@click.option("--cpus", type=OrDefault(float), default=None, help="Cores' worth of CPU time, or 'default'.")
+@click.option("--max-processes", type=OrDefault(int), default=None, help="Processes and threads, or 'default'.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def box(ctx: click.Context, name: str, network: str | None, memory_mb: int | None, cpus: float | None,
+        max_processes: int | None, as_json: bool) -> None:
+    """The box NAME runs in (its identity, limits and network); with options, change it (needs MANAGE).
+
+    A change restarts the model's host in the new box at the reconciler's next tick.
+    """
+    c = _client(ctx)
+    change: dict[str, Any] = {}
+    if network is not None:
+        change["network_access"] = network == "on"
+    # An option left out is not sent (unchanged); "default" is sent as null.
+    given = ctx.get_parameter_source
+    for key, value in (("memory_mb", memory_mb), ("cpus", cpus), ("max_processes", max_processes)):
+        if given(key) == click.core.ParameterSource.COMMANDLINE:
+            change[key] = value
+    if change:
+        body = c.call("POST", "update-box", api=BOXES, registered_model_name=name, **change)
+    else:
+        body = c.call("GET", "get-box", api=BOXES, registered_model_name=name)
+    if as_json:
+        click.echo(json.dumps(body["box"], indent=2))
+        return
+    _print_box(name, body["box"])
+
+
 TOKENS = "/api/2.0/modelserve/tokens"
 
 

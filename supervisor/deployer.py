@@ -114,10 +114,13 @@ class Deployer:
                 launched = True  # a restarted reconciler resumes at the health check
             else:
                 self._prepare(model, rv, log)
+                # Before anything is launched: a model that cannot have its box (no uid left)
+                # fails this version with that reason, and the failure launches nothing either.
+                box = box_for(self.store, self.settings, model)
                 launched = True
                 with self.host_lock(model):
                     self._still_wanted(model, version)
-                    self.runtime.apply_host(model, launches(self.store, model), box_for(self.store, self.settings, model))
+                    self.runtime.apply_host(model, launches(self.store, model), box)
             self._wait_healthy(model, version, log)
             self._still_wanted(model, version)
             self.publish(model, version, READY, "")

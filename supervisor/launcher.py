@@ -32,6 +32,8 @@ from typing import IO
 from supervisor import webhooks
 from supervisor.auth import bootstrap
 from supervisor.gateway import Gateway
+from supervisor.isolation.capabilities import machine_capabilities
+from supervisor.runtime import sockets
 from supervisor.settings import Settings
 from supervisor.stopping import Leftovers, StopSignals, alive_pids, down_message, stop_model_hosts, tolerant
 from supervisor.store import Store
@@ -202,10 +204,23 @@ class Launcher:
             d.mkdir(parents=True, exist_ok=True)
         if shutil.which(s.nginx_bin) is None and not Path(s.nginx_bin).exists():
             raise SystemExit(f"nginx not found ({s.nginx_bin}); install it (make setup does) and retry")
+        if s.sandbox not in ("bwrap", "off"):
+            raise SystemExit(f"MODELSERVE_SANDBOX={s.sandbox!r}: use bwrap (the default) or off")
+        if s.sandbox == "bwrap" and s.runtime == "process" and shutil.which("bwrap") is None:
+            raise SystemExit("bubblewrap (bwrap) not found: every model runs in a box of its own; install it "
+                             "(make setup does: apt-get install bubblewrap) or, for local play only, "
+                             "set MODELSERVE_SANDBOX=off")
+        if s.sandbox == "off":
+            self.echo("MODEL CODE IS NOT CONFINED (MODELSERVE_SANDBOX=off): a served model can read and do "
+                      "whatever this user can")
+        too_long = sockets.check_length(s.sockets_dir.resolve())
+        if too_long:
+            raise SystemExit(too_long)
         if self.external:
             self.echo(f"using the MLflow tracking server at {self.external}")
         if not s.auth:
             self.echo("AUTHENTICATION IS OFF (MODELSERVE_AUTH=off): anyone who reaches the gateway may do anything")
+        self.report_isolation()
         # The schema before any child: they all open the store at once (each copes, but need not).
         Store(s.resolved_store_url).engine.dispose()
         self.children = self._children()
@@ -237,6 +252,11 @@ class Launcher:
         self.echo(f"modelserve is up: gateway {s.gateway_url}\n"
                   f"  export MLFLOW_TRACKING_URI={s.gateway_url}   # register, serve and score through it\n"
                   f"  data in {s.data_dir}; logs in {s.logs_dir}")
+
+    def report_isolation(self) -> None:
+        """One line per part of a model's box this machine cannot hold (none when all can)."""
+        for missing in machine_capabilities(self.settings.sandbox).not_enforced():
+            self.echo(f"isolation: {missing.detail}")
 
     def _write_state(self) -> None:
         state = {

@@ -46,6 +46,7 @@ from supervisor.store import (
     VERSION_UPDATE,
     Deployment,
     Store,
+    UidRangeExhausted,
 )
 
 log = logging.getLogger("modelserve.reconciler")
@@ -79,11 +80,13 @@ class Reconciler:
         self.deployer = Deployer(settings, self.store, self.registry, self.runtime, self.host_lock, self.wake,
                                  self.publish)
         self.scheduler: BackgroundScheduler | None = None
-        self._applied: dict[str, tuple[Any, ...]] = {}  # model -> launches last given to its host
+        self._applied: dict[str, tuple[Any, ...]] = {}  # model -> (launches, box) last given to its host
         self._seen_restarts: dict[tuple[str, str], int] = {}
         self._seen_host_restarts: dict[str, int] = {}
+        self._seen_oom: dict[str, int] = {}
         self._host_failures: dict[str, tuple[int, float]] = {}  # model -> (count, not before)
         self._rejected_reported: set[str] = set()
+        self._box_problems: dict[str, str] = {}  # model -> why its box cannot be worked out
 
     def host_lock(self, model: str) -> threading.Lock:
         return self._host_locks[model]
@@ -203,13 +206,25 @@ class Reconciler:
 
     def _supervise_host(self, model: str) -> None:
         wanted = launches(self.store, model)
-        key = tuple(sorted((v.version, str(v.python), str(v.model_dir), v.port) for v in wanted))
+        try:
+            box = box_for(self.store, self.settings, model)
+        except UidRangeExhausted as exc:
+            # This model cannot get an identity of its own: it is not started without one, and
+            # the other models are supervised as usual. Said once, not every tick.
+            if self._box_problems.get(model) != str(exc):
+                self._box_problems[model] = str(exc)
+                self.store.add_event(model, MODEL_UPDATE, f"Model host not started: {exc}")
+            return
+        self._box_problems.pop(model, None)
+        # The box is part of what the host was given: a MANAGE user's change of it reaches the
+        # runtime at the next tick (which starts the host anew in the new box).
+        key = (tuple(sorted((v.version, str(v.python), str(v.model_dir), v.port) for v in wanted)), box)
         state = self.runtime.host_state(model)
         if state is None or not state.alive:
             count, not_before = self._host_failures.get(model, (0, 0.0))
             if time.monotonic() < not_before:
                 return
-            self.runtime.apply_host(model, wanted, box_for(self.store, self.settings, model))
+            self.runtime.apply_host(model, wanted, box)
             self._applied[model] = key
             # Scoring servers outlive their host and the new one adopts them: a version whose
             # server still runs keeps serving as it was. The others are loading again: until they
@@ -234,7 +249,7 @@ class Reconciler:
                                      f"restarted it (restart {count}){still}")
             return
         if self._applied.get(model) != key:
-            self.runtime.apply_host(model, wanted, box_for(self.store, self.settings, model))
+            self.runtime.apply_host(model, wanted, box)
             self._applied[model] = key
         count, _ = self._host_failures.get(model, (0, 0.0))
         if count:
@@ -245,13 +260,27 @@ class Reconciler:
             self.store.add_event(model, MODEL_UPDATE,
                                  f"Model host {state.host_last_exit or 'exited'}; a new one was started in its "
                                  f"place and its scoring servers kept serving (restart {state.host_restarts})")
+        seen_oom = self._seen_oom.get(model)
+        self._seen_oom[model] = state.oom_kills
+        oom = seen_oom is not None and state.oom_kills > seen_oom
+        limit = f" (limit {state.memory_limit_mib} MiB)" if state.memory_limit_mib else ""
+        restarted = False
         for version, proc in state.versions.items():
             seen = self._seen_restarts.get((model, version))
             self._seen_restarts[(model, version)] = proc.restarts
             if seen is not None and proc.restarts > seen:
+                why = proc.last_exit or "exited"
+                if oom and "SIGKILL" in why:
+                    why, restarted = f"was killed: out of memory{limit}", True
                 self.store.add_event(model, VERSION_UPDATE,
-                                     f"Scoring server of version {version} {proc.last_exit or 'exited'}; "
+                                     f"Scoring server of version {version} {why}; "
                                      f"restarted by the model host (restart {proc.restarts})", version)
+        if oom and not restarted:
+            # A forked worker killed for the memory limit is forked again by its server, which
+            # itself lives on: no restart to report, but the kill is said all the same.
+            self.store.add_event(model, MODEL_UPDATE,
+                                 f"Out of memory{limit}: the kernel killed {state.oom_kills - (seen_oom or 0)} "
+                                 "process(es) of this model; what was killed is started again")
 
     # --- routes --------------------------------------------------------------------------
     def publish(self, model: str, version: str, state: str, message: str = "") -> None:

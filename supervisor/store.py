@@ -1,4 +1,5 @@
-"""The supervisor's durable memory: enabled models, per-version deployments, events, tokens, settings.
+"""The supervisor's durable memory: enabled models, per-version deployments, events, tokens, settings,
+and each served model's box (its own settings and its uid).
 
 Everything that must survive a restart of every process lives here, never only in memory.
 SQLAlchemy Core keeps it portable: SQLite (WAL, busy timeout, so several API workers and the
@@ -10,14 +11,15 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     Boolean,
     Column,
+    Float,
     Integer,
     MetaData,
     String,
@@ -34,6 +36,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.types import BigInteger
+
+T = TypeVar("T")
 
 metadata = MetaData()
 
@@ -90,6 +94,32 @@ tokens = Table(
     Column("created", BigInteger, nullable=False),
     Column("expires", BigInteger, nullable=True),
     Column("revoked", BigInteger, nullable=True),
+)
+
+# A served model's own box settings, which only MANAGE users change (never registry tags, which EDIT
+# users can set). NULL: the settings' default. Kept when serving is disabled, so enabling it again
+# brings the same box back. A new table, so create_all adds it to an existing database.
+model_boxes = Table(
+    "model_boxes",
+    metadata,
+    Column("model", String(512), primary_key=True),
+    Column("network", Boolean, nullable=False, default=False),
+    Column("memory_mb", Integer, nullable=True),
+    Column("cpus", Float, nullable=True),
+    Column("max_processes", Integer, nullable=True),
+    Column("updated", BigInteger, nullable=False),
+    Column("updated_by", String(256), nullable=False, default=""),
+)
+
+# The system uid (and gid, the same number) of each served model when the supervisor runs as root.
+# Never freed: a uid given to one model and later to another would hand the second one whatever
+# the first left owned by it.
+model_uids = Table(
+    "model_uids",
+    metadata,
+    Column("model", String(512), primary_key=True),
+    Column("uid", Integer, nullable=False, unique=True),
+    Column("allocated", BigInteger, nullable=False),
 )
 
 # Version states, as the legacy API names them.
@@ -149,6 +179,25 @@ class TokenRecord:
     created: int
     expires: int | None
     revoked: int | None
+
+
+@dataclass(frozen=True)
+class BoxSettings:
+    """A served model's own box settings; None means the settings' default."""
+
+    network: bool = False
+    memory_mb: int | None = None
+    cpus: float | None = None
+    max_processes: int | None = None
+    updated: int = 0
+    updated_by: str = ""
+
+
+BOX_FIELDS = ("network", "memory_mb", "cpus", "max_processes")
+
+
+class UidRangeExhausted(RuntimeError):
+    """Every uid of MODELSERVE_MODEL_UID_START..END is taken: no new model can get its own."""
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -312,14 +361,7 @@ class Store:
         Two deploys choosing at once can both read the same port as unused (neither holds a
         write lock while it reads); the unique column refuses the second, which then chooses
         again from what is now recorded."""
-        for attempt in range(20):
-            try:
-                return self._allocate_port_once(model, version, start, end, is_free)
-            except IntegrityError:
-                if attempt == 19:
-                    raise
-                time.sleep(0.01 * (attempt + 1))
-        raise AssertionError("not reached")
+        return _retrying(lambda: self._allocate_port_once(model, version, start, end, is_free))
 
     def _allocate_port_once(self, model: str, version: str, start: int, end: int, is_free: Any) -> int:
         with self._tx() as c:
@@ -334,6 +376,62 @@ class Store:
                 c.execute(update(deployments).where(where).values(port=port, updated=now_ms()))
                 return port
         raise RuntimeError(f"no free port left in {start}-{end}")
+
+    # --- boxes ---------------------------------------------------------------------------
+    def box_settings(self, model: str) -> BoxSettings:
+        with self._tx() as c:
+            r = c.execute(select(model_boxes).where(model_boxes.c.model == model)).first()
+        if r is None:
+            return BoxSettings()
+        return BoxSettings(network=bool(r.network), memory_mb=r.memory_mb, cpus=r.cpus,
+                           max_processes=r.max_processes, updated=r.updated, updated_by=r.updated_by or "")
+
+    def update_box_settings(self, model: str, changes: dict[str, Any], by: str) -> BoxSettings:
+        """Sets the ``BOX_FIELDS`` in ``changes`` (None: back to the default); the others stay."""
+        unknown = set(changes) - set(BOX_FIELDS)
+        if unknown:
+            raise ValueError(f"not box settings: {sorted(unknown)}")
+        values = {**changes, "updated": now_ms(), "updated_by": by}
+
+        def once() -> None:
+            # Two API workers saving the first settings of a model at once: the primary key
+            # refuses the second insert, whose retry then finds the row and updates it.
+            with self._tx() as c:
+                where = model_boxes.c.model == model
+                if c.execute(update(model_boxes).where(where).values(**values)).rowcount == 0:
+                    c.execute(insert(model_boxes).values(model=model, **values))
+
+        _retrying(once)
+        return self.box_settings(model)
+
+    def model_uid(self, model: str) -> int | None:
+        with self._tx() as c:
+            row = c.execute(select(model_uids.c.uid).where(model_uids.c.model == model)).first()
+        return int(row[0]) if row else None
+
+    def allocate_uid(self, model: str, start: int, end: int, is_free: Callable[[int], bool] | None = None) -> int:
+        """The model's own uid: the one it has, else the lowest unused one of ``start..end``.
+
+        Race-safe like ``allocate_port``: two processes choosing at once can read the same uid as
+        unused; the unique column refuses the second, which chooses again (and a second
+        allocation for the same model meets the primary key and then finds the first's uid)."""
+        return _retrying(lambda: self._allocate_uid_once(model, start, end, is_free))
+
+    def _allocate_uid_once(self, model: str, start: int, end: int, is_free: Callable[[int], bool] | None) -> int:
+        with self._tx() as c:
+            row = c.execute(select(model_uids.c.uid).where(model_uids.c.model == model)).first()
+            if row:
+                return int(row[0])
+            used = {r[0] for r in c.execute(select(model_uids.c.uid).where(
+                and_(model_uids.c.uid >= start, model_uids.c.uid <= end)))}
+            for uid in range(start, end + 1):
+                if uid in used or (is_free is not None and not is_free(uid)):
+                    continue
+                c.execute(insert(model_uids).values(model=model, uid=uid, allocated=now_ms()))
+                return uid
+        raise UidRangeExhausted(
+            f"no free uid left for model {model!r} in {start}-{end} ({len(used)} already given to served "
+            "models, which keep theirs): widen MODELSERVE_MODEL_UID_START/MODELSERVE_MODEL_UID_END")
 
     # --- tokens --------------------------------------------------------------------------
     def add_token(self, token_id: str, owner: str, comment: str, token_hash: str, created: int,
@@ -374,6 +472,19 @@ class Store:
         with self._tx() as c:
             row = c.execute(select(meta.c.value).where(meta.c.key == key)).first()
         return row[0] if row else None
+
+
+def _retrying(once: Callable[[], T], attempts: int = 20) -> T:
+    """``once()`` again, after a short wait, when a unique constraint refused what it wrote
+    (another process wrote first; what it wrote is then there to be read)."""
+    for attempt in range(attempts):
+        try:
+            return once()
+        except IntegrityError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.01 * (attempt + 1))
+    raise AssertionError("not reached")
 
 
 def _version_key(version: str) -> tuple[int, str]:

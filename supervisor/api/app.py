@@ -10,11 +10,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from typing import Any
 
 from flask import Flask, Response, jsonify, request
 
-from supervisor.api import auth, errors, legacy, monitoring, openapi, pages
+from supervisor.api import auth, boxes, errors, legacy, monitoring, openapi, pages
 from supervisor.auth.access import Access
+from supervisor.isolation.capabilities import machine_capabilities
 from supervisor.reconciler import send_wake
 from supervisor.registry import Registry
 from supervisor.runtime import make_runtime
@@ -47,6 +49,7 @@ def create_app(
     errors.register(app)
     for prefix in legacy.PREFIXES:
         app.register_blueprint(legacy.make_blueprint(prefix))
+    app.register_blueprint(boxes.bp)
     app.register_blueprint(monitoring.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(auth.check_blueprint())
@@ -60,10 +63,12 @@ def create_app(
         # while the registry (and so every sign-in) is away, which is when it is most wanted.
         # The registry's state is the reconciler's last reading (it asks every tick).
         problem = registry_error(store)
-        body = {"status": "ok", "auth": "on" if settings.auth else "off",
-                "registry": "unreachable" if problem else "reachable"}
+        body: dict[str, Any] = {"status": "ok", "auth": "on" if settings.auth else "off",
+                                "registry": "unreachable" if problem else "reachable"}
         if problem:
             body["registry_error"] = problem
+        # What this machine can enforce of a model's box (probed once per worker).
+        body["isolation"] = machine_capabilities(settings.sandbox).to_json()
         return jsonify(body)
 
     @app.post("/api/2.0/modelserve/webhook")

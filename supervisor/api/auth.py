@@ -20,11 +20,11 @@ also served under ``/api/2.0/modelserve/tokens/``. Creating a token needs the ML
 
 from __future__ import annotations
 
-from typing import Any
 from urllib.parse import unquote
 
 from flask import Blueprint, Response, current_app, g, jsonify, make_response, request
 
+from supervisor.api.body import json_body
 from supervisor.api.errors import ApiError
 from supervisor.auth import tokens
 from supervisor.auth.access import Access, Principal
@@ -83,15 +83,6 @@ def decision_cache_control(status: int, settings: Settings) -> str:
             f"stale-if-error={max(0, int(settings.auth_stale_seconds))}")
 
 
-def _body() -> dict[str, Any]:
-    if not request.data:
-        return {}
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise ApiError("MALFORMED_REQUEST", "The request body must be a JSON object")
-    return body
-
-
 def _auth_on() -> None:
     if not access().enabled:
         raise ApiError("BAD_REQUEST", "Authentication is off (MODELSERVE_AUTH=off): there are no tokens to manage")
@@ -108,7 +99,7 @@ def token_blueprint(prefix: str) -> Blueprint:
         if who.via != "password":
             raise ApiError("PERMISSION_DENIED", "Creating a token needs your MLflow username and password "
                                                 "(Basic auth), not a token", 403)
-        body = _body()
+        body = json_body()
         lifetime = body.get("lifetime_seconds")
         comment = body.get("comment", "")
         if lifetime is not None and (isinstance(lifetime, bool) or not isinstance(lifetime, (int, float))):
@@ -133,7 +124,7 @@ def token_blueprint(prefix: str) -> Blueprint:
     def delete() -> Response:
         _auth_on()
         who = caller()
-        token_id = _body().get("token_id")
+        token_id = json_body().get("token_id")
         if not isinstance(token_id, str) or not token_id:
             raise ApiError("INVALID_PARAMETER_VALUE", "Missing required parameter 'token_id'")
         try:

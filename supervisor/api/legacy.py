@@ -15,61 +15,27 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, jsonify
 
 from supervisor.api.auth import access, caller
+from supervisor.api.boxes import box_json
 from supervisor.api.errors import ApiError
+from supervisor.api.params import allowed_model as _allowed_model
+from supervisor.api.params import ctx as _ctx
+from supervisor.api.params import model_exists as _model_exists
+from supervisor.api.params import params as _params
+from supervisor.api.params import required as _required
+from supervisor.api.params import sign_in_first
 from supervisor.auth.access import Need
 from supervisor.deployer import build_log_path
 from supervisor.metrics.exposition import load_state, metric_history
 from supervisor.reconciler import send_wake
-from supervisor.registry import Registry, RegistryUnavailable
-from supervisor.runtime.base import Runtime
-from supervisor.settings import Settings
+from supervisor.registry import RegistryUnavailable
 from supervisor.status import endpoint_status, version_aliases, version_status
-from supervisor.store import MODEL_UPDATE, Store
+from supervisor.store import MODEL_UPDATE
 
 PREFIXES = ("/api/2.0/preview/mlflow/endpoints", "/ajax-api/2.0/preview/mlflow/endpoints")
 MAX_LOG_BYTES = 200_000
-
-
-def _ctx() -> tuple[Settings, Store, Registry, Runtime]:
-    ext = current_app.extensions["modelserve"]
-    return ext["settings"], ext["store"], ext["registry"], ext["runtime"]
-
-
-def _params() -> dict[str, Any]:
-    params: dict[str, Any] = dict(request.args.items())
-    if request.method in ("POST", "PUT", "PATCH") and request.data:
-        body = request.get_json(silent=True)
-        if not isinstance(body, dict):
-            raise ApiError("MALFORMED_REQUEST", "The request body must be a JSON object")
-        params.update(body)
-    return params
-
-
-def _required(params: dict[str, Any], key: str) -> str:
-    value = params.get(key)
-    if isinstance(value, int) and not isinstance(value, bool) and key == "endpoint_version_name":
-        value = str(value)
-    if not isinstance(value, str) or not value.strip():
-        raise ApiError("INVALID_PARAMETER_VALUE", f"Missing required parameter '{key}'")
-    return value
-
-
-def _model_exists(registry: Registry, name: str) -> bool:
-    try:
-        return registry.get_model(name) is not None
-    except RegistryUnavailable as exc:
-        raise ApiError("TEMPORARILY_UNAVAILABLE", f"The model registry is unreachable: {exc}") from exc
-
-
-def _allowed_model(params: dict[str, Any], need: Need) -> str:
-    """The model named in ``params``, once the caller is known and may ``need`` it."""
-    who = caller()
-    name = _required(params, "registered_model_name")
-    access().require(who, name, need)
-    return name
 
 
 def _served_model(params: dict[str, Any], need: Need = "read") -> str:
@@ -90,9 +56,7 @@ def _served_model(params: dict[str, Any], need: Need = "read") -> str:
 def make_blueprint(prefix: str) -> Blueprint:
     bp = Blueprint("legacy_" + prefix.split("/")[1].replace("-", "_"), __name__, url_prefix=prefix)
 
-    @bp.before_request
-    def _authenticate() -> None:
-        caller()  # 401 before anything else, even before a malformed body
+    sign_in_first(bp)
 
     @bp.post("/enable")
     def enable() -> Response:
@@ -120,9 +84,11 @@ def make_blueprint(prefix: str) -> Blueprint:
 
     @bp.get("/get-status")
     def get_status() -> Response:
-        _, store, _, runtime = _ctx()
+        settings, store, _, runtime = _ctx()
         name = _served_model(_params())
-        return jsonify({"endpoint_status": endpoint_status(store, runtime, name)})
+        status = endpoint_status(store, runtime, name)
+        status["box"] = box_json(store, settings, name)  # beyond the legacy shape: what confines it
+        return jsonify({"endpoint_status": status})
 
     @bp.get("/list")
     def list_endpoints() -> Response:

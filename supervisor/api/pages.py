@@ -2,8 +2,9 @@
 
 Server-rendered Jinja; the only JavaScript (inline in ``base.html.j2``) re-fetches a page's live
 panel (``?partial=1``, the same template block rendered alone), asks before Enable/Stop and calls
-the legacy API for them, copies URIs, and runs the test box from the browser against the
-gateway's ``/model/...`` URL (same origin). Every page renders from the store and the runtime
+the legacy API for them, saves a model's box through its JSON API (a cross-site form cannot send
+JSON, and that API reads nothing else, so it needs no CSRF token), copies URIs, and runs the test
+box from the browser against the gateway's ``/model/...`` URL (same origin). Every page renders from the store and the runtime
 first and treats the registry as optional, so a registry that is down, a model without
 versions or a failed version is a message on the page, never a stack trace.
 
@@ -11,7 +12,8 @@ Sign-in is the gateway's: the same credentials as everywhere behind it (the brow
 MLflow username and password on the first 401, then sends them with every request, the page's
 own ``fetch`` calls included). Identity and permissions are one hook each (``current_user``,
 ``can_manage``): a page lists and shows only models the caller may read, and offers Enable/Stop
-only to those who may manage the model (the legacy API checks again when it is called).
+and the form that changes a model's box only to those who may manage the model (the API checks
+again when it is called).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from werkzeug.exceptions import HTTPException, NotFound
 
 from supervisor import naming
 from supervisor.api import auth
+from supervisor.api.boxes import BOX_API, box_json
 from supervisor.api.charts import request_charts
 from supervisor.api.examples import ExampleUnavailable, example_files, load_example
 from supervisor.auth.access import AuthBackendError, Forbidden, Principal, Unauthenticated
@@ -97,7 +100,7 @@ def _ctx() -> tuple[Settings, Store, Registry, Runtime]:
 
 
 def _render(template: str, status: int = 200, **context: Any) -> Response:
-    html = _env.get_template(template).render(url_for=url_for, user=g.get("user"), **context)
+    html = _env.get_template(template).render(url_for=url_for, user=g.get("user"), box_api=BOX_API, **context)
     return Response(html, status=status, mimetype="text/html")
 
 
@@ -219,7 +222,7 @@ def model_page() -> Response:
     if tab not in ("versions", "events"):
         tab = "versions"
     _require_read(name)
-    _, store, _, _ = _ctx()
+    settings, store, _, _ = _ctx()
     if request.args.get("partial") and store.is_enabled(name):
         # A served model's live panel needs only the store; spare the registry a call every 2 s.
         registered, down = None, None
@@ -228,8 +231,13 @@ def model_page() -> Response:
     model = _model_view(name, registered)
     events = [e for e in store.events(name, limit=500) if not e.internal] if tab == "events" else []
     charts = request_charts(load_state(store).timeline_of(name), int(time.time() * 1000))
-    template = "model_live.html.j2" if request.args.get("partial") else "model.html.j2"
-    return _render(template, model=model, tab=tab, events=events, charts=charts,
+    partial = bool(request.args.get("partial"))
+    template = "model_live.html.j2" if partial else "model.html.j2"
+    # The box is outside the live panel (its form must not be redrawn under the user's hands).
+    box = None if partial else box_json(store, settings, name)
+    return _render(template, model=model, tab=tab, events=events, charts=charts, box=box,
+                   box_defaults={"memory_mb": settings.model_memory_mb, "cpus": settings.model_cpus,
+                                 "max_processes": settings.model_pids},
                    registry_down=down or registry_error(store), can_manage=can_manage(name),
                    gateway=request.host_url.rstrip("/"), live_url=url_for(
                        "pages.model_page", name=name, tab=tab, partial=1))

@@ -1,9 +1,11 @@
-"""PID 1 of a model's container: keeps the model host running, so a killed host ends nothing.
+"""The first process of a model's box (PID 1 of its container, or the process bubblewrap starts):
+keeps the model host running, so a killed host ends nothing.
 
 Docker ends a container when its PID 1 exits, and every process in it goes too. The model host is
 not on the serving path (its scoring servers are), so it must be as replaceable as any of them:
 the keeper starts it, starts a new one when it dies (which adopts the servers still running),
-reaps whatever orphan is handed to it, and passes SIGTERM/SIGINT on. Only a stop it was asked
+reaps whatever orphan is handed to it, and passes SIGTERM/SIGINT (stop) and SIGHUP (re-read
+the spec) on. Only a stop it was asked
 for ends the container. Stdlib only, like the host.
 """
 
@@ -55,8 +57,17 @@ def main(argv: list[str] | None = None) -> int:
             except ProcessLookupError:
                 pass
 
+    def _reload(sig: int, _frame: object) -> None:
+        # The process runtime asks the box's keeper, the one process it knows, to re-read the spec.
+        if host is not None and host.returncode is None:
+            try:
+                host.send_signal(sig)
+            except ProcessLookupError:
+                pass
+
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGHUP, _reload)
     backoff = BACKOFF_START
     while not stopping:
         started = time.monotonic()

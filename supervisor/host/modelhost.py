@@ -1,8 +1,8 @@
 """The model host: one per served model (its "cluster"), one scoring server per version.
 
 Stdlib only and run as a plain script, because it is also the entrypoint inside a model's
-container and imports nothing from the supervisor. It is told what to run by ``spec.json`` in
-its state dir (re-read on SIGHUP), keeps each server running (restart with exponential backoff,
+container and imports nothing from the supervisor. It is told what to run by ``spec.json`` (in
+its state dir, or ``--spec``; re-read on SIGHUP), keeps each server running (restart with exponential backoff,
 reset after a minute of good health), and reports in ``status.json`` (written atomically) what
 runs, how often it restarted and why it last exited.
 
@@ -366,8 +366,10 @@ class Child:
 
 
 class Host:
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, spec_path: Path | None = None) -> None:
         self.state_dir = state_dir
+        # Beside the status by default; in a box the spec is the supervisor's, mounted read-only.
+        self.spec_path = spec_path or state_dir / "spec.json"
         self.model = ""
         self.children: dict[str, Child] = {}
         self.reload_requested = True
@@ -390,7 +392,7 @@ class Host:
 
     def read_spec(self) -> dict[str, Any]:
         try:
-            spec = json.loads((self.state_dir / "spec.json").read_text())
+            spec = json.loads(self.spec_path.read_text())
         except (OSError, ValueError) as exc:
             _log(f"cannot read spec.json ({exc}); keeping the current versions")
             return {"model": self.model, "versions": {v: c.spec for v, c in self.children.items()}}
@@ -515,8 +517,9 @@ class Host:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="modelserve model host")
     parser.add_argument("--state-dir", required=True, type=Path)
+    parser.add_argument("--spec", type=Path, help="the spec to run (default: <state dir>/spec.json)")
     args = parser.parse_args(argv)
-    return Host(args.state_dir).run()
+    return Host(args.state_dir, args.spec).run()
 
 
 if __name__ == "__main__":

@@ -51,6 +51,10 @@ class HostState:
     # container); its scoring servers kept serving through them.
     host_restarts: int = 0
     host_last_exit: str | None = None
+    # Processes of this model the kernel killed for its box's memory limit, so far (0 where the
+    # runtime cannot tell), and that limit.
+    oom_kills: int = 0
+    memory_limit_mib: int | None = None
 
 
 class Runtime(Protocol):

@@ -2,8 +2,8 @@
 
 Each process gets its own session (process group), so stopping it also stops whatever it forked
 (gunicorn's workers, uvicorn's), and the benchmark never signals anything it did not start.
-Waiting polls a loopback URL with a deadline: a benchmark must end by itself, even when a
-server never comes up.
+Waiting polls a loopback URL (or, for a server on a Unix socket, its ``unix:`` address) with a
+deadline: a benchmark must end by itself, even when a server never comes up.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from supervisor.runtime import sockets
+
 
 def wait_ping(url: str, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
@@ -25,6 +27,16 @@ def wait_ping(url: str, timeout: float = 180) -> None:
         except OSError:
             time.sleep(0.3)
     raise SystemExit(f"no answer from {url}")
+
+
+def wait_socket(address: str, timeout: float = 180) -> None:
+    """As ``wait_ping``, for a scoring server on a Unix socket (``unix:/path``): GET /ping there."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sockets.ping(address, timeout=1):
+            return
+        time.sleep(0.3)
+    raise SystemExit(f"no answer from {address}")
 
 
 def spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:

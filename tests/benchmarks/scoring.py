@@ -9,17 +9,22 @@ columns; the model costs nothing, so the server's own overhead is what is measur
 RandomForest of 100 trees on a synthetic 20-column dataset made here (the model costs something).
 Every server runs in the same uv environment, built from the model's own requirements as the
 reconciler would build it. ``mlflow models serve`` is run with 1 and 2 uvicorn workers and the
-better of the two at each point is the baseline; ours runs direct and through Nginx. The
-gateway target is the full path as shipped: authentication on, a real ``mlflow server
+better of the two at each point is the baseline; ours runs direct and through Nginx. Through
+Nginx, ours is measured twice in the same run, on the same gateway: "ours (gateway, Unix)" is
+the path as shipped (the scoring server on ``--socket``, the upstream a ``unix:`` address, as a
+model host runs it) and "ours (gateway, TCP)" the path before Unix sockets (a loopback TCP
+upstream). wrk cannot speak to a Unix socket, so "ours (direct)" is a second instance of ours on
+a loopback port, started the same way; it is also the TCP upstream. The gateway targets are the
+full path as shipped: authentication on, a real ``mlflow server
 --app-name basic-auth`` and the supervisor's API behind Nginx's ``auth_request``, and every
 request carrying a non-admin user's ``Authorization: Bearer`` token (``authstack``; only the
 gateway gets it, the servers without access control get nothing they would ignore anyway).
 ``--no-auth`` measures the gateway with authentication off instead; ``--header`` adds a header
 to every request of every server.
 Then: answers compared between servers, resident memory per served version (RSS and PSS of each
-server's process tree), the gateway's added latency (p50 full path minus direct, so with
-authentication on it includes the access check), a 16 MB request through the gateway (with the
-token), and with ``--registration`` the time from registration to READY on a whole system (cold
+server's process tree), the gateway's added latency for either upstream (p50 full path minus
+direct, so with authentication on it includes the access check), a 16 MB request through the
+gateway's Unix upstream (with the token), and with ``--registration`` the time from registration to READY on a whole system (cold
 and warm environment cache, authentication as for the gateway). Traffic goes to 127.0.0.1 only;
 every load run is bounded by --seconds.
 """
@@ -49,8 +54,13 @@ from supervisor.routing import ModelRoutes, VersionRoute
 from supervisor.runtime.process import SCORING_SERVER
 from supervisor.settings import Settings
 from tests.benchmarks import authstack, procmem, procs, wrk
-from tests.benchmarks.procs import wait_ping
+from tests.benchmarks.procs import wait_ping, wait_socket
 from tests.support import free_port
+
+# The gateway's routes to ours: version 1 of a model goes to the Unix socket, version 2 to the port.
+GATEWAY_UNIX, GATEWAY_TCP = "ours (gateway, Unix)", "ours (gateway, TCP)"
+GATEWAYS = (GATEWAY_UNIX, GATEWAY_TCP)
+OURS = ("ours (direct)", *GATEWAYS)
 
 IRIS_COLS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 FOREST_COLS = [f"f{i:02d}" for i in range(20)]
@@ -105,27 +115,39 @@ def post(url: str, body: bytes, headers: list[tuple[str, str]], timeout: float =
 class Servers:
     """Every server of one model, started in the model's environment; stopped by stop()."""
 
-    def __init__(self, python: Path, model: Path, args: argparse.Namespace) -> None:
+    def __init__(self, python: Path, model: Path, args: argparse.Namespace, sockets_dir: Path) -> None:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.urls: dict[str, str] = {}
         env = dict(os.environ, PATH=f"{python.parent}:{os.environ['PATH']}")
+        # Both instances of ours are started as the model host starts one (--handoff-dir: a
+        # supervising parent, workers that outlive it), so their memory is what a served version
+        # costs. The one on a Unix socket is the shipped upstream; the one on a port is what wrk
+        # measures directly and the gateway's TCP upstream.
+        ours = [str(python), str(SCORING_SERVER), "--model-dir", str(model), "--workers", args.scoring_workers,
+                "--batching", args.batching]
+        sockets_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.ours_address = f"unix:{sockets_dir / f'{model.name}.sock'}"
+        self.procs["ours (Unix socket)"] = self._spawn(
+            [*ours, "--socket", self.ours_address.removeprefix("unix:"),
+             "--handoff-dir", str(model.parent / f"{model.name}.unix.handoff")], env)
         port = free_port()
         self.ours_port = port
-        # Started as the model host starts it (--handoff-dir: a supervising parent, workers that
-        # outlive it), so its memory is what a served version costs.
-        self._start("ours (direct)", port, [str(python), str(SCORING_SERVER), "--model-dir", str(model), "--port",
-                                            str(port), "--workers", args.scoring_workers, "--batching", args.batching,
-                                            "--handoff-dir", str(model.parent / f"{model.name}.handoff")],
-                    env)
+        self._start("ours (direct)", port, [*ours, "--port", str(port),
+                                            "--handoff-dir", str(model.parent / f"{model.name}.handoff")], env)
+        wait_socket(self.ours_address)
         for workers in (1, 2):
             port = free_port()
             self._start(f"mlflow models serve -w {workers}", port,
                         [str(python), "-m", "mlflow", "models", "serve", "-m", str(model), "--env-manager", "local",
                          "-p", str(port), "-w", str(workers)], env)
 
+    @staticmethod
+    def _spawn(argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+
     def _start(self, name: str, port: int, argv: list[str], env: dict[str, str]) -> None:
-        self.procs[name] = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                            start_new_session=True)
+        self.procs[name] = self._spawn(argv, env)
         self.urls[name] = f"http://127.0.0.1:{port}/invocations"
         wait_ping(f"http://127.0.0.1:{port}/ping")
 
@@ -194,21 +216,36 @@ def main() -> None:
         # Only the gateway checks access, so only requests to it carry the user's token (unless
         # --header already gives an Authorization header, which then goes everywhere as given).
         given = any(k.lower() == "authorization" for k, _ in headers)
-        sent = {"ours (gateway)": headers if stack is None or given else [*headers, ("Authorization", stack.bearer)]}
+        token = headers if stack is None or given else [*headers, ("Authorization", stack.bearer)]
+        sent = {t: token for t in GATEWAYS}
         for name, model in models.items():
             x = makers[name]()[1]
-            servers = Servers(python, model, args)
+            servers = Servers(python, model, args, work / "sock")
             try:
-                gateway.apply_routes([ModelRoutes(name, (VersionRoute("1", "ready", f"127.0.0.1:{servers.ours_port}"),))])
-                servers.urls["ours (gateway)"] = f"{settings.gateway_url}/model/{name}/1/invocations"
+                # The same Nginx, the same upstream block (keepalive 32) for either address.
+                gateway.apply_routes([ModelRoutes(name, (VersionRoute("1", "ready", servers.ours_address),
+                                                         VersionRoute("2", "ready", f"127.0.0.1:{servers.ours_port}")))])
+                servers.urls[GATEWAY_UNIX] = f"{settings.gateway_url}/model/{name}/1/invocations"
+                servers.urls[GATEWAY_TCP] = f"{settings.gateway_url}/model/{name}/2/invocations"
+                print(f"{name}: gateway upstreams: {GATEWAY_UNIX} -> {servers.ours_address}, "
+                      f"{GATEWAY_TCP} -> 127.0.0.1:{servers.ours_port}", flush=True)
                 bodies = write_bodies(name, x, work)
                 if stack is not None:
-                    status, _ = post(servers.urls["ours (gateway)"], bodies[1].read_bytes(), headers)
-                    print(f"{name}: gateway without a token -> HTTP {status}", flush=True)
-                    t0 = time.monotonic()
-                    status, _ = post(servers.urls["ours (gateway)"], bodies[1].read_bytes(), sent["ours (gateway)"])
-                    print(f"{name}: first request with the token (a cold access decision: MLflow asked) -> "
-                          f"HTTP {status} in {(time.monotonic() - t0) * 1000:.0f} ms", flush=True)
+                    for target in GATEWAYS:
+                        status, _ = post(servers.urls[target], bodies[1].read_bytes(), headers)
+                        print(f"{name}: {target} without a token -> HTTP {status}", flush=True)
+                        t0 = time.monotonic()
+                        status, _ = post(servers.urls[target], bodies[1].read_bytes(), sent[target])
+                        print(f"{name}: {target}, first request with the token (a cold access decision: MLflow "
+                              f"asked) -> HTTP {status} in {(time.monotonic() - t0) * 1000:.0f} ms", flush=True)
+                        # On a loaded machine the first check can outlast the API's wait for MLflow
+                        # (503): measured from an established decision, as a served model runs.
+                        deadline = time.monotonic() + 120
+                        while status != 200 and time.monotonic() < deadline:
+                            time.sleep(1)
+                            status, _ = post(servers.urls[target], bodies[1].read_bytes(), sent[target])
+                        if status != 200:
+                            raise SystemExit(f"{name}: {target} still answers HTTP {status} with the token")
                 answers = {t: post(u, bodies[1000].read_bytes(), sent.get(t, headers)) for t, u in servers.urls.items()}
                 mlflow_answer = json.loads(answers["mlflow models serve -w 1"][1])
                 same = all(s == 200 and json.loads(b) == mlflow_answer for s, b in answers.values())
@@ -220,7 +257,7 @@ def main() -> None:
                             r = measure(target, name, rows, url, body, c, args, work, headers)
                             results.append(r)
                             best = r if best is None or r.rps > best.rps else best
-                        for target in ("ours (direct)", "ours (gateway)"):
+                        for target in OURS:
                             r = measure(target, name, rows, servers.urls[target], body, c, args, work,
                                         sent.get(target, headers))
                             results.append(r)
@@ -231,7 +268,7 @@ def main() -> None:
                           f"PSS {pss / 2**20:.0f} MiB", flush=True)
                 gateway_overhead(name, servers.urls, bodies[1], work, {t: sent.get(t, headers) for t in servers.urls})
                 if name == "iris":
-                    big_request(x, work, servers.urls["ours (gateway)"], sent["ours (gateway)"])
+                    big_request(x, work, servers.urls[GATEWAY_UNIX], sent[GATEWAY_UNIX])
             finally:
                 servers.stop()
     if args.registration:
@@ -244,19 +281,23 @@ def main() -> None:
 
 def gateway_overhead(name: str, urls: dict[str, str], body: Path, work: Path,
                      headers: dict[str, list[tuple[str, str]]], rounds: int = 5, seconds: int = 2) -> None:
-    """p50 through the gateway minus p50 direct, single rows at one connection. Direct and gateway
-    runs alternate and the median difference is printed, so a busy moment of a shared machine
-    does not land on one side only."""
-    diffs, full, direct = [], [], []
-    for _ in range(rounds):
-        d = wrk.run(urls["ours (direct)"], body, 1, seconds, work, headers["ours (direct)"])[1]
-        g = wrk.run(urls["ours (gateway)"], body, 1, seconds, work, headers["ours (gateway)"])[1]
-        diffs.append(g - d)
-        full.append(g)
-        direct.append(d)
-    print(f"{name}: gateway added latency (rows=1 c=1, median of {rounds} alternating pairs): "
-          f"p50 {statistics.median(diffs):+.3f} ms (full {statistics.median(full):.3f} ms, "
-          f"direct {statistics.median(direct):.3f} ms)", flush=True)
+    """p50 through the gateway minus p50 direct, single rows at one connection, for the Unix and
+    the TCP upstream. Direct, Unix and TCP runs alternate (the order of the two upstreams swapped
+    every round) and median differences are printed, so a busy moment of a shared machine does
+    not land on one side only; "Unix - TCP" is the median of the per-round differences."""
+    p50: dict[str, list[float]] = {t: [] for t in OURS}
+    for i in range(rounds):
+        for target in ("ours (direct)", *(GATEWAYS if i % 2 == 0 else reversed(GATEWAYS))):
+            p50[target].append(wrk.run(urls[target], body, 1, seconds, work, headers[target])[1])
+    direct = p50["ours (direct)"]
+    for target in GATEWAYS:
+        diffs = [g - d for g, d in zip(p50[target], direct, strict=True)]
+        print(f"{name}: gateway added latency, {target.removeprefix('ours (gateway, ').rstrip(')')} upstream "
+              f"(rows=1 c=1, median of {rounds} alternating rounds): p50 {statistics.median(diffs):+.3f} ms "
+              f"(full {statistics.median(p50[target]):.3f} ms, direct {statistics.median(direct):.3f} ms)", flush=True)
+    unix_tcp = [u - t for u, t in zip(p50[GATEWAY_UNIX], p50[GATEWAY_TCP], strict=True)]
+    print(f"{name}: Unix upstream - TCP upstream, p50 through the gateway: {statistics.median(unix_tcp):+.3f} ms "
+          f"(per round: {', '.join(f'{d:+.3f}' for d in unix_tcp)})", flush=True)
 
 
 def big_request(x: pd.DataFrame, work: Path, url: str, headers: list[tuple[str, str]]) -> None:

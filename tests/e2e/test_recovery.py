@@ -14,6 +14,8 @@ import pandas as pd
 import pytest
 import requests
 
+from supervisor.runtime.process import ProcessRuntime
+from supervisor.settings import Settings
 from tests.e2e.conftest import System
 
 pytestmark = pytest.mark.e2e
@@ -38,7 +40,15 @@ def host_dir(system: System) -> Path:
 
 
 def status(system: System) -> dict[str, Any]:
-    return dict(json.loads((host_dir(system) / "status.json").read_text()))
+    """The host's report, from inside the model's box: its pids are the box's own."""
+    return dict(json.loads((host_dir(system) / "box" / "status.json").read_text()))
+
+
+def outside(system: System, pid: int) -> int:
+    """A pid of the box as this test sees it."""
+    found = ProcessRuntime(Settings(data_dir=system.data_dir)).outside_pid(NAME, pid)
+    assert found is not None, f"process {pid} of the box is not running"
+    return found
 
 
 def answers(served: dict[str, Any]) -> bool:
@@ -55,7 +65,7 @@ def messages(system: System) -> list[str]:
 
 def test_killed_scoring_server_is_restarted_by_its_host(system: System, served: dict[str, Any]) -> None:
     pid = status(system)["versions"]["1"]["pid"]
-    os.kill(pid, signal.SIGKILL)
+    os.kill(outside(system, pid), signal.SIGKILL)
     # Its forked workers outlive it and go on serving while the host starts its replacement.
     assert answers(served)
     system.wait_for("restart recorded", lambda: status(system)["versions"]["1"]["restarts"] >= 1, timeout=120)
@@ -74,8 +84,8 @@ def test_hung_scoring_server_is_killed_and_restarted_by_its_host(system: System,
     # may lag the gateway's first answer by a probe interval: the previous test just restarted it.
     before = system.wait_for("the host sees it answer", lambda: (v := status(system)["versions"]["1"])["answering"]
                              and v, timeout=60)
-    pid = before["pid"]
-    # Every process of the server (its forked workers too): alive, port held, answering nothing.
+    pid = outside(system, before["pid"])
+    # Every process of the server (its forked workers too): alive, socket held, answering nothing.
     hung = [pid] + [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and parent_of(p.name) == pid]
     for p in hung:
         os.kill(p, signal.SIGSTOP)
@@ -95,19 +105,30 @@ def test_hung_scoring_server_is_killed_and_restarted_by_its_host(system: System,
                                          for m in messages(system)), timeout=30)
 
 
-def test_killed_model_host_is_restarted_by_the_supervisor(system: System, served: dict[str, Any]) -> None:
-    host_pid = json.loads((host_dir(system) / "host.json").read_text())["pid"]
-    version_pid = status(system)["versions"]["1"]["pid"]
-    os.kill(host_pid, signal.SIGKILL)
+def test_killed_model_host_is_replaced_inside_its_box_and_its_servers_keep_serving(
+        system: System, served: dict[str, Any]) -> None:
+    box_pid = json.loads((host_dir(system) / "host.json").read_text())["pid"]
+    host_pid, version_pid = status(system)["host_pid"], status(system)["versions"]["1"]["pid"]
+    os.kill(outside(system, host_pid), signal.SIGKILL)
     assert answers(served)  # the host is not on the serving path
-    system.wait_for("new host", lambda: json.loads((host_dir(system) / "host.json").read_text())["pid"] != host_pid,
-                    timeout=120)
-    system.wait_for("the new host adopted the running server", lambda: status(system)["host_pid"] != host_pid,
-                    timeout=120)
+    system.wait_for("the box's keeper started a new host, which adopted the running server",
+                    lambda: status(system)["host_pid"] != host_pid, timeout=120)
     assert status(system)["versions"]["1"]["pid"] == version_pid and answers(served)
-    system.wait_for("event", lambda: any("Model host exited unexpectedly" in m and "kept serving" in m
+    assert json.loads((host_dir(system) / "host.json").read_text())["pid"] == box_pid  # the same box
+    system.wait_for("event", lambda: any("a new one was started in its place" in m and "kept serving" in m
                                          for m in messages(system)), timeout=60)
     assert system.versions(NAME)["1"]["state"] == "VERSION_STATE_READY"
+
+
+def test_a_killed_box_is_started_again_by_the_supervisor(system: System, served: dict[str, Any]) -> None:
+    box_pid = json.loads((host_dir(system) / "host.json").read_text())["pid"]
+    os.kill(box_pid, signal.SIGKILL)  # bubblewrap's monitor: its namespace's first process goes with it
+    system.wait_for("a new box", lambda: json.loads((host_dir(system) / "host.json").read_text())["pid"] != box_pid,
+                    timeout=120)
+    system.wait_for("event", lambda: any("Model host exited unexpectedly" in m for m in messages(system)),
+                    timeout=60)
+    system.wait_version(NAME, "1", "VERSION_STATE_READY")
+    system.wait_for("answers again", lambda: answers(served), timeout=120)
 
 
 def test_restarted_supervisor_adopts_the_running_host(system: System, served: dict[str, Any]) -> None:

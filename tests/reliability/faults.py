@@ -21,6 +21,8 @@ from typing import Any
 
 from supervisor import naming
 from supervisor.gateway import Gateway
+from supervisor.isolation import pidns
+from supervisor.runtime.process import ProcessRuntime
 from supervisor.settings import Settings
 from tests.e2e.conftest import System
 
@@ -87,10 +89,10 @@ def _model_dir(system: System, model: str) -> Path:
 
 
 def status(system: System, model: str, runtime: str) -> dict[str, Any]:
-    """The model host's status.json (in the active container's state dir on docker)."""
+    """The model host's status.json (in the active container's state dir on docker, in the box's
+    on the process runtime); its pids are the box's own."""
     d = _model_dir(system, model)
-    if runtime == "docker":
-        d = d / json.loads((d / "active.json").read_text())["name"]
+    d = d / json.loads((d / "active.json").read_text())["name"] if runtime == "docker" else d / "box"
     return dict(json.loads((d / "status.json").read_text()))
 
 
@@ -102,22 +104,32 @@ def _in_container(system: System, model: str, command: str) -> str:
     return done.stdout
 
 
+def _outside(system: System, model: str, pid: int) -> int:
+    """A pid of the model's box (process runtime) as seen here, through its PID namespace."""
+    found = ProcessRuntime(Settings(data_dir=system.data_dir)).outside_pid(model, pid)
+    if found is None:
+        raise AssertionError(f"process {pid} of {model}'s box is not running")
+    return found
+
+
 def _signal(system: System, model: str, runtime: str, pid: int, sig: int = signal.SIGKILL) -> None:
     if runtime == "docker":
         _in_container(system, model, f"kill -{int(sig)} {pid}")
     else:
-        os.kill(pid, sig)
+        os.kill(_outside(system, model, pid), sig)
 
 
 def workers(system: System, model: str, version: str, runtime: str) -> list[int]:
-    """The forked workers of a version's scoring server, read from /proc (the container's)."""
+    """The forked workers of a version's scoring server, read from /proc (as the box numbers them)."""
     pid = int(status(system, model, runtime)["versions"][version]["pid"])
-    path = f"/proc/{pid}/task/{pid}/children"
     try:
-        text = _in_container(system, model, f"cat {path}") if runtime == "docker" else Path(path).read_text()
-    except (OSError, subprocess.CalledProcessError):
+        if runtime == "docker":
+            return [int(w) for w in _in_container(system, model, f"cat /proc/{pid}/task/{pid}/children").split()]
+        outside = _outside(system, model, pid)
+        mine = [int(w) for w in Path(f"/proc/{outside}/task/{outside}/children").read_text().split()]
+    except (OSError, AssertionError, subprocess.CalledProcessError):
         return []
-    return [int(w) for w in text.split()]
+    return [inner for w in mine if (inner := pidns.inner_pid(w)) is not None]
 
 
 def kill_worker(system: System, model: str, version: str, runtime: str) -> int:
@@ -136,12 +148,9 @@ def kill_version(system: System, model: str, version: str, runtime: str) -> None
 
 
 def kill_host(system: System, model: str, runtime: str) -> None:
-    """SIGKILL the model's host process (its scoring servers go on serving): on docker the one
-    inside the container, which the container's keeper replaces."""
-    if runtime == "docker":
-        _signal(system, model, runtime, int(status(system, model, runtime)["host_pid"]))
-    else:
-        os.kill(int(json.loads((_model_dir(system, model) / "host.json").read_text())["pid"]), signal.SIGKILL)
+    """SIGKILL the model's host process (its scoring servers go on serving), the one inside the
+    box or container, which the box's keeper replaces."""
+    _signal(system, model, runtime, int(status(system, model, runtime)["host_pid"]))
 
 
 def kill_build(system: System, timeout: float) -> str:

@@ -36,3 +36,15 @@ def test_no_auth_is_explicit(tmp_path: Path) -> None:
     env = launcher._child_env()
     assert env["MODELSERVE_AUTH"] == "off" and "MODELSERVE_ADMIN_PASSWORD" not in env
     assert not (tmp_path / "auth" / "admin_password").exists()
+
+
+def test_up_says_each_part_of_the_box_this_machine_cannot_hold(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from supervisor import launcher as launcher_module
+    from supervisor.isolation.capabilities import Capabilities, Capability
+
+    caps = Capabilities((Capability("identity", True, "identity: fine"),
+                         Capability("cpu", False, "CPU limits NOT enforced: no controller")))
+    monkeypatch.setattr(launcher_module, "machine_capabilities", lambda sandbox: caps)
+    said: list[str] = []
+    Launcher(Settings(data_dir=tmp_path, auth=False), echo=said.append).report_isolation()
+    assert said == ["isolation: CPU limits NOT enforced: no controller"]

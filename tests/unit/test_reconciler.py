@@ -185,3 +185,43 @@ def test_an_unreachable_registry_is_asked_once_per_tick(rec: Reconciler) -> None
     assert len(asked) == 1
     assert set(plan.skipped) == {"a", "b", "c"}
     assert all(any("unreachable" in m for m in messages(rec, n)) for n in ("a", "b", "c"))
+
+
+def test_a_changed_box_is_given_to_the_host_at_the_next_tick(rec: Reconciler) -> None:
+    boxes: list[Any] = []
+    apply = rec.runtime.apply_host
+
+    def recording(model: str, versions: list[VersionLaunch], box: object = None) -> None:
+        boxes.append(box)
+        apply(model, versions, box)
+
+    rec.runtime.apply_host = recording  # type: ignore[method-assign]
+    rec.registry.models["m"] = RegistryModel("m", (RegistryVersion("1"),))  # type: ignore[attr-defined]
+    rec.store.enable("m")
+    rec.store.upsert_deployment("m", "1", state=READY, port=5, python="p", model_dir="d")
+    rec.tick()
+    rec.tick()
+    assert len(boxes) == 1 and boxes[0].network is False
+    rec.store.update_box_settings("m", {"network": True, "max_processes": 64}, "boss")
+    rec.tick()
+    assert len(boxes) == 2 and boxes[1].network is True and boxes[1].pids == 64
+    rec.tick()
+    assert len(boxes) == 2
+
+
+def test_a_model_without_a_uid_left_is_not_started_and_says_so_once(rec: Reconciler,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from supervisor.isolation import boxes
+
+    monkeypatch.setattr(boxes, "running_as_root", lambda: True)
+    monkeypatch.setattr(boxes, "unused_by_accounts", lambda uid: True)
+    rec.settings.model_uid_start = rec.settings.model_uid_end = 71000
+    for name in ("a", "b"):
+        rec.registry.models[name] = RegistryModel(name, (RegistryVersion("1"),))  # type: ignore[attr-defined]
+        rec.store.enable(name)
+        rec.store.upsert_deployment(name, "1", state=READY, port=5 if name == "a" else 6, python="p", model_dir="d")
+    rec.tick()
+    rec.tick()
+    assert ("apply", "a") in rec.runtime.calls and ("apply", "b") not in rec.runtime.calls  # type: ignore[attr-defined]
+    said = [m for m in messages(rec, "b") if "no free uid" in m]
+    assert len(said) == 1 and "MODELSERVE_MODEL_UID_END" in said[0]

@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.store import LAUNCHING, MODEL_UPDATE, PENDING, VERSION_UPDATE, Store
+from supervisor.store import (
+    LAUNCHING,
+    MODEL_UPDATE,
+    PENDING,
+    VERSION_UPDATE,
+    BoxSettings,
+    Store,
+    UidRangeExhausted,
+)
 
 
 @pytest.fixture()
@@ -90,3 +98,69 @@ def test_disable_and_delete(url: str) -> None:
     assert s.get_meta("k") == "v"
     s.set_meta("k", None)
     assert s.get_meta("k") is None
+
+
+def test_box_settings_default_then_kept_field_by_field(url: str) -> None:
+    s = Store(url)
+    assert s.box_settings("m") == BoxSettings()
+    s.update_box_settings("m", {"network": True, "memory_mb": 4096}, "boss")
+    s.update_box_settings("m", {"cpus": 1.5}, "root")
+    got = Store(url).box_settings("m")
+    assert (got.network, got.memory_mb, got.cpus, got.max_processes, got.updated_by) == (True, 4096, 1.5, None, "root")
+    s.update_box_settings("m", {"memory_mb": None}, "boss")
+    assert s.box_settings("m").memory_mb is None and s.box_settings("m").network is True
+    s.disable("m")  # the box outlives serving: enabling again brings it back
+    assert s.box_settings("m").cpus == 1.5
+    with pytest.raises(ValueError):
+        s.update_box_settings("m", {"uid": 0}, "boss")
+
+
+def test_uids_are_unique_stable_and_kept_after_disable(url: str) -> None:
+    s = Store(url)
+    s.enable("a")
+    assert s.model_uid("a") is None
+    a = s.allocate_uid("a", 100, 102)
+    b = s.allocate_uid("b", 100, 102, is_free=lambda uid: uid != 101)
+    assert (a, b) == (100, 102)
+    s.disable("a")
+    again = Store(url)
+    assert again.allocate_uid("a", 100, 102) == a and again.model_uid("b") == b
+    assert again.allocate_uid("c", 100, 102) == 101
+
+
+def test_an_exhausted_uid_range_is_a_clear_error(url: str) -> None:
+    s = Store(url)
+    s.allocate_uid("a", 100, 100)
+    with pytest.raises(UidRangeExhausted, match="MODELSERVE_MODEL_UID_START"):
+        s.allocate_uid("b", 100, 100)
+    assert s.model_uid("b") is None
+    assert s.allocate_uid("a", 100, 100) == 100  # a model that has one keeps it
+
+
+def test_stores_on_one_file_racing_for_uids(url: str) -> None:
+    # Every API worker and the reconciler may work out a box at once: different models get
+    # different uids, the same model one uid whoever asks first.
+    stores = [Store(url) for _ in range(8)]
+    barrier = threading.Barrier(8)
+
+    def choose(i: int) -> tuple[int, int]:
+        barrier.wait()
+        return stores[i].allocate_uid(f"m{i}", 500, 599), stores[i].allocate_uid("shared", 500, 599)
+
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(choose, range(8)))
+    own = [g[0] for g in got]
+    assert len(set(own)) == 8 and len({g[1] for g in got}) == 1 and got[0][1] not in own
+
+
+def test_first_box_settings_saved_at_once(url: str) -> None:
+    stores = [Store(url) for _ in range(6)]
+    barrier = threading.Barrier(6)
+
+    def save(i: int) -> None:
+        barrier.wait()
+        stores[i].update_box_settings("m", {"max_processes": 100 + i}, f"u{i}")
+
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(save, range(6)))
+    assert 100 <= (stores[0].box_settings("m").max_processes or 0) <= 105

@@ -19,7 +19,10 @@ def test_health_reports_the_registry_without_credentials(tmp_path: Path) -> None
     access = Access(settings, store, users=FakeUsers())  # type: ignore[arg-type]
     client = create_app(settings, store=store, registry=FakeRegistry(), access=access).test_client()  # type: ignore[arg-type]
     body = client.get("/api/2.0/modelserve/health").get_json()
+    isolation = body.pop("isolation")
     assert body == {"status": "ok", "auth": "on", "registry": "reachable"}
+    assert {i["what"] for i in isolation["items"]} >= {"identity", "sandbox", "network", "memory", "cpu", "pids"}
+    assert isolation["all_enforced"] == all(i["enforced"] for i in isolation["items"])
     store.set_meta(REGISTRY_ERROR_KEY, "1700000000000 ConnectTimeout: read timed out")
     body = client.get("/api/2.0/modelserve/health").get_json()
     assert body["registry"] == "unreachable"

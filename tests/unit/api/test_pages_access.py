@@ -54,3 +54,18 @@ def test_metrics_need_a_credential_and_show_readable_models(client: FlaskClient)
     assert 'model="open"' in reader and 'model="secret"' not in reader
     admin = client.get("/metrics", headers=ROOT).get_data(as_text=True)
     assert 'model="open"' in admin and 'model="secret"' in admin
+
+
+def test_the_box_is_shown_to_readers_and_its_form_only_to_managers(client: FlaskClient) -> None:
+    reader = client.get("/serving/model?name=open", headers=READER).get_data(as_text=True)
+    assert "<h2>Box</h2>" in reader and "2048 MiB" in reader and 'id="box-form"' not in reader
+    boss = client.get("/serving/model?name=open", headers=BOSS).get_data(as_text=True)
+    assert 'id="box-form"' in boss and 'data-api="/api/2.0/modelserve/served-models/update-box"' in boss
+    assert 'placeholder="default 2048"' in boss
+    saved = client.post("/api/2.0/modelserve/served-models/update-box", headers=BOSS,
+                        json={"registered_model_name": "open", "network_access": True, "cpus": 1.5})
+    assert saved.status_code == 200
+    boss = client.get("/serving/model?name=open", headers=BOSS).get_data(as_text=True)
+    assert 'name="network_access" checked' in boss and 'value="1.5"' in boss and "by boss" in boss
+    live = client.get("/serving/model?name=open&partial=1", headers=BOSS).get_data(as_text=True)
+    assert "box-form" not in live  # the live panel is redrawn every 2 s; the form is not in it

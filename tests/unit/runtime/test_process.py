@@ -68,7 +68,8 @@ def runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Process
     stand_in = tmp_path / "stand_in.py"
     stand_in.write_text(STAND_IN)
     monkeypatch.setattr(process, "SCORING_SERVER", stand_in)
-    rt = ProcessRuntime(Settings(data_dir=tmp_path / "data"))
+    # The host's own behaviour, unboxed (the box is tested in test_process_box.py).
+    rt = ProcessRuntime(Settings(data_dir=tmp_path / "data", sandbox="off"))
     yield rt
     for model in rt.hosts():
         rt.stop_host(model)
@@ -118,7 +119,7 @@ def test_a_hung_version_is_killed_and_restarted_but_a_loading_one_is_left_alone(
     # Silent for 3 s while loading, three windows: it never answered yet, so it is not judged.
     assert wait("slow one loaded", lambda: ping(slow)) == "/models/vslow"
     assert runtime.host_state("m").versions["slow"].restarts == 0  # type: ignore[union-attr]
-    assert "did not answer /ping" in (runtime.state_dir("m") / "host.log").read_text()
+    assert "did not answer /ping" in (runtime.model_dir("m") / "host.log").read_text()
 
 
 def test_removing_a_version_stops_only_it(runtime: ProcessRuntime) -> None:
@@ -144,7 +145,7 @@ def test_a_killed_host_leaves_its_servers_serving_and_the_new_host_adopts_them(r
     # The host is not on the serving path: its server goes on answering, and says it runs.
     assert alive(child_pid) and ping(port) == "/models/v1" and dead.versions["1"].running
     runtime.apply_host("m", [launch("1")], BOX)
-    host_log = runtime.state_dir("m") / "host.log"
+    host_log = runtime.model_dir("m") / "host.log"
     wait("adopted by the new host", lambda: "adopted its running scoring server" in host_log.read_text())
     adopted = runtime.host_state("m")
     assert adopted is not None and adopted.alive and adopted.pid != host_pid
@@ -196,7 +197,7 @@ def test_pid_reuse_is_not_mistaken_for_our_host(tmp_path: Path) -> None:
     assert not host_is_alive(os.getpid(), tmp_path)
     settings = Settings(data_dir=tmp_path)
     rt = ProcessRuntime(settings)
-    d = rt.state_dir("m")
+    d = rt.model_dir("m")
     d.mkdir(parents=True)
     (d / "host.json").write_text(json.dumps({"model": "m", "pid": os.getpid()}))
     state = rt.host_state("m")
