@@ -21,7 +21,9 @@ Why it is built this way:
   box turns it on. The scoring servers listen on Unix sockets in a directory of the host's,
   bind-mounted into the container, owned by the container's uid with mode 0700: the gateway (root,
   or the supervisor's own user) reaches them, nobody else on the machine does, and no port is
-  ever published.
+  ever published. What the container writes in its state dir (status, logs) is read as
+  untrusted input, without following symlinks (``isolation/boxfiles.py``, ``hoststatus.py``); its
+  memory cgroup's OOM count goes to the reconciler, which says "out of memory" for a kill.
 * **Which container is current** is written to ``hosts/<model id>/active.json`` when it changes,
   so every process (API workers, reconciler, a restarted one) agrees on the same answer.
 """
@@ -32,7 +34,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import re
 import shutil
 import threading
 import time
@@ -44,9 +45,11 @@ from typing import Any
 
 from supervisor import naming
 from supervisor.envs import EnvBuilder, EnvBuildError, EnvSpec
+from supervisor.isolation import boxfiles
 from supervisor.isolation.box import Box, MiB
-from supervisor.runtime import sockets
-from supervisor.runtime.base import HostState, VersionLaunch, VersionProcess
+from supervisor.isolation.cgroups import ModelCgroups
+from supervisor.runtime import hoststatus, sockets
+from supervisor.runtime.base import HostState, VersionLaunch
 from supervisor.runtime.images import (
     CONTAINER_STATE_DIR,
     MODELS_ROOT,
@@ -64,7 +67,7 @@ from supervisor.runtime.images import (
     render_model_dockerfile,
     short_hash,
 )
-from supervisor.runtime.statefiles import read_json, tail_text, write_json
+from supervisor.runtime.statefiles import read_json, write_json
 from supervisor.settings import Settings
 
 LABEL_INSTANCE = "modelserve.instance"
@@ -89,7 +92,6 @@ CONTAINER_ENV = {
     "MPLCONFIGDIR": "/tmp/matplotlib",
     "PYTHONDONTWRITEBYTECODE": "1",  # it could not write __pycache__ into the image anyway
 }
-_SIGKILLED = re.compile(r"killed by signal (SIGKILL|9)\b")
 
 
 def container_user(box: Box) -> tuple[int, int]:
@@ -127,39 +129,23 @@ def hardening(box: Box, user: tuple[int, int]) -> dict[str, Any]:
     }
 
 
-def oom_kills(container_id: str, cgroup_root: Path = Path("/sys/fs/cgroup")) -> int | None:
-    """How many processes the kernel killed in the container for its memory limit, from its memory
-    cgroup (``oom_kill`` of cgroup v1's memory.oom_control, Linux 4.13+, or of v2's memory.events;
-    Docker's cgroupfs and systemd drivers' paths). None when not readable: the supervisor then
-    does not share the engine's /sys (it runs in a container itself, or on another machine)."""
+def container_cgroups(container_id: str, root: Path = Path("/sys/fs/cgroup")) -> ModelCgroups | None:
+    """The container's memory cgroup, where the kernel counts its out-of-memory kills (Docker's
+    cgroupfs and systemd drivers' paths, cgroup v1 and v2). None when not found: the supervisor
+    then does not share the engine's /sys (it runs in a container itself, or on another machine),
+    and only the container's PID 1 is known to be OOM-killed (``State.OOMKilled``)."""
     candidates = (
-        cgroup_root / "memory" / "docker" / container_id / "memory.oom_control",
-        cgroup_root / "memory" / "system.slice" / f"docker-{container_id}.scope" / "memory.oom_control",
-        cgroup_root / "docker" / container_id / "memory.events",
-        cgroup_root / "system.slice" / f"docker-{container_id}.scope" / "memory.events",
+        (1, root / "memory" / "docker" / container_id),
+        (1, root / "memory" / "system.slice" / f"docker-{container_id}.scope"),
+        (2, root / "docker" / container_id),
+        (2, root / "system.slice" / f"docker-{container_id}.scope"),
     )
-    for path in candidates:
-        try:
-            text = path.read_text()
-        except OSError:
-            continue
-        for line in text.splitlines():
-            key, _, value = line.partition(" ")
-            if key == "oom_kill" and value.strip().isdigit():
-                return int(value)
+    for version, path in candidates:
+        if (path / ("memory.oom_control" if version == 1 else "memory.events")).exists():
+            return ModelCgroups(version, (path,))
     return None
 
 
-def with_oom(last_exit: str | None, kills: int | None, limit_bytes: int) -> str | None:
-    """A SIGKILL said to be out of memory when the container's memory cgroup killed something.
-
-    The count is the container's, not a process's: a SIGKILL that model code or an operator sent
-    in a container that also ran out of memory once reads as out of memory too. The host's own
-    liveness kill is told apart: it reports itself in other words."""
-    if not last_exit or not kills or not _SIGKILLED.search(last_exit):
-        return last_exit
-    limit = f"limit {limit_bytes // MiB} MiB" if limit_bytes else "the container's limit"
-    return f"{last_exit}: out of memory ({limit})"
 def exit_reason(name: str, state: dict[str, Any]) -> str:
     """Why a container is not running, in words, from ``docker inspect``'s State."""
     status = state.get("Status") or "gone"
@@ -179,10 +165,10 @@ def exit_reason(name: str, state: dict[str, Any]) -> str:
     return reason
 
 
-def stale_reason(status: dict[str, Any], started_at: float, now: float) -> str | None:
-    """Why a running container's model host counts as not answering, or None while it reports."""
-    updated = status.get("updated")
-    last = float(updated) if isinstance(updated, int | float) else started_at
+def stale_reason(updated: float | None, started_at: float, now: float) -> str | None:
+    """Why a running container's model host counts as not answering, or None while it reports
+    (``updated``: when its status record says it was written)."""
+    last = updated if updated is not None else started_at
     silent = now - max(last, started_at)
     if silent > STATUS_STALE_AFTER:
         return f"its model host has not reported for {silent:.0f} s"
@@ -505,36 +491,37 @@ class DockerRuntime:
         if container is None:
             return HostState(model=model, alive=False, reason=f"container {info.get('name')} was removed")
         alive = container.status == "running"
-        status = read_json(self._state_dir(model, container.name) / "status.json") or {}
-        stale = self._stale(model, container, status) if alive else None
-        kills = oom_kills(container.id) if alive else None
-        limit = int((container.attrs.get("HostConfig") or {}).get("Memory") or 0)
-        versions = {
-            str(version): VersionProcess(
-                version=str(version), running=alive and v.get("state") == "running", pid=v.get("pid"),
-                restarts=int(v.get("restarts") or 0), last_exit=with_oom(v.get("last_exit"), kills, limit),
-            )
-            for version, v in (status.get("versions") or {}).items()
-        }
+        # Written in a directory the model's own code may write: read without following symlinks,
+        # and every field checked (supervisor/runtime/hoststatus.py).
+        state_dir = self._state_dir(model, container.name)
+        record = boxfiles.read_record(state_dir, "status.json")
+        stale = self._stale(model, container, record) if alive else None
+        wanted = [v for v in (container.labels.get(LABEL_VERSIONS) or "").split(",") if v]
+        versions = hoststatus.processes(hoststatus.versions_of(record, wanted),
+                                        running=lambda e: alive and e["state"] == "running")
         reason = None if alive else exit_reason(container.name, container.attrs.get("State") or {})
         if stale:
             alive, reason = False, f"container {container.name} is running but {stale}"
         pid = (container.attrs.get("State") or {}).get("Pid") or None
-        keeper = read_json(self._state_dir(model, container.name) / "keeper.json") or {}
+        keeper = boxfiles.read_record(state_dir, "keeper.json") or {}
         restarts = keeper.get("restarts")
+        groups = container_cgroups(container.id) if container.status == "running" else None
+        memory = int((container.attrs.get("HostConfig") or {}).get("Memory") or 0)
         return HostState(model=model, alive=alive, pid=pid, versions=versions, reason=reason,
-                         host_restarts=restarts if isinstance(restarts, int) else 0,
-                         host_last_exit=with_oom(str(keeper.get("last_exit") or "") or None, kills, limit))
+                         host_restarts=restarts if isinstance(restarts, int) and 0 <= restarts < 1 << 30 else 0,
+                         host_last_exit=hoststatus._text(keeper.get("last_exit")),
+                         oom_kills=groups.oom_kills() if groups is not None else 0,
+                         memory_limit_mib=memory // MiB if memory else None)
 
-    def _stale(self, model: str, container: Any, status: dict[str, Any] | None = None) -> str | None:
-        if status is None:
-            status = read_json(self._state_dir(model, container.name) / "status.json") or {}
+    def _stale(self, model: str, container: Any, record: dict[str, Any] | None = None) -> str | None:
+        if record is None:
+            record = boxfiles.read_record(self._state_dir(model, container.name), "status.json")
         started = (container.attrs.get("State") or {}).get("StartedAt") or ""
         try:
             started_at = datetime.fromisoformat(started[:26].rstrip("Z")).replace(tzinfo=timezone.utc).timestamp()
         except ValueError:
             return None
-        return stale_reason(status, started_at, time.time())
+        return stale_reason(hoststatus.updated_at(record), started_at, time.time())
 
     def hosts(self) -> list[str]:
         return sorted({c.labels[LABEL_MODEL] for c in self._containers() if LABEL_MODEL in c.labels})
@@ -555,8 +542,7 @@ class DockerRuntime:
         info = self._active_info(model)
         if info is None:
             return ""
-        path = self._state_dir(model, str(info.get("name"))) / "versions" / f"{version}.log"
-        return tail_text(path, max_bytes)
+        return boxfiles.tail(self._state_dir(model, str(info.get("name"))), f"versions/{version}.log", max_bytes)
 
 
 def own(path: Path, user: tuple[int, int]) -> None:

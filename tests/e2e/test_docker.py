@@ -162,13 +162,15 @@ def test_the_container_is_the_models_box(dsystem: System, iris: pd.DataFrame) ->
     # The memory limit holds, and the runtime finds the kernel's kills where it looks for them: a
     # process beside the scoring servers that grows past the limit is the one killed, the
     # servers go on.
-    from supervisor.runtime.docker import oom_kills
+    from supervisor.runtime.docker import container_cgroups
 
-    before = oom_kills(container["id"]) or 0
+    cgroups = container_cgroups(container["id"])
+    assert cgroups is not None
+    before = cgroups.oom_kills()
     grow = "x = []\nwhile True:\n    x.append(bytearray(64 << 20))\n"
     hog = subprocess.run(["docker", "exec", container["id"], "python3", "-c", grow], capture_output=True, timeout=120)
     assert hog.returncode == 137, hog
-    assert (oom_kills(container["id"]) or 0) > before
+    assert cgroups.oom_kills() > before
     assert answer(f"{dsystem.url}/model/{quote(NAME)}/2/invocations", rows) is not None
 
 

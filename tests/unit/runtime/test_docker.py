@@ -15,12 +15,11 @@ from supervisor.runtime.docker import (
     NOBODY,
     STATUS_STALE_AFTER,
     DockerRuntime,
+    container_cgroups,
     container_user,
     exit_reason,
     hardening,
-    oom_kills,
     stale_reason,
-    with_oom,
 )
 from supervisor.settings import Settings
 
@@ -88,30 +87,25 @@ def test_address_is_the_current_containers_socket(tmp_path: Path) -> None:
     assert missing.startswith("unix:") and not missing.startswith(f"unix:{socket_dir}/")
 
 
-def test_a_sigkill_is_called_out_of_memory_when_the_cgroup_killed(tmp_path: Path) -> None:
-    limit = 2048 * MiB
-    assert with_oom("killed by signal SIGKILL", 1, limit) == "killed by signal SIGKILL: out of memory (limit 2048 MiB)"
-    assert with_oom("killed by signal 9", 2, limit) == "killed by signal 9: out of memory (limit 2048 MiB)"
-    assert with_oom("killed by signal SIGKILL", 0, limit) == "killed by signal SIGKILL"
-    assert with_oom("killed by signal SIGKILL", None, limit) == "killed by signal SIGKILL"
-    assert with_oom("exited with code 1", 3, limit) == "exited with code 1"
-    assert with_oom(None, 3, limit) is None
+def test_the_containers_oom_kills_are_read_from_its_memory_cgroup(tmp_path: Path) -> None:
     v1 = tmp_path / "memory" / "docker" / "cid"
     v1.mkdir(parents=True)
     (v1 / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 3\n")
-    assert oom_kills("cid", tmp_path) == 3
+    found = container_cgroups("cid", tmp_path)
+    assert found is not None and found.oom_kills() == 3
     v2 = tmp_path / "system.slice" / "docker-other.scope"
     v2.mkdir(parents=True)
     (v2 / "memory.events").write_text("low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\n")
-    assert oom_kills("other", tmp_path) == 1
-    assert oom_kills("unknown", tmp_path) is None
+    found = container_cgroups("other", tmp_path)
+    assert found is not None and found.oom_kills() == 1
+    assert container_cgroups("unknown", tmp_path) is None
 
 
 def test_a_model_host_that_stops_reporting_counts_as_not_answering() -> None:
     started = 1000.0
-    assert stale_reason({}, started, started + 5) is None  # just started, nothing written yet
-    assert stale_reason({"updated": started + 60}, started, started + 62) is None
-    late = stale_reason({"updated": started + 1}, started, started + 1 + STATUS_STALE_AFTER + 5)
+    assert stale_reason(None, started, started + 5) is None  # just started, nothing written yet
+    assert stale_reason(started + 60, started, started + 62) is None
+    late = stale_reason(started + 1, started, started + 1 + STATUS_STALE_AFTER + 5)
     assert late is not None and "has not reported" in late
     # A status file from before this start (a restarted container) does not count against it.
-    assert stale_reason({"updated": started - 500}, started, started + 10) is None
+    assert stale_reason(started - 500, started, started + 10) is None

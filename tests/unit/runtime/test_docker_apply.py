@@ -193,3 +193,23 @@ def test_a_changed_box_switches_containers_like_a_new_version(rt: DockerRuntime,
     assert new is not old and engine.runs[-1]["mem_limit"] == 2 << 30 and engine.runs[-1]["pids_limit"] == 1024
     rt.routes_applied([rt.address("m", "1")])
     assert engine.items == [new] and not old_dir.exists()  # the old container's sockets went with it
+
+
+def test_what_the_container_wrote_is_read_as_untrusted(rt: DockerRuntime, tmp_path: Path) -> None:
+    import json
+
+    engine: FakeEngine = rt._client
+    rt.apply_host("m", [launch(tmp_path, "1")], BOX)
+    [run] = engine.runs
+    [state_dir] = [Path(host) for host, m in run["volumes"].items() if m["bind"] == "/state"]
+    secret = tmp_path / "admin_password"
+    secret.write_text("s3cret")
+    (state_dir / "versions" / "1.log").symlink_to(secret)  # model code may do this in its state dir
+    assert rt.version_log("m", "1") == ""
+    (state_dir / "status.json").write_text(json.dumps({"updated": 1e12, "versions": {
+        "1": {"state": "running", "pid": "not a pid", "restarts": -5, "last_exit": "x" * 10_000},
+        "other-model": {"state": "running"}}}))
+    state = rt.host_state("m")
+    assert state is not None and set(state.versions) == {"1"}  # only the versions it was asked to run
+    v1 = state.versions["1"]
+    assert v1.pid is None and v1.restarts == 0 and len(v1.last_exit or "") <= 300
