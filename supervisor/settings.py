@@ -59,9 +59,10 @@ class Settings(BaseSettings):
     # Docker runtime (MODELSERVE_RUNTIME=docker). The base image must have python3; hosts without
     # a registry build one with images/build-base-image.sh.
     docker_base_image: str = "python:3.11-slim"
-    # "host": containers share the host's network, each version on its own 127.0.0.1 port (tests,
-    # a single machine). Any other value is a Docker network that Nginx is on too (compose): Nginx
-    # then reaches a version at <container name>:<port> on that network.
+    # No longer read: a model's container has no network (network_mode "none"; the gateway reaches
+    # its scoring servers through the bind-mounted socket directory), or the engine's default
+    # bridge when its box has network on, never the host's nor the stack's network. Kept so that
+    # compose.yaml's MODELSERVE_DOCKER_NETWORK still parses, until compose shares the sockets.
     docker_network: str = "host"
     # Seconds an old container keeps running after the gateway stopped routing to it.
     docker_drain_seconds: float = 2.0

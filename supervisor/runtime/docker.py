@@ -2,18 +2,28 @@
 
 Why it is built this way:
 
-* **Declarative, found again from labels.** A container carries its model, versions, ports and a
-  hash of the desired state (image, versions, environments, network) in labels. ``apply_host``
+* **Declarative, found again from labels.** A container carries its model, versions and a hash of
+  the desired state (image, versions, environments, its box) in labels. ``apply_host``
   compares that hash with what is wanted, as docker-compose's convergence does: equal -> nothing
   to do (a restarted supervisor adopts the container instead of rebuilding it); the container
   dead -> it is started again; different -> a new container replaces it.
 * **Replace, never restart in place.** A change of the version set builds a new image (the
   earlier versions' layers come from the cache), starts a second container beside the first one
-  (new host ports in host-network mode), waits until every version the old one served answers
-  its health check there, and only then points ``address`` at it. The old container keeps serving
+  (with a socket directory of its own), waits until every version the old one served answers its
+  health check there, and only then points ``address`` at it. A changed box (limits, identity,
+  network) is part of that hash, so it switches containers the same way. The old container keeps serving
   until ``routes_applied`` shows that the gateway no longer routes to it, plus a short drain.
 * **The version logs and status live on a bind-mounted state dir** (``hosts/<model id>/<container>``),
   so ``get-version-logs`` and the restart counters read files, as in the process runtime.
+* **Model code is untrusted, so a container is a box** (``hardening``): a non-root uid, no
+  capabilities, no-new-privileges, a read-only root with a private tmpfs ``/tmp``, limits on
+  memory (swap included), CPU and processes, and no network (``network_mode="none"``) unless its
+  box turns it on. The scoring servers listen on Unix sockets in a directory of the host's,
+  bind-mounted into the container, owned by the container's uid with mode 0700: the gateway (root,
+  or the supervisor's own user) reaches them, nobody else on the machine does, and no port is
+  ever published. What the container writes in its state dir (status, logs) is read as
+  untrusted input, without following symlinks (``isolation/boxfiles.py``, ``hoststatus.py``); its
+  memory cgroup's OOM count goes to the reconciler, which says "out of memory" for a kill.
 * **Which container is current** is written to ``hosts/<model id>/active.json`` when it changes,
   so every process (API workers, reconciler, a restarted one) agrees on the same answer.
 """
@@ -21,12 +31,12 @@ Why it is built this way:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
 import threading
 import time
-import urllib.request
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
@@ -35,8 +45,11 @@ from typing import Any
 
 from supervisor import naming
 from supervisor.envs import EnvBuilder, EnvBuildError, EnvSpec
-from supervisor.isolation.box import Box
-from supervisor.runtime.base import HostState, VersionLaunch, VersionProcess
+from supervisor.isolation import boxfiles
+from supervisor.isolation.box import Box, MiB
+from supervisor.isolation.cgroups import ModelCgroups
+from supervisor.runtime import hoststatus, sockets
+from supervisor.runtime.base import HostState, VersionLaunch
 from supervisor.runtime.images import (
     CONTAINER_STATE_DIR,
     MODELS_ROOT,
@@ -54,23 +67,83 @@ from supervisor.runtime.images import (
     render_model_dockerfile,
     short_hash,
 )
-from supervisor.runtime.statefiles import port_is_free, read_json, tail_text, write_json
+from supervisor.runtime.statefiles import read_json, write_json
 from supervisor.settings import Settings
 
-HOST_NETWORK = "host"
 LABEL_INSTANCE = "modelserve.instance"
 LABEL_MODEL = "modelserve.model"
 LABEL_MODEL_ID = "modelserve.model-id"
 LABEL_DESIRED = "modelserve.desired-hash"
-LABEL_PORTS = "modelserve.ports"
+LABEL_VERSIONS = "modelserve.versions"
 STOP_TIMEOUT = 10
 # The model host rewrites status.json every 5 s; a running container whose host has not done so
 # for this long is hung (or its state dir is gone) and is restarted like a dead one.
 STATUS_STALE_AFTER = 45.0
+# The identity of a model without a uid of its own (its box has none): "nobody" when the
+# supervisor is root. Every such model shares it, which costs little here: a container sees only
+# its own state and socket directories, and no network.
+NOBODY = 65534
+# The image is read-only and HOME would be a directory nobody may write: whatever model code wants
+# to cache (matplotlib, Hugging Face, ...) goes to the private /tmp. No host variable is passed
+# on, so no secret of the supervisor's reaches model code.
+CONTAINER_ENV = {
+    "HOME": "/tmp",
+    "TMPDIR": "/tmp",
+    "MPLCONFIGDIR": "/tmp/matplotlib",
+    "PYTHONDONTWRITEBYTECODE": "1",  # it could not write __pycache__ into the image anyway
+}
 
 
+def container_user(box: Box) -> tuple[int, int]:
+    """The uid:gid a model's container runs as, never root: the box's own identity when it has
+    one; else "nobody" for a root supervisor, or the supervisor's own (unprivileged) uid, since
+    an ordinary user could neither chown the bind-mounted directories to another uid nor then
+    let its gateway (running as that same user) into them."""
+    if box.uid is not None:
+        return box.uid, box.gid if box.gid is not None else box.uid
+    if os.geteuid() == 0:
+        return NOBODY, NOBODY
+    return os.geteuid(), os.getegid()
 
 
+def hardening(box: Box, user: tuple[int, int]) -> dict[str, Any]:
+    """The ``containers.run`` options that make a container the model's box."""
+    return {
+        "user": f"{user[0]}:{user[1]}",
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "read_only": True,
+        # tmpfs pages are charged to the container's memory cgroup: /tmp cannot grow past the limit.
+        "tmpfs": {"/tmp": f"size={box.tmp_bytes},mode=1777"},
+        "pids_limit": box.pids,
+        "mem_limit": box.memory_bytes,
+        "memswap_limit": box.memory_bytes,  # equal: swap never extends the limit
+        "nano_cpus": int(box.cpus * 1e9),
+        "environment": dict(CONTAINER_ENV),
+        # No network at all (only its own loopback), unless a MANAGE user turned it on: then the
+        # engine's default bridge, never the host's network nor the stack's private one. Such a
+        # container has a loopback of its own, so it cannot reach the host's 127.0.0.1 services
+        # (MLflow, the supervisor API); it can reach whatever the host or its LAN serve on other
+        # addresses, as any outbound network would.
+        "network_mode": "bridge" if box.network else "none",
+    }
+
+
+def container_cgroups(container_id: str, root: Path = Path("/sys/fs/cgroup")) -> ModelCgroups | None:
+    """The container's memory cgroup, where the kernel counts its out-of-memory kills (Docker's
+    cgroupfs and systemd drivers' paths, cgroup v1 and v2). None when not found: the supervisor
+    then does not share the engine's /sys (it runs in a container itself, or on another machine),
+    and only the container's PID 1 is known to be OOM-killed (``State.OOMKilled``)."""
+    candidates = (
+        (1, root / "memory" / "docker" / container_id),
+        (1, root / "memory" / "system.slice" / f"docker-{container_id}.scope"),
+        (2, root / "docker" / container_id),
+        (2, root / "system.slice" / f"docker-{container_id}.scope"),
+    )
+    for version, path in candidates:
+        if (path / ("memory.oom_control" if version == 1 else "memory.events")).exists():
+            return ModelCgroups(version, (path,))
+    return None
 
 
 def exit_reason(name: str, state: dict[str, Any]) -> str:
@@ -92,10 +165,10 @@ def exit_reason(name: str, state: dict[str, Any]) -> str:
     return reason
 
 
-def stale_reason(status: dict[str, Any], started_at: float, now: float) -> str | None:
-    """Why a running container's model host counts as not answering, or None while it reports."""
-    updated = status.get("updated")
-    last = float(updated) if isinstance(updated, int | float) else started_at
+def stale_reason(updated: float | None, started_at: float, now: float) -> str | None:
+    """Why a running container's model host counts as not answering, or None while it reports
+    (``updated``: when its status record says it was written)."""
+    last = updated if updated is not None else started_at
     silent = now - max(last, started_at)
     if silent > STATUS_STALE_AFTER:
         return f"its model host has not reported for {silent:.0f} s"
@@ -124,10 +197,6 @@ class DockerRuntime:
 
             self._client = docker.from_env(timeout=max(60, int(self.settings.build_timeout)))
         return self._client
-
-    @property
-    def host_network(self) -> bool:
-        return self.settings.docker_network == HOST_NETWORK
 
     # --- environments --------------------------------------------------------------------
     def _image_exists(self, tag: str) -> bool:
@@ -173,6 +242,11 @@ class DockerRuntime:
     def _state_dir(self, model: str, container_name: str) -> Path:
         return self._model_dir(model) / container_name
 
+    def _socket_dir(self, model: str, desired: str) -> Path:
+        """A container's own socket directory: an old and a new container serve side by side
+        during a switch, each binding the same version names."""
+        return sockets.model_dir(self.settings.sockets_dir, model) / desired[:10]
+
     def _active_info(self, model: str) -> dict[str, Any] | None:
         return read_json(self._model_dir(model) / "active.json")
 
@@ -193,16 +267,18 @@ class DockerRuntime:
                 return None
         return None
 
-    def _address_of(self, container_name: str, port: int) -> tuple[str, int]:
-        return ("127.0.0.1", port) if self.host_network else (container_name, port)
+    def _addresses(self, model: str, desired: str, versions: Iterable[str]) -> dict[str, str]:
+        socket_dir = self._socket_dir(model, desired)
+        return {v: sockets.upstream(socket_dir / sockets.socket_name(v)) for v in versions}
 
     # --- apply ---------------------------------------------------------------------------
-    def desired_hash(self, model: str, versions: list[VersionLaunch]) -> str:
+    def desired_hash(self, model: str, versions: list[VersionLaunch], box: Box) -> str:
         data = {
             "instance": self.instance,
             "model": model,
             "base": self.settings.docker_base_image,
-            "network": self.settings.docker_network,
+            "box": dataclasses.asdict(box),
+            "user": container_user(box),
             "workers": self.settings.scoring_workers,
             "code": code_hash(),
             "versions": sorted([v.version, v.env_hash, str(v.python), str(v.model_dir), v.batching] for v in versions),
@@ -211,12 +287,12 @@ class DockerRuntime:
         return short_hash(json.dumps(data, sort_keys=True), 16)
 
     def apply_host(self, model: str, versions: list[VersionLaunch], box: Box) -> None:
-        desired = self.desired_hash(model, versions)
+        desired = self.desired_hash(model, versions, box)
         active = self._active(model)
         if active is not None and active.labels.get(LABEL_DESIRED) == desired:
             active.reload()
             if active.status != "running":
-                # Same versions: start the same container again (same ports, same routes).
+                # Same versions: start the same container again (same sockets, same routes).
                 (self._state_dir(model, active.name) / "status.json").unlink(missing_ok=True)
                 active.start()
             elif self._stale(model, active):
@@ -228,9 +304,9 @@ class DockerRuntime:
         if active is not None:
             active.reload()
             if active.status == "running":
-                old_ports = json.loads(active.labels.get(LABEL_PORTS) or "{}")
-                serving = [v.version for v in versions if v.version in old_ports]
-        self._start_container(model, versions, desired, image, serving)
+                old = set((active.labels.get(LABEL_VERSIONS) or "").split(","))
+                serving = [v.version for v in versions if v.version in old]
+        self._start_container(model, versions, box, desired, image, serving)
 
     def _build_model_image(self, model: str, versions: list[VersionLaunch], desired: str) -> str:
         mid = naming.model_id(model)
@@ -248,83 +324,73 @@ class DockerRuntime:
                     labels={LABEL_INSTANCE: self.instance, LABEL_MODEL_ID: mid})
         return tag
 
-    def _choose_ports(self, versions: list[VersionLaunch]) -> dict[str, int]:
-        if not self.host_network:
-            # Each container has its own network namespace: the store's port is free in it.
-            return {v.version: v.port for v in versions}
-        taken: set[int] = set()
-        for c in self.client.containers.list(all=True, filters={"label": [LABEL_PORTS]}):
-            taken |= set(json.loads(c.labels.get(LABEL_PORTS) or "{}").values())
-        ports: dict[str, int] = {}
-        # From the top of the range down: the store hands out the bottom to local processes.
-        for port in range(self.settings.port_range_end, self.settings.port_range_start - 1, -1):
-            if len(ports) == len(versions):
-                break
-            if port not in taken and port_is_free(port):
-                ports[versions[len(ports)].version] = port
-        if len(ports) < len(versions):
-            raise RuntimeError("no free port left in MODELSERVE_PORT_RANGE_START..END for the new container")
-        return ports
+    def _spec(self, model: str, versions: list[VersionLaunch]) -> dict[str, Any]:
+        def in_box(version: str) -> str:
+            return f"{sockets.IN_BOX_DIR}/{sockets.socket_name(version)}"
 
-    def _spec(self, model: str, versions: list[VersionLaunch], ports: dict[str, int]) -> dict[str, Any]:
-        bind = "127.0.0.1" if self.host_network else "0.0.0.0"  # noqa: S104 - the stack's private network
         return {
             "model": model,
             "versions": {
                 v.version: {
                     "argv": [str(v.python), "/opt/modelserve/server.py", "--model-dir", f"{MODELS_ROOT}/{v.version}",
-                             "--host", bind, "--port", str(ports[v.version]),
+                             "--socket", in_box(v.version),
                              "--workers", str(self.settings.scoring_workers),
                              "--batching", v.batching or self.settings.batching,
                              "--handoff-dir", f"{CONTAINER_STATE_DIR}/versions/{v.version}.handoff"],
                     "env": {"PYTHONUNBUFFERED": "1"},
                     "log": f"{CONTAINER_STATE_DIR}/versions/{v.version}.log",
-                    "liveness": {"port": ports[v.version], "seconds": self.settings.liveness_seconds},
+                    "liveness": {"socket": in_box(v.version), "seconds": self.settings.liveness_seconds},
                 }
                 for v in versions
             },
         }
 
-    def _start_container(self, model: str, versions: list[VersionLaunch], desired: str, image: str,
+    def _start_container(self, model: str, versions: list[VersionLaunch], box: Box, desired: str, image: str,
                          serving: list[str]) -> None:
-
         mid = naming.model_id(model)
         name = f"modelserve-model-{mid}-{desired[:10]}"
+        state_dir = self._state_dir(model, name)
+        socket_dir = self._socket_dir(model, desired)
         with self._lock:
             self._starting.add(name)
         try:
+            # A container of this name still running serves the same desired state (a switch back
+            # within the drain time, e.g. after a new version failed): taken back, not replaced.
             container = self._reusable(name)
-            if container is not None:
-                # The same version set is still running there (a switch back within the drain
-                # time, e.g. after a new version failed): take it back rather than replace it.
-                ports = {k: int(v) for k, v in json.loads(container.labels.get(LABEL_PORTS) or "{}").items()}
-                state_dir = self._state_dir(model, name)
-            else:
-                ports = self._choose_ports(versions)
-                state_dir = self._state_dir(model, name)
-                shutil.rmtree(state_dir, ignore_errors=True)
+            if container is None:
+                user = container_user(box)
+                for d in (state_dir, socket_dir):
+                    shutil.rmtree(d, ignore_errors=True)
                 (state_dir / "versions").mkdir(parents=True)
-                write_json(state_dir / "spec.json", self._spec(model, versions, ports))
-                network: dict[str, Any] = (
-                    {"network_mode": HOST_NETWORK} if self.host_network
-                    else {"network": self.settings.docker_network, "hostname": name}
-                )
+                # Above the container's own (the gateway's and supervisor's) nobody else may enter:
+                # a local process running as "nobody" must not read a shared-uid model's files.
+                self._model_dir(model).chmod(0o700)
+                write_json(state_dir / "spec.json", self._spec(model, versions))
+                # The model directory of sockets is the gateway's alone; each container's own below it.
+                socket_dir.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                socket_dir.mkdir(mode=0o700)
+                for d in (state_dir, socket_dir):
+                    own(d, user)
                 container = self.client.containers.run(
                     image, name=name, detach=True,
-                    labels=container_labels(model, mid, self.instance, desired, ports) | {"modelserve.image": image},
-                    volumes={str(state_dir.resolve()): {"bind": CONTAINER_STATE_DIR, "mode": "rw"}},
-                    **network,
+                    labels=container_labels(model, mid, self.instance, desired, [v.version for v in versions])
+                    | {"modelserve.image": image},
+                    volumes={str(state_dir.resolve()): {"bind": CONTAINER_STATE_DIR, "mode": "rw"},
+                             str(socket_dir.resolve()): {"bind": sockets.IN_BOX_DIR, "mode": "rw"}},
+                    **hardening(box, user),
                 )
             self._unrouted_since.pop(container.id, None)
             try:
-                self._wait_serving(container, serving, ports)
+                self._wait_serving(container, self._addresses(model, desired, serving))
             except Exception:
                 container.remove(force=True)
-                shutil.rmtree(state_dir, ignore_errors=True)
+                for d in (state_dir, socket_dir):
+                    shutil.rmtree(d, ignore_errors=True)
                 raise
             write_json(self._model_dir(model) / "active.json",
-                        {"model": model, "id": container.id, "name": name, "ports": ports, "desired": desired,
-                         "started": time.time()})
+                       {"model": model, "id": container.id, "name": name, "desired": desired,
+                        "versions": [v.version for v in versions], "socket_dir": str(socket_dir),
+                        "started": time.time()})
         finally:
             with self._lock:
                 self._starting.discard(name)
@@ -343,17 +409,14 @@ class DockerRuntime:
         container.remove(force=True)
         return None
 
-    def _wait_serving(self, container: Any, versions: list[str], ports: dict[str, int]) -> None:
+    def _wait_serving(self, container: Any, addresses: dict[str, str]) -> None:
         """Every version the old container serves must answer in the new one before the switch."""
-        pending = set(versions)
+        pending = dict(addresses)
         deadline = time.monotonic() + self.settings.health_timeout
         while pending:
-            for version in sorted(pending):
-                host, port = self._address_of(container.name, ports[version])
-                with contextlib.suppress(OSError), \
-                        urllib.request.urlopen(f"http://{host}:{port}/ping", timeout=2) as resp:
-                    if resp.status == 200:
-                        pending.discard(version)
+            for version, address in sorted(pending.items()):
+                if sockets.ping(address):
+                    del pending[version]
             if not pending:
                 return
             container.reload()
@@ -377,6 +440,9 @@ class DockerRuntime:
         self._unrouted_since.pop(container.id, None)
         if model:
             shutil.rmtree(self._state_dir(model, container.name), ignore_errors=True)
+            desired = container.labels.get(LABEL_DESIRED)
+            if desired:
+                shutil.rmtree(self._socket_dir(model, desired), ignore_errors=True)
         image = container.labels.get("modelserve.image")
         if image:
             # Fails while another container still uses it; the layers it shares with newer images stay.
@@ -389,6 +455,7 @@ class DockerRuntime:
         for container in self._containers(model):
             self._remove(container)
         shutil.rmtree(self._model_dir(model), ignore_errors=True)
+        shutil.rmtree(sockets.model_dir(self.settings.sockets_dir, model), ignore_errors=True)
 
     def routes_applied(self, addresses: Iterable[str]) -> None:
         routed = set(addresses)
@@ -397,11 +464,13 @@ class DockerRuntime:
             with self._lock:
                 if container.name in self._starting:
                     continue
-            info = self._active_info(container.labels.get(LABEL_MODEL, ""))
+            model = container.labels.get(LABEL_MODEL, "")
+            info = self._active_info(model)
             if info is None or info.get("id") == container.id:
                 continue
-            ports = json.loads(container.labels.get(LABEL_PORTS) or "{}").values()
-            if {'%s:%d' % self._address_of(container.name, p) for p in ports} & routed:
+            served = self._addresses(model, container.labels.get(LABEL_DESIRED, ""),
+                                     (container.labels.get(LABEL_VERSIONS) or "").split(","))
+            if set(served.values()) & routed:
                 self._unrouted_since.pop(container.id, None)
                 continue
             since = self._unrouted_since.setdefault(container.id, now)
@@ -422,45 +491,48 @@ class DockerRuntime:
         if container is None:
             return HostState(model=model, alive=False, reason=f"container {info.get('name')} was removed")
         alive = container.status == "running"
-        status = read_json(self._state_dir(model, container.name) / "status.json") or {}
-        stale = self._stale(model, container, status) if alive else None
-        versions = {
-            str(version): VersionProcess(
-                version=str(version), running=alive and v.get("state") == "running", pid=v.get("pid"),
-                restarts=int(v.get("restarts") or 0), last_exit=v.get("last_exit"),
-            )
-            for version, v in (status.get("versions") or {}).items()
-        }
+        # Written in a directory the model's own code may write: read without following symlinks,
+        # and every field checked (supervisor/runtime/hoststatus.py).
+        state_dir = self._state_dir(model, container.name)
+        record = boxfiles.read_record(state_dir, "status.json")
+        stale = self._stale(model, container, record) if alive else None
+        wanted = [v for v in (container.labels.get(LABEL_VERSIONS) or "").split(",") if v]
+        versions = hoststatus.processes(hoststatus.versions_of(record, wanted),
+                                        running=lambda e: alive and e["state"] == "running")
         reason = None if alive else exit_reason(container.name, container.attrs.get("State") or {})
         if stale:
             alive, reason = False, f"container {container.name} is running but {stale}"
         pid = (container.attrs.get("State") or {}).get("Pid") or None
-        keeper = read_json(self._state_dir(model, container.name) / "keeper.json") or {}
+        keeper = boxfiles.read_record(state_dir, "keeper.json") or {}
         restarts = keeper.get("restarts")
+        groups = container_cgroups(container.id) if container.status == "running" else None
+        memory = int((container.attrs.get("HostConfig") or {}).get("Memory") or 0)
         return HostState(model=model, alive=alive, pid=pid, versions=versions, reason=reason,
-                         host_restarts=restarts if isinstance(restarts, int) else 0,
-                         host_last_exit=str(keeper.get("last_exit") or "") or None)
+                         host_restarts=restarts if isinstance(restarts, int) and 0 <= restarts < 1 << 30 else 0,
+                         host_last_exit=hoststatus._text(keeper.get("last_exit")),
+                         oom_kills=groups.oom_kills() if groups is not None else 0,
+                         memory_limit_mib=memory // MiB if memory else None)
 
-    def _stale(self, model: str, container: Any, status: dict[str, Any] | None = None) -> str | None:
-        if status is None:
-            status = read_json(self._state_dir(model, container.name) / "status.json") or {}
+    def _stale(self, model: str, container: Any, record: dict[str, Any] | None = None) -> str | None:
+        if record is None:
+            record = boxfiles.read_record(self._state_dir(model, container.name), "status.json")
         started = (container.attrs.get("State") or {}).get("StartedAt") or ""
         try:
             started_at = datetime.fromisoformat(started[:26].rstrip("Z")).replace(tzinfo=timezone.utc).timestamp()
         except ValueError:
             return None
-        return stale_reason(status, started_at, time.time())
+        return stale_reason(hoststatus.updated_at(record), started_at, time.time())
 
     def hosts(self) -> list[str]:
         return sorted({c.labels[LABEL_MODEL] for c in self._containers() if LABEL_MODEL in c.labels})
 
     def address(self, model: str, version: str) -> str:
         info = self._active_info(model) or {}
-        chosen = (info.get("ports") or {}).get(version)
-        if chosen is None:
-            return "127.0.0.1:1"  # not in the current container: nothing answers there
-        host, port = self._address_of(str(info.get("name")), int(chosen))
-        return f"{host}:{port}"
+        if version in (info.get("versions") or []) and info.get("socket_dir"):
+            return sockets.upstream(Path(str(info["socket_dir"])) / sockets.socket_name(version))
+        # Not in the current container: a path nothing listens on, so the gateway answers 502.
+        return sockets.upstream(sockets.model_dir(self.settings.sockets_dir, model) / "none"
+                                / sockets.socket_name(version))
 
     def container_id(self, model: str) -> str | None:
         info = self._active_info(model)
@@ -470,8 +542,18 @@ class DockerRuntime:
         info = self._active_info(model)
         if info is None:
             return ""
-        path = self._state_dir(model, str(info.get("name"))) / "versions" / f"{version}.log"
-        return tail_text(path, max_bytes)
+        return boxfiles.tail(self._state_dir(model, str(info.get("name"))), f"versions/{version}.log", max_bytes)
+
+
+def own(path: Path, user: tuple[int, int]) -> None:
+    """Hands a bind-mounted directory (and what the supervisor wrote in it) to the container's
+    uid, mode 0700: the model's own files and sockets, which no other local user may reach. Only
+    root can give files away; an ordinary supervisor's container runs as itself (container_user)."""
+    if os.geteuid() == 0:
+        for root, dirs, files in os.walk(path):
+            for entry in (root, *(os.path.join(root, n) for n in dirs + files)):
+                os.chown(entry, *user)
+    path.chmod(0o700)
 
 
 def _append(path: Path, line: str) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import re
 import shlex
@@ -263,12 +262,11 @@ def build_image(api: Any, context: bytes, tag: str, log_path: Path, build_args: 
         raise ImageBuildError(f"docker build of {tag} failed: {error}\n" + "\n".join(tail))
 
 
-def container_labels(model: str, model_id: str, instance: str, desired: str, ports: Mapping[str, int]) -> dict[str, str]:
+def container_labels(model: str, model_id: str, instance: str, desired: str, versions: Iterable[str]) -> dict[str, str]:
     return {
         "modelserve.instance": instance,
         "modelserve.model": model,
         "modelserve.model-id": model_id,
         "modelserve.desired-hash": desired,
-        "modelserve.versions": ",".join(sorted(ports, key=_version_key)),
-        "modelserve.ports": json.dumps(dict(ports), sort_keys=True),
+        "modelserve.versions": ",".join(sorted(versions, key=_version_key)),
     }

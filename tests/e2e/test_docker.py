@@ -1,8 +1,9 @@
-"""The docker runtime end to end, with a real Docker engine: one system (``MODELSERVE_RUNTIME=docker``,
-host networking, 127.0.0.1 ports) shared by the whole module, because every image and
-environment built here costs CI minutes. The tests run in order and build on each other:
-serve -> new version under continuous load -> failing version -> killed container -> restarted
-supervisor -> archive -> disable.
+"""The docker runtime end to end, with a real Docker engine: one system (``MODELSERVE_RUNTIME=docker``;
+model containers without network, scored through Unix sockets in bind-mounted directories)
+shared by the whole module, because every image and environment built here costs CI minutes.
+The tests run in order and build on each other: serve -> new version under continuous load ->
+the container is a box -> failing version -> killed container -> restarted supervisor ->
+archive -> disable.
 
 The engine is required, not optional: without one these tests fail (CI installs and starts it).
 """
@@ -45,7 +46,7 @@ def dsystem(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     assert subprocess.run(["docker", "image", "inspect", BASE_IMAGE], capture_output=True).returncode == 0, (
         f"base image {BASE_IMAGE} is missing: run images/build-base-image.sh")
     extra = {"MODELSERVE_RUNTIME": "docker", "MODELSERVE_DOCKER_BASE_IMAGE": BASE_IMAGE,
-             "MODELSERVE_DOCKER_NETWORK": "host", "MODELSERVE_DOCKER_DRAIN_SECONDS": "1"}
+             "MODELSERVE_DOCKER_DRAIN_SECONDS": "1"}
     with running_system(tmp_path_factory.mktemp("modelserve-docker"), extra) as sys_:
         yield sys_
 
@@ -119,6 +120,58 @@ def test_serve_and_deploy_a_new_version_without_losing_a_request(
                             endpoint_version_name="2").json()["logs"]
     assert "reusing environment image" in build_log
     assert "scoring server: model loaded" in build_log  # the version's own output, from the container
+
+
+def test_the_container_is_the_models_box(dsystem: System, iris: pd.DataFrame) -> None:
+    import json
+
+    from supervisor.isolation.box import MiB
+    from supervisor.settings import Settings
+
+    rows = iris.drop(columns=["target"]).head(2).to_dict(orient="records")
+    [container] = containers(dsystem)
+    info = json.loads(docker("inspect", container["id"]))[0]
+    host, config = info["HostConfig"], info["Config"]
+    settings = Settings()  # the same MODELSERVE_* environment as the system's: the same limits
+    uid, _, gid = config["User"].partition(":")
+    assert uid.isdigit() and int(uid) != 0 and gid.isdigit()
+    assert host["CapDrop"] == ["ALL"] and not host.get("CapAdd")
+    assert host["ReadonlyRootfs"] is True and "no-new-privileges" in host["SecurityOpt"]
+    assert host["PidsLimit"] == settings.model_pids
+    assert host["Memory"] == host["MemorySwap"] == settings.model_memory_mb * MiB
+    assert host["NanoCpus"] == int(settings.model_cpus * 1e9)
+    assert host["NetworkMode"] == "none" and "/tmp" in host["Tmpfs"]
+    assert not {"MODELSERVE_ADMIN_PASSWORD", "MLFLOW_TRACKING_PASSWORD"} & {e.split("=")[0] for e in config["Env"]}
+    assert docker("exec", container["id"], "ls", "/sys/class/net").split() == ["lo"]
+    assert subprocess.run(["docker", "exec", container["id"], "touch", "/opt/modelserve/x"],
+                          capture_output=True).returncode != 0  # read-only root
+    mounts = {m["Destination"]: Path(m["Source"]) for m in info["Mounts"]}
+    for where in ("/run/modelserve/sock", "/state"):
+        st = mounts[where].stat()
+        assert (st.st_mode & 0o777, st.st_uid, st.st_gid) == (0o700, int(uid), int(gid)), where
+    sock = mounts["/run/modelserve/sock"] / "2.sock"
+    assert sock.is_socket()
+    if os.geteuid() == 0:
+        # Another local user (not the container's) cannot reach the socket around the gateway.
+        probe = ("import socket, sys\ns = socket.socket(socket.AF_UNIX)\n"
+                 "try:\n    s.connect(sys.argv[1])\nexcept PermissionError:\n    sys.exit(3)\n")
+        assert subprocess.run(["python3", "-c", probe, str(sock)], user=12345, group=12345,
+                              timeout=30).returncode == 3
+    assert answer(f"{dsystem.url}/model/{quote(NAME)}/2/invocations", rows) is not None
+
+    # The memory limit holds, and the runtime finds the kernel's kills where it looks for them: a
+    # process beside the scoring servers that grows past the limit is the one killed, the
+    # servers go on.
+    from supervisor.runtime.docker import container_cgroups
+
+    cgroups = container_cgroups(container["id"])
+    assert cgroups is not None
+    before = cgroups.oom_kills()
+    grow = "x = []\nwhile True:\n    x.append(bytearray(64 << 20))\n"
+    hog = subprocess.run(["docker", "exec", container["id"], "python3", "-c", grow], capture_output=True, timeout=120)
+    assert hog.returncode == 137, hog
+    assert cgroups.oom_kills() > before
+    assert answer(f"{dsystem.url}/model/{quote(NAME)}/2/invocations", rows) is not None
 
 
 def test_a_version_whose_build_fails_is_failed_alone(dsystem: System, dregister: Callable[..., str],

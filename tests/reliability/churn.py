@@ -388,7 +388,7 @@ def run(runtime: str, form_name: str, data_dir: Path, form: Form | None = None) 
     if runtime == "docker":
         extra.update({"MODELSERVE_DOCKER_BASE_IMAGE": os.environ.get("MODELSERVE_DOCKER_BASE_IMAGE",
                                                                      "modelserve-base:bookworm"),
-                      "MODELSERVE_DOCKER_NETWORK": "host", "MODELSERVE_DOCKER_DRAIN_SECONDS": "1"})
+                      "MODELSERVE_DOCKER_DRAIN_SECONDS": "1"})
     data_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
     targets = ["A/Production", "A/1", "A/@champion", "B/1", "keepalive:A/Production"]

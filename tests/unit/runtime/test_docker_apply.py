@@ -3,6 +3,7 @@ is exercised end to end in tests/e2e/test_docker.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from datetime import datetime, timezone
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 from supervisor.isolation.box import Box
 from supervisor.runtime.base import VersionLaunch
-from supervisor.runtime.docker import DockerRuntime
+from supervisor.runtime.docker import DockerRuntime, container_user
 from supervisor.settings import Settings
 
 BOX = Box(uid=None, gid=None, memory_bytes=1 << 30, cpus=2.0, pids=512, tmp_bytes=64 << 20)
@@ -54,6 +55,7 @@ class FakeEngine:
         self.items: list[FakeContainer] = []
         self.images_built: list[str] = []
         self.removed: list[str] = []
+        self.runs: list[dict[str, Any]] = []  # the options of every containers.run
         self.containers, self.images, self.api = self, self, self
 
     # containers
@@ -76,7 +78,8 @@ class FakeEngine:
         raise docker.errors.NotFound(key)
 
     def run(self, image: str, name: str, labels: dict[str, str], **kwargs: Any) -> FakeContainer:
-        assert kwargs["network_mode"] == "host" and kwargs["detach"] is True
+        assert kwargs["network_mode"] != "host" and kwargs["detach"] is True
+        self.runs.append(kwargs)
         c = FakeContainer(self, name, labels)
         self.items.append(c)
         return c
@@ -92,13 +95,12 @@ class FakeEngine:
 
 @pytest.fixture()
 def rt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> DockerRuntime:
-    runtime = DockerRuntime(Settings(data_dir=tmp_path, docker_drain_seconds=0, port_range_start=47000,
-                                     port_range_end=47099))
+    runtime = DockerRuntime(Settings(data_dir=tmp_path, docker_drain_seconds=0))
     engine = FakeEngine()
     runtime._client = engine
     engine.images_built.append("modelserve-env:e1-" + runtime_base_hash(runtime))
     runtime.waited = []  # type: ignore[attr-defined]
-    monkeypatch.setattr(runtime, "_wait_serving", lambda c, versions, ports: runtime.waited.append(versions))  # type: ignore[attr-defined]
+    monkeypatch.setattr(runtime, "_wait_serving", lambda c, addresses: runtime.waited.append(sorted(addresses)))  # type: ignore[attr-defined]
     return runtime
 
 
@@ -122,7 +124,16 @@ def test_same_version_set_is_adopted_and_a_dead_container_started_again(rt: Dock
     assert first.labels["modelserve.model"] == "m" and first.labels["modelserve.versions"] == "1"
     state = rt.host_state("m")
     assert state is not None and state.alive
-    assert rt.address("m", "1", 20000)[1] != 20000  # the runtime's own port, not the store's
+    # The container's own socket directory, bind-mounted where its scoring servers bind.
+    [run] = engine.runs
+    [socket_dir] = [Path(host) for host, m in run["volumes"].items() if m["bind"] == "/run/modelserve/sock"]
+    assert rt.address("m", "1") == f"unix:{socket_dir}/1.sock"
+    assert socket_dir.is_relative_to(rt.settings.sockets_dir)
+    uid, gid = container_user(BOX)
+    assert run["user"] == f"{uid}:{gid}" and run["network_mode"] == "none" and run["read_only"]
+    for d in (socket_dir, *(Path(host) for host, m in run["volumes"].items() if m["bind"] == "/state")):
+        assert (d.stat().st_mode & 0o777, d.stat().st_uid, d.stat().st_gid) == (0o700, uid, gid)
+    assert (socket_dir.parent.stat().st_mode & 0o077) == 0  # the model's socket tree: the gateway's alone
 
     restarted = DockerRuntime(rt.settings)  # a restarted supervisor: nothing in memory
     restarted._client = engine
@@ -142,27 +153,63 @@ def test_a_new_version_set_switches_containers_and_the_old_one_goes_only_once_un
     engine: FakeEngine = rt._client
     rt.apply_host("m", [launch(tmp_path, "1")], BOX)
     [old] = engine.items
-    old_address = rt.address("m", "1", 20000)
+    old_address = rt.address("m", "1")
     rt.apply_host("m", [launch(tmp_path, "1"), launch(tmp_path, "2")], BOX)
     assert rt.waited == [[], ["1"]]  # type: ignore[attr-defined]  # the switch waited for version 1
     new = engine.items[-1]
-    assert new is not old and rt.address("m", "1", 20000) != old_address
+    assert new is not old and rt.address("m", "1") != old_address
     rt.routes_applied([old_address])  # the gateway still routes to the old container
     assert old in engine.items
-    rt.routes_applied([rt.address("m", "1", 20000), rt.address("m", "2", 20000)])
+    rt.routes_applied([rt.address("m", "1"), rt.address("m", "2")])
     assert old not in engine.items and new in engine.items
 
+    model_sockets = Path(rt.address("m", "1").removeprefix("unix:")).parent.parent
     rt.stop_host("m")
     assert engine.items == [] and rt.host_state("m") is None and rt.hosts() == []
+    assert not model_sockets.exists()
 
 
 def test_switching_back_before_the_old_container_is_retired_takes_it_back(rt: DockerRuntime, tmp_path: Path) -> None:
     engine: FakeEngine = rt._client
     rt.apply_host("m", [launch(tmp_path, "1")], BOX)
     [first] = engine.items
-    address = rt.address("m", "1", 20000)
+    address = rt.address("m", "1")
     rt.apply_host("m", [launch(tmp_path, "1"), launch(tmp_path, "2")], BOX)  # e.g. version 2 then fails
     rt.apply_host("m", [launch(tmp_path, "1")], BOX)
-    assert rt.address("m", "1", 20000) == address and first in engine.items and len(engine.items) == 2
+    assert rt.address("m", "1") == address and first in engine.items and len(engine.items) == 2
     rt.routes_applied([address])
     assert engine.items == [first]  # the container of the failed set is retired, the first one kept
+
+
+def test_a_changed_box_switches_containers_like_a_new_version(rt: DockerRuntime, tmp_path: Path) -> None:
+    engine: FakeEngine = rt._client
+    rt.apply_host("m", [launch(tmp_path, "1")], BOX)
+    [old] = engine.items
+    old_dir = Path(rt.address("m", "1").removeprefix("unix:")).parent
+    bigger = dataclasses.replace(BOX, memory_bytes=2 << 30, pids=1024)
+    rt.apply_host("m", [launch(tmp_path, "1")], bigger)
+    assert rt.waited == [[], ["1"]]  # type: ignore[attr-defined]  # version 1 answered in the new one first
+    new = engine.items[-1]
+    assert new is not old and engine.runs[-1]["mem_limit"] == 2 << 30 and engine.runs[-1]["pids_limit"] == 1024
+    rt.routes_applied([rt.address("m", "1")])
+    assert engine.items == [new] and not old_dir.exists()  # the old container's sockets went with it
+
+
+def test_what_the_container_wrote_is_read_as_untrusted(rt: DockerRuntime, tmp_path: Path) -> None:
+    import json
+
+    engine: FakeEngine = rt._client
+    rt.apply_host("m", [launch(tmp_path, "1")], BOX)
+    [run] = engine.runs
+    [state_dir] = [Path(host) for host, m in run["volumes"].items() if m["bind"] == "/state"]
+    secret = tmp_path / "admin_password"
+    secret.write_text("s3cret")
+    (state_dir / "versions" / "1.log").symlink_to(secret)  # model code may do this in its state dir
+    assert rt.version_log("m", "1") == ""
+    (state_dir / "status.json").write_text(json.dumps({"updated": 1e12, "versions": {
+        "1": {"state": "running", "pid": "not a pid", "restarts": -5, "last_exit": "x" * 10_000},
+        "other-model": {"state": "running"}}}))
+    state = rt.host_state("m")
+    assert state is not None and set(state.versions) == {"1"}  # only the versions it was asked to run
+    v1 = state.versions["1"]
+    assert v1.pid is None and v1.restarts == 0 and len(v1.last_exit or "") <= 300
