@@ -41,11 +41,11 @@ class FakeRuntime:
     def hosts(self) -> list[str]:
         return list(self.running)
 
-    def address(self, model: str, version: str, port: int) -> tuple[str, int]:
-        return ("127.0.0.1", port)
+    def address(self, model: str, version: str) -> str:
+        return f"unix:/s/{model}/{version}.sock"
 
     def routes_applied(self, addresses: Any) -> None:
-        self.calls.append(("routed", ",".join(f"{h}:{p}" for h, p in addresses)))
+        self.calls.append(("routed", ",".join(addresses)))
 
 
 class FakeGateway:
@@ -161,7 +161,7 @@ def test_runtime_hears_the_routed_addresses_only_after_the_gateway_applied_them(
     rec.runtime.calls.clear()  # type: ignore[attr-defined]
     rec.tick()
     calls = rec.runtime.calls  # type: ignore[attr-defined]
-    routed = calls.index(("routed", "127.0.0.1:5"))
+    routed = calls.index(("routed", "unix:/s/m/1.sock"))
     assert calls[routed - 1] == ("routes", "m")
 
 
