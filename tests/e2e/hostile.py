@@ -35,6 +35,7 @@ class Layout(Protocol):
     def state_dir(self, model: str) -> Path: ...
     def model_files(self, model: str, version: str) -> Path: ...
     def box_pids(self, model: str) -> list[int]: ...
+    def python_of(self, model: str, version: str) -> Path: ...
     def cgroup_dir(self, model: str, controller: str) -> Path: ...
     def supervisor_pids(self) -> dict[str, int]: ...
 
@@ -62,6 +63,11 @@ class ProcessLayout:
 
     def model_files(self, model: str, version: str) -> Path:
         return self.data / "models" / naming.model_id(model) / version
+
+    def python_of(self, model: str, version: str) -> Path:
+        """The interpreter of the version's environment (what its scoring server runs)."""
+        spec = json.loads((self.host_dir(model) / "spec" / "spec.json").read_text())
+        return Path(spec["versions"][version]["argv"][0])
 
     def box_pid(self, model: str) -> int:
         return int(json.loads((self.host_dir(model) / "host.json").read_text())["pid"])

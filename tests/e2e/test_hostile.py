@@ -82,8 +82,8 @@ def hostile(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
             assert system.api("POST", "enable", registered_model_name=name).status_code == 200
         for name in (PROBE, BOMB, TAMPER):
             system.wait_version(name, "1", READY)
-        hashes = {system.versions(m)["1"].get("env_hash") for m in (NEIGHBOUR, PROBE, BOMB, TAMPER)}
-        print(f"environments: {hashes}")
+        envs = {layout.python_of(m, "1") for m in (NEIGHBOUR, PROBE, BOMB, TAMPER)}
+        assert len(envs) == 1, f"one environment for every model of the module, not {envs}"
         rows = iris.drop(columns=["target"]).head(3).to_dict(orient="records")
         with Load([invocations(system, NEIGHBOUR)], rows, max_seconds=900) as load:
             yield Hostile(system, layout, load, rows)
@@ -130,7 +130,7 @@ def _probe_args(h: Hostile, listener_port: int) -> dict[str, Any]:
         "up.json": data / "run" / "up.json",
         "supervisor logs": data / "logs" / "api.log",
         "neighbour's model file": neighbour_files / "MLmodel",
-        "neighbour's model pickle": neighbour_files / "model.pkl",
+        "neighbour's model": next(p for p in sorted(neighbour_files.iterdir()) if p.name.startswith("model.")),
         "neighbour's host.json": layout.state_dir(NEIGHBOUR).parent / "host.json",
         "neighbour's status": layout.state_dir(NEIGHBOUR) / "status.json",
         "neighbour's version log": layout.state_dir(NEIGHBOUR) / "versions" / "1.log",
@@ -139,10 +139,10 @@ def _probe_args(h: Hostile, listener_port: int) -> dict[str, Any]:
     missing = [f"{k}: {p}" for k, p in secrets.items() if not p.exists()]
     assert not missing, f"the test's targets must exist outside the box: {missing}"
     own = layout.model_files(PROBE, "1")
-    env_hash = h.system.versions(PROBE)["1"].get("env_hash")
-    env_dir = data / "envs" / str(env_hash)
-    assert (env_dir / "bin" / "python").exists(), env_dir
-    interpreter = (env_dir / "bin" / "python").resolve().parent.parent
+    python = layout.python_of(PROBE, "1")
+    env_dir = python.parent.parent
+    assert python.exists(), python
+    interpreter = python.resolve().parent.parent
     sup = layout.supervisor_pids()
     neighbour_pids = layout.box_pids(NEIGHBOUR)
     targets = [{"name": f"supervisor {n}", "pid": p, "marker": cmdline(p)[:80]} for n, p in sup.items()]
