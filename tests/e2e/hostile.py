@@ -48,9 +48,10 @@ class ProcessLayout:
     def __init__(self, system: System) -> None:
         self.system = system
         self.data = system.data_dir
+        self.sockets = Path(system.env.get("MODELSERVE_SOCKET_DIR") or self.data / "sock")
 
     def socket_dir(self, model: str) -> Path:
-        return sockets.model_dir(self.data / "sock", model)
+        return sockets.model_dir(self.sockets, model)
 
     def socket_path(self, model: str, version: str) -> Path:
         return self.socket_dir(model) / sockets.socket_name(version)

@@ -137,8 +137,19 @@ def probe(args: dict[str, Any]) -> Report:
     attempts: dict[str, str] = {}
     for name, path in args["secrets"].items():
         attempts[f"read {name}"] = _read(path)
-    for path in ("/etc/shadow", "/root", data, f"{data}/models", f"{data}/hosts", f"{data}/sock"):
-        attempts[f"read {path}"] = _read(path)
+    attempts["read /etc/shadow"] = _read("/etc/shadow")
+    # Directories the box has as the empty parents of what it is given: listing them may work,
+    # but must show nothing of anyone else.
+    listings = {}
+    for path in args["listings"]:
+        try:
+            listings[path] = sorted(os.listdir(path))
+        except OSError as exc:
+            attempts[f"list {path}"] = _refused(exc)
+            continue
+        foreign = [n for n in listings[path] if n in args["foreign_names"]]
+        attempts[f"list {path}"] = (f"SUCCEEDED: {path} shows {foreign}" if foreign
+                                    else f"refused: only the box's own entries {listings[path][:10]}")
     for pid in args["supervisor_pids"]:
         for what in ("environ", "cmdline"):
             attempts[f"read /proc/{pid}/{what} (supervisor)"] = _read(f"/proc/{pid}/{what}")
@@ -189,6 +200,7 @@ def probe(args: dict[str, Any]) -> Report:
         "uid": os.getuid(),
         "gid": os.getgid(),
         "cwd": os.getcwd(),
+        "listings": listings,
         "hostname": socket.gethostname(),
         "environ": dict(os.environ),
         "processes": {str(p): _cmdline(p)[:200] for p in pids},

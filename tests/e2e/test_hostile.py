@@ -8,12 +8,14 @@ with a ``Layout`` (``tests/e2e/hostile.py``) and its name in ``RUNTIMES``."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import socket
 import stat
 import subprocess
-import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ import pandas as pd
 import pytest
 import requests
 
+from supervisor import naming
 from supervisor.runtime.process import PACKAGE_DIR
 from tests.e2e.conftest import ADMIN_PASSWORD, System, registrar, running_system
 from tests.e2e.hostile import (
@@ -65,8 +68,14 @@ class Hostile:
 def hostile(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, iris: pd.DataFrame
             ) -> Iterator[Hostile]:
     runtime = request.param
-    env = {"MODELSERVE_RUNTIME": runtime, "MODELSERVE_SANDBOX": "bwrap"}
-    with running_system(tmp_path_factory.mktemp("hostile"), extra_env=env) as system:
+    # Sockets where a production machine has them: below directories every user may traverse
+    # (pytest's own temporary dirs are 0700, which would refuse another user for the wrong reason).
+    sockets = Path(tempfile.mkdtemp(prefix="mshostile-", dir="/tmp"))
+    sockets.chmod(0o755)
+    env = {"MODELSERVE_RUNTIME": runtime, "MODELSERVE_SANDBOX": "bwrap", "MODELSERVE_SOCKET_DIR": str(sockets)}
+    with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, sockets, True)
+        system = stack.enter_context(running_system(tmp_path_factory.mktemp("hostile"), extra_env=env))
         layout = LAYOUTS[runtime](system)
         registrar(system, iris)(NEIGHBOUR)
         assert system.api("POST", "enable", registered_model_name=NEIGHBOUR).status_code == 200
@@ -85,8 +94,8 @@ def hostile(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         envs = {layout.python_of(m, "1") for m in (NEIGHBOUR, PROBE, BOMB, TAMPER)}
         assert len(envs) == 1, f"one environment for every model of the module, not {envs}"
         rows = iris.drop(columns=["target"]).head(3).to_dict(orient="records")
-        with Load([invocations(system, NEIGHBOUR)], rows, max_seconds=900) as load:
-            yield Hostile(system, layout, load, rows)
+        load = stack.enter_context(Load([invocations(system, NEIGHBOUR)], rows, max_seconds=900))
+        yield Hostile(system, layout, load, rows)
 
 
 def refused(report: dict[str, str]) -> dict[str, str]:
@@ -162,6 +171,12 @@ def _probe_args(h: Hostile, listener_port: int) -> dict[str, Any]:
                          "bomb's scoring socket": str(layout.socket_path(BOMB, "1")),
                          "reconciler's socket": str(data / "run" / "reconciler.sock")},
         "signal_targets": targets,
+        "listings": ["/", "/root", str(data), str(data / "models"), str(data / "hosts"), str(data / "envs"),
+                     str(layout.sockets), "/proc/sys/kernel/keys"],
+        "foreign_names": [*(naming.model_id(m) for m in (NEIGHBOUR, BOMB, TAMPER)),
+                          *(layout.socket_dir(m).name for m in (NEIGHBOUR, BOMB, TAMPER)),
+                          "auth", "modelserve.db", "mlflow", "run", "logs", "netrc", "nginx", "canary",
+                          ".pyenv-secret", ".ssh", ".bash_history", "shadow"],
     }
 
 
@@ -207,7 +222,8 @@ def test_probe_every_attempt_is_refused(hostile: Hostile) -> None:
 
 # --- direct socket access ----------------------------------------------------------------------
 CLIENT = """
-import json, socket, sys
+import json, os, socket, sys
+os.stat(os.path.dirname(os.path.dirname(sys.argv[1])))  # the way there is open to this user
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 s.settimeout(10)
 try:
@@ -222,7 +238,7 @@ except OSError as exc:
 
 
 def _client_as(uid: int, path: Path) -> str:
-    done = subprocess.run([sys.executable, "-I", "-c", CLIENT, str(path)], user=uid, group=uid, extra_groups=[],
+    done = subprocess.run(["/usr/bin/python3", "-I", "-c", CLIENT, str(path)], user=uid, group=uid, extra_groups=[],
                           capture_output=True, text=True, timeout=60, cwd="/", env={"PATH": "/usr/bin:/bin"})
     return (done.stdout + done.stderr).strip()
 
