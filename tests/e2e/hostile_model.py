@@ -153,26 +153,27 @@ def probe(args: dict[str, Any]) -> Report:
     for pid in args["supervisor_pids"]:
         for what in ("environ", "cmdline"):
             attempts[f"read /proc/{pid}/{what} (supervisor)"] = _read(f"/proc/{pid}/{what}")
-    for directory in ("/", "/etc", "/usr", "/usr/local/lib", "/var/tmp", "/dev", "/dev/shm", "/run", data,
+    for directory in ("/", "/etc", "/usr", "/usr/local/lib", "/var/tmp", "/dev", "/run", data,
                       *args["own_readonly"]):
         attempts[f"write {directory}"] = _write(directory)
-    # A tmp larger than the box allows (its size cap).
-    big = "/tmp/hostile-big"
-    try:
-        with open(big, "wb") as f:
-            chunk = b"x" * (1 << 20)
-            for _ in range(int(args["tmp_mib"]) + 64):
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        attempts["write past the tmp size cap"] = f"SUCCEEDED: wrote {args['tmp_mib'] + 64} MiB to /tmp"
-    except OSError as exc:
-        attempts["write past the tmp size cap"] = _refused(exc)
-    finally:
+    # The box's writable tmpfs mounts, past their size cap.
+    for tmp in ("/tmp", "/dev/shm"):
+        big = f"{tmp}/hostile-big"
         try:
-            os.unlink(big)
-        except OSError:
-            pass
+            with open(big, "wb") as f:
+                chunk = b"x" * (1 << 20)
+                for _ in range(int(args["tmp_mib"]) + 64):
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            attempts[f"write past the {tmp} size cap"] = f"SUCCEEDED: wrote {args['tmp_mib'] + 64} MiB to {tmp}"
+        except OSError as exc:
+            attempts[f"write past the {tmp} size cap"] = _refused(exc)
+        finally:
+            try:
+                os.unlink(big)
+            except OSError:
+                pass
     for name, port in args["tcp_ports"].items():
         attempts[f"connect tcp {name} (127.0.0.1:{port})"] = _tcp(int(port))
     for name, path in args["unix_sockets"].items():
