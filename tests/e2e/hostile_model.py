@@ -341,9 +341,15 @@ def tamper(args: dict[str, Any]) -> Report:
 
 
 def kill_box(args: dict[str, Any]) -> Report:
+    """Kills the keeper (the box's first process of its own uid; bubblewrap's init, pid 1, is
+    root's and also names keeper.py among its arguments)."""
     for name in os.listdir("/proc"):
-        if name.isdigit() and "keeper.py" in _cmdline(int(name)):
-            os.kill(int(name), signal.SIGKILL)
+        argv = _cmdline(int(name)).split(" ") if name.isdigit() else []
+        if len(argv) > 1 and argv[1].endswith("keeper.py"):
+            try:
+                os.kill(int(name), signal.SIGKILL)
+            except OSError:
+                continue
             return {"killed": int(name)}
     return {"killed": None}
 
