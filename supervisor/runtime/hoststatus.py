@@ -43,7 +43,7 @@ def versions_of(record: dict[str, Any] | None, wanted: Iterable[str]) -> dict[st
             continue
         state = v.get("state")
         out[version] = {
-            "state": state if state in STATES else "stopped",
+            "state": state if isinstance(state, str) and state in STATES else "stopped",
             "pid": _pid(v.get("pid")),
             "restarts": _count(v.get("restarts")),
             "last_exit": _text(v.get("last_exit")),

@@ -24,3 +24,10 @@ def test_garbage_reads_as_nothing_known() -> None:
     for junk in (None, {}, {"versions": []}, {"versions": {"1": "running"}}):
         assert hoststatus.versions_of(junk, ["1"]) == {}
     assert hoststatus.versions_of({"versions": {"1": {"pid": True, "restarts": True}}}, ["1"])["1"]["pid"] is None
+
+
+def test_unhashable_values_read_as_not_known() -> None:
+    # Found by the hostile suite: a list or an object as the state failed every reconcile tick.
+    for state in (["running"], {"running": 1}):
+        got = hoststatus.versions_of({"versions": {"1": {"state": state}}}, ["1"])
+        assert got["1"]["state"] == "stopped"
