@@ -267,9 +267,17 @@ class DockerRuntime:
                 return None
         return None
 
+    def _published(self, socket_dir: Path, version: str) -> str:
+        """The gateway's address of a version's socket: a verified link outside the container's
+        reach (``sockets.publish``), never the path the container itself can change."""
+        source = socket_dir / sockets.socket_name(version)
+        published = sockets.published_path(self.settings.sockets_dir, source)
+        sockets.publish(source, published)
+        return sockets.upstream(published)
+
     def _addresses(self, model: str, desired: str, versions: Iterable[str]) -> dict[str, str]:
         socket_dir = self._socket_dir(model, desired)
-        return {v: sockets.upstream(socket_dir / sockets.socket_name(v)) for v in versions}
+        return {v: self._published(socket_dir, v) for v in versions}
 
     # --- apply ---------------------------------------------------------------------------
     def desired_hash(self, model: str, versions: list[VersionLaunch], box: Box) -> str:
@@ -415,7 +423,10 @@ class DockerRuntime:
         deadline = time.monotonic() + self.settings.health_timeout
         while pending:
             for version, address in sorted(pending.items()):
-                if sockets.ping(address):
+                # Linked for the gateway once the server has bound it (until then there is nothing).
+                published = Path(address.removeprefix("unix:"))
+                source = sockets.source_path(self.settings.sockets_dir, published)
+                if sockets.publish(source, published) and sockets.ping(address):
                     del pending[version]
             if not pending:
                 return
@@ -456,6 +467,8 @@ class DockerRuntime:
             self._remove(container)
         shutil.rmtree(self._model_dir(model), ignore_errors=True)
         shutil.rmtree(sockets.model_dir(self.settings.sockets_dir, model), ignore_errors=True)
+        shutil.rmtree(sockets.published_path(self.settings.sockets_dir,
+                                             sockets.model_dir(self.settings.sockets_dir, model)), ignore_errors=True)
 
     def routes_applied(self, addresses: Iterable[str]) -> None:
         routed = set(addresses)
@@ -529,7 +542,7 @@ class DockerRuntime:
     def address(self, model: str, version: str) -> str:
         info = self._active_info(model) or {}
         if version in (info.get("versions") or []) and info.get("socket_dir"):
-            return sockets.upstream(Path(str(info["socket_dir"])) / sockets.socket_name(version))
+            return self._published(Path(str(info["socket_dir"])), version)
         # Not in the current container: a path nothing listens on, so the gateway answers 502.
         return sockets.upstream(sockets.model_dir(self.settings.sockets_dir, model) / "none"
                                 / sockets.socket_name(version))

@@ -29,6 +29,7 @@ import hashlib
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -170,11 +171,16 @@ class ProcessRuntime:
         self._start(model, versions, box)
 
     def _box_dirs(self, model: str, box: Box) -> None:
-        """The two dirs the box writes, owned by its uid and closed to everyone else."""
+        """The two dirs the box writes, owned by its uid and closed to everyone else. An earlier box
+        may have left a symlink (or anything) in their place: that is removed first, never
+        followed (chown through it would hand its target to the model). No box runs meanwhile."""
         for path in (self.state_dir(model), self.state_dir(model) / "versions", self.socket_dir(model)):
+            with contextlib.suppress(FileNotFoundError):
+                if not stat.S_ISDIR(os.lstat(path).st_mode):
+                    path.unlink()
             path.mkdir(parents=True, exist_ok=True)
             if self.sandboxed and os.geteuid() == 0 and box.uid is not None and box.gid is not None:
-                os.chown(path, box.uid, box.gid)
+                os.chown(path, box.uid, box.gid, follow_symlinks=False)
             os.chmod(path, 0o700)
 
     def _leftovers(self, model: str) -> list[int]:
@@ -292,6 +298,8 @@ class ProcessRuntime:
         if forget:
             shutil.rmtree(self.model_dir(model), ignore_errors=True)
             shutil.rmtree(self.socket_dir(model), ignore_errors=True)
+            shutil.rmtree(sockets.published_path(self.settings.sockets_dir.resolve(), self.socket_dir(model)),
+                          ignore_errors=True)
             if groups is not None:
                 deadline = time.monotonic() + 5
                 while groups.pids() and time.monotonic() < deadline:
@@ -370,7 +378,11 @@ class ProcessRuntime:
         return out
 
     def address(self, model: str, version: str) -> str:
-        return sockets.upstream(self.socket_path(model, version))
+        # The box's own path is the box's to change: the gateway gets a verified link of it.
+        source = self.socket_path(model, version)
+        published = sockets.published_path(self.settings.sockets_dir.resolve(), source)
+        sockets.publish(source, published)
+        return sockets.upstream(published)
 
     def routes_applied(self, addresses: Iterable[str]) -> None:
         """A version keeps its socket across host changes: nothing is ever left to retire."""

@@ -12,10 +12,13 @@ the deployer's health check, the docker runtime's switch-over and the tests use 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import os
 import socket
+import stat
+import threading
 from pathlib import Path
 
 # Where a model's box sees its own socket directory (bubblewrap and docker bind it there).
@@ -94,3 +97,50 @@ def ping(address: str, timeout: float = 2.0) -> bool:
         return request(address, "GET", "/ping", timeout=timeout)[0] == 200
     except (OSError, http.client.HTTPException):
         return False
+
+
+def published_path(sockets_dir: Path, source: Path) -> Path:
+    """Where the gateway reaches ``source`` (``<sockets>/<model>[/<container>]/<v>.sock``): the same
+    relative path below ``<sockets>/p/``, a tree only the supervisor writes."""
+    return sockets_dir / "p" / source.relative_to(sockets_dir)
+
+
+def source_path(sockets_dir: Path, published: Path) -> Path:
+    """The box's own path of a published socket (``published_path`` undone)."""
+    return sockets_dir / published.relative_to(sockets_dir / "p")
+
+
+def publish(source: Path, published: Path) -> bool:
+    """Makes ``published`` a hard link of the socket now at ``source``; True when it is one.
+
+    A box owns its socket directory and may replace its socket by a symlink to another model's
+    socket, or to any socket on the machine; Nginx connects as root and would follow it. So the
+    gateway never connects to the box's own path: whatever the entry there is, its inode is
+    hard-linked (``link`` without following) into a directory the box cannot write, and only what
+    that link turns out to be is trusted: a socket is published, anything else (a symlink, a
+    file) is dropped. No second lookup of the box's path is involved, so there is nothing to race.
+    A hard link of a bound socket connects to the same listener; when the server binds afresh (a
+    new inode) the next call links the new one."""
+    try:
+        published.parent.mkdir(parents=True, exist_ok=True)
+        tmp = published.with_name(f".{published.name}.{os.getpid()}.{threading.get_ident()}")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        os.link(source, tmp, follow_symlinks=False)
+    except OSError:
+        return False
+    try:
+        got = os.lstat(tmp)
+        if not stat.S_ISSOCK(got.st_mode):
+            return False
+        with contextlib.suppress(FileNotFoundError):
+            now = os.lstat(published)
+            if (now.st_dev, now.st_ino) == (got.st_dev, got.st_ino):
+                return True
+        os.replace(tmp, published)
+        return True
+    except OSError:
+        return False
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()

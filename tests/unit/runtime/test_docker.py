@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from supervisor.isolation.box import Box, MiB
+from supervisor.runtime import sockets
 from supervisor.runtime.base import VersionLaunch
 from supervisor.runtime.docker import (
     NOBODY,
@@ -81,7 +82,8 @@ def test_address_is_the_current_containers_socket(tmp_path: Path) -> None:
     socket_dir = rt._socket_dir("m", "abcdef0123456789")
     (d / "active.json").write_text(json.dumps({"id": "abc", "name": "modelserve-model-x", "versions": ["1"],
                                                "socket_dir": str(socket_dir)}))
-    assert rt.address("m", "1") == f"unix:{socket_dir}/1.sock"
+    # The published link of it, which the container cannot change (no socket bound here: none yet).
+    assert rt.address("m", "1") == f"unix:{sockets.published_path(rt.settings.sockets_dir, socket_dir / '1.sock')}"
     assert socket_dir.parent.parent == rt.settings.sockets_dir and socket_dir.name == "abcdef0123"
     missing = rt.address("m", "9")  # not in the container: a path nothing listens on
     assert missing.startswith("unix:") and not missing.startswith(f"unix:{socket_dir}/")
