@@ -153,12 +153,14 @@ def exit_reason(name: str, state: dict[str, Any]) -> str:
     reason = f"container {name} is {status}"
     if code is not None and status in ("exited", "dead"):
         reason += f" (exit code {code}"
-        if state.get("OOMKilled"):
-            reason += ", out of memory"
-        elif code == 137:
+        if code == 137:
             reason += ", killed by SIGKILL"
         elif code == 143:
             reason += ", stopped by SIGTERM"
+        if state.get("OOMKilled"):
+            # The engine sets it for an OOM kill of any process in the container during its life,
+            # not only of the one whose exit ended it: said beside the exit, never instead of it.
+            reason += "; a process in it ran out of memory"
         reason += ")"
     if state.get("Error"):
         reason += f": {state['Error']}"
