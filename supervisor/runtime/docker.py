@@ -455,7 +455,9 @@ class DockerRuntime:
             shutil.rmtree(self._state_dir(model, container.name), ignore_errors=True)
             desired = container.labels.get(LABEL_DESIRED)
             if desired:
-                shutil.rmtree(self._socket_dir(model, desired), ignore_errors=True)
+                socket_dir = self._socket_dir(model, desired)
+                shutil.rmtree(socket_dir, ignore_errors=True)
+                shutil.rmtree(sockets.published_path(self.settings.sockets_dir, socket_dir), ignore_errors=True)
         image = container.labels.get("modelserve.image")
         if image:
             # Fails while another container still uses it; the layers it shares with newer images stay.

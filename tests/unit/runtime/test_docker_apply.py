@@ -13,6 +13,7 @@ import docker
 import pytest
 
 from supervisor.isolation.box import Box
+from supervisor.runtime import sockets
 from supervisor.runtime.base import VersionLaunch
 from supervisor.runtime.docker import DockerRuntime, container_user
 from supervisor.settings import Settings
@@ -127,7 +128,8 @@ def test_same_version_set_is_adopted_and_a_dead_container_started_again(rt: Dock
     # The container's own socket directory, bind-mounted where its scoring servers bind.
     [run] = engine.runs
     [socket_dir] = [Path(host) for host, m in run["volumes"].items() if m["bind"] == "/run/modelserve/sock"]
-    assert rt.address("m", "1") == f"unix:{socket_dir}/1.sock"
+    # The published link of the container's socket, which the container cannot change.
+    assert rt.address("m", "1") == f"unix:{sockets.published_path(rt.settings.sockets_dir, socket_dir / '1.sock')}"
     assert socket_dir.is_relative_to(rt.settings.sockets_dir)
     uid, gid = container_user(BOX)
     assert run["user"] == f"{uid}:{gid}" and run["network_mode"] == "none" and run["read_only"]
