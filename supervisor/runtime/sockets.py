@@ -42,9 +42,10 @@ def upstream(path: Path | str) -> str:
     return f"unix:{path}"
 
 
-# The longest name under a sockets dir: /<model hash 12>/<container 10>/.<pid, 7>.<version>.sock
-# (the scoring server binds a temporary name beside the real one, docker adds a container level).
-_LONGEST_BELOW = 1 + 12 + 1 + 10 + 1 + 1 + 7 + 1 + LONGEST_VERSION + len(".sock")
+# The longest name under a sockets dir: /p/<model hash 12>/<container 10>/.<pid, 7>.<version>.sock
+# (the scoring server binds a temporary name beside the real one, docker adds a container level,
+# and the gateway's published links live one level down, below p/).
+_LONGEST_BELOW = 2 + 1 + 12 + 1 + 10 + 1 + 1 + 7 + 1 + LONGEST_VERSION + len(".sock")
 
 
 def check_length(sockets_dir: Path) -> str | None:
