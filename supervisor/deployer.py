@@ -182,6 +182,9 @@ class Deployer:
         address = self.runtime.address(model, version)
         deadline = time.monotonic() + self.settings.health_timeout
         while time.monotonic() < deadline:
+            # Asked again each time: the runtime publishes the socket for the gateway once the
+            # server has bound it (runtime/sockets.py, publish), which it has not at first.
+            address = self.runtime.address(model, version)
             if sockets.ping(address):
                 self._log(log, f"health check passed: GET /ping on {address}")
                 return

@@ -24,7 +24,7 @@ from pathlib import Path
 # Where a model's box sees its own socket directory (bubblewrap and docker bind it there).
 IN_BOX_DIR = "/run/modelserve/sock"
 SUN_PATH_MAX = 107  # sockaddr_un's 108 bytes, less the terminating NUL
-LONGEST_VERSION = 12  # room kept for a version number in a socket's name
+LONGEST_VERSION = 4  # room kept for a version number in a socket's name (up to 9999)
 
 
 def model_dir(sockets_dir: Path, model: str) -> Path:
@@ -42,10 +42,12 @@ def upstream(path: Path | str) -> str:
     return f"unix:{path}"
 
 
-# The longest name under a sockets dir: /p/<model hash 12>/<container 10>/.<pid, 7>.<version>.sock
-# (the scoring server binds a temporary name beside the real one, docker adds a container level,
-# and the gateway's published links live one level down, below p/).
-_LONGEST_BELOW = 2 + 1 + 12 + 1 + 10 + 1 + 1 + 7 + 1 + LONGEST_VERSION + len(".sock")
+# The longest names under a sockets dir that are bound or connected to (a Unix path's limit): a
+# process-runtime server's temporary bind name beside its socket, /<model hash 12>/.<pid, up to
+# 7>.<version>.sock, and the gateway's published link of a docker container's socket,
+# /p/<model hash 12>/<container 10>/<version>.sock (inside a container the server binds below
+# the short /run/modelserve/sock).
+_LONGEST_BELOW = max(1 + 12 + 1 + 1 + 7 + 1, 2 + 1 + 12 + 1 + 10 + 1) + LONGEST_VERSION + len(".sock")
 
 
 def check_length(sockets_dir: Path) -> str | None:
