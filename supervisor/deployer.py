@@ -174,7 +174,7 @@ class Deployer:
             model_dir=str(model_dir),
             port=port,
         )
-        self.store.add_event(model, VERSION_UPDATE, f"Version {version} is launching", version)
+        self.store.add_event(model, VERSION_UPDATE, f"Version {version} is launching its scoring server", version)
         self._log(log, "launching the scoring server")
 
     def _wait_healthy(self, model: str, version: str, log: Path) -> None:

@@ -609,13 +609,19 @@ def prefork(server: Server, workers: int, handoff_dir: Path | None = None,
     server.socket.setblocking(False)
     children: dict[int, float] = {}
     stopping = False
+    parent = os.getpid()
+    stopped_before_serving = False
 
     def spawn() -> None:
         pid = os.fork()
         if pid == 0:
-            # The parent's handler is not the worker's: serve() installs the worker's own.
+            # The parent's handler is not the worker's: serve() installs the worker's own. A stop
+            # that reached this worker before this line ran the parent's handler in it, which
+            # only noted it (below): the worker leaves instead of serving without a stop to come.
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            if stopped_before_serving:
+                os._exit(0)
             offer = None
             try:
                 if handoff_dir is not None:
@@ -631,9 +637,15 @@ def prefork(server: Server, workers: int, handoff_dir: Path | None = None,
                     offer.close()
                 os._exit(RETIRED if server.retiring else 0)
         children[pid] = time.monotonic()
+        if stopping:  # the stop came while forking, before this pid was known to the handler
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
 
     def _stop(*_: Any) -> None:
-        nonlocal stopping
+        nonlocal stopping, stopped_before_serving
+        if os.getpid() != parent:
+            stopped_before_serving = True
+            return
         stopping = True
         for child in list(children):
             try:

@@ -243,7 +243,9 @@ class Churn:
                 time.sleep(2.5)  # past the launcher's restart backoff for the next one
             if self.states(A).get(self.prod) != READY:
                 p.problems.append(f"version {self.prod} not READY after the restarts: {self.states(A)}")
-        host_event = "a new one was started in its place" if self.runtime == "docker" else "exited unexpectedly"
+        # Both runtimes keep the host's scoring servers when the host dies: docker's container
+        # and the process runtime's box each start a new host in its place.
+        host_event = "a new one was started in its place"
         self.kill(n, "kill-worker", "worker", lambda: faults.kill_worker(self.system, A, self.prod, self.runtime),
                   log="forking a new one")
         self.kill(n, "kill-version", "version", lambda: faults.kill_version(self.system, A, self.prod, self.runtime),

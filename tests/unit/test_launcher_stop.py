@@ -9,9 +9,11 @@ sent are real without starting the system.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,10 +70,13 @@ def runtime(monkeypatch: pytest.MonkeyPatch) -> FakeRuntime:
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    s = Settings(data_dir=tmp_path, auth=False, nginx_bin=sys.executable)
+def settings(tmp_path: Path) -> Iterator[Settings]:
+    # pytest's own temporary paths (popen-gwN/test_<name>0/) are too long for socket paths.
+    sockets = Path(tempfile.mkdtemp(prefix="ms-", dir="/tmp"))
+    s = Settings(data_dir=tmp_path, auth=False, nginx_bin=sys.executable, socket_dir=sockets)
     s.run_dir.mkdir(parents=True)
-    return s
+    yield s
+    shutil.rmtree(sockets, ignore_errors=True)
 
 
 def sleeper() -> subprocess.Popen[bytes]:
