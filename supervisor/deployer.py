@@ -18,6 +18,7 @@ from pathlib import Path
 
 from supervisor import naming
 from supervisor.envs import EnvBuildError, EnvSpecError, read_env_spec
+from supervisor.isolation.box import Box
 from supervisor.isolation.boxes import box_for
 from supervisor.registry import Registry, RegistryUnavailable, RegistryVersion
 from supervisor.runtime import sockets
@@ -113,10 +114,10 @@ class Deployer:
             if d.state == LAUNCHING and d.python and d.model_dir and d.port:
                 launched = True  # a restarted reconciler resumes at the health check
             else:
-                self._prepare(model, rv, log)
-                # Before anything is launched: a model that cannot have its box (no uid left)
-                # fails this version with that reason, and the failure launches nothing either.
+                # Before anything runs: a model that cannot have its box (no uid left) fails this
+                # version with that reason, and builds and launches nothing either.
                 box = box_for(self.store, self.settings, model)
+                self._prepare(model, rv, log, box)
                 launched = True
                 with self.host_lock(model):
                     self._still_wanted(model, version)
@@ -142,7 +143,7 @@ class Deployer:
     def _record(self, model: str, version: str, state: str, message: str) -> None:
         self.store.upsert_deployment(model, version, state=state, state_message=message)
 
-    def _prepare(self, model: str, rv: RegistryVersion, log: Path) -> None:
+    def _prepare(self, model: str, rv: RegistryVersion, log: Path, box: Box) -> None:
         version = rv.version
         self._log(log, f"downloading the model artifacts of {model!r} version {version}")
         self.store.upsert_deployment(model, version, state_message="Downloading model artifacts")
@@ -160,7 +161,7 @@ class Deployer:
         def progress(msg: str) -> None:
             self.store.upsert_deployment(model, version, state_message=f"Environment {spec.hash}: {msg}"[:500])
 
-        python = self.runtime.build_env(spec, log, progress=progress)
+        python = self.runtime.build_env(spec, log, box, progress=progress)
         self._still_wanted(model, version)
         port = self.store.allocate_port(
             model, version, self.settings.port_range_start, self.settings.port_range_end, port_is_free

@@ -39,6 +39,8 @@ from typing import Any
 
 import yaml
 
+from supervisor.isolation import netguard
+from supervisor.isolation.buildbox import BuildBox, build_env
 from supervisor.settings import Settings
 
 # Bump whenever the way environments are built changes, so old cache entries are not reused.
@@ -55,6 +57,9 @@ ERROR_TAIL_LINES = 15
 _CONDA_IGNORED = {"python", "pip"}
 _NAME_RE = re.compile(r"^\s*(?:[\w.-]+::)?([A-Za-z0-9_.-]+)")
 _EXACT_VERSION_RE = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
+# uv's words when a wheels-only install meets a requirement that must be built from source.
+_NEEDS_BUILD_RE = re.compile(r"(?i)building (source distributions|from source) is disabled|no usable wheels"
+                             r"|--no-build")
 # Lines of a requirements file that pull in another file, as pip spells them.
 _INCLUDE_RE = re.compile(r"^(-r|--requirement|-c|--constraint)(?:\s+|=)(.+)$")
 # pip archive/file requirements that mlflow writes as paths relative to the model dir (e.g. wheels/).
@@ -351,8 +356,11 @@ class EnvBuilder:
         # the interpreter check catches a host whose base Python was removed since.
         return (self.env_path(spec) / MARKER_NAME).is_file() and self.python_of(spec).exists()
 
-    def build(self, spec: EnvSpec, log_path: Path, progress: Callable[[str], None] | None = None) -> Path:
-        """Return the environment's python, building it first unless a finished one exists."""
+    def build(self, spec: EnvSpec, log_path: Path, progress: Callable[[str], None] | None = None,
+              confine: BuildBox | None = None) -> Path:
+        """Return the environment's python, building it first unless a finished one exists.
+        ``confine``: the box that package code of the build runs in (``isolation/buildbox.py``);
+        None runs everything as the supervisor (no sandbox)."""
         log_path = Path(log_path)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self.envs_dir.mkdir(parents=True, exist_ok=True)
@@ -366,18 +374,18 @@ class EnvBuilder:
                 log.step(f"reusing cached environment {spec.hash} (built by a concurrent build)")
                 return self.python_of(spec)
             self._sweep_leftovers(spec, log)
-            return self._build_locked(spec, uv, log)
+            return self._build_locked(spec, uv, log, confine)
 
     # -- steps ---------------------------------------------------------------------------------
 
-    def _build_locked(self, spec: EnvSpec, uv: str, log: _BuildLog) -> Path:
+    def _build_locked(self, spec: EnvSpec, uv: str, log: _BuildLog, confine: BuildBox | None) -> Path:
         started = time.monotonic()
         tmp = self.envs_dir / f".building-{spec.hash}-{secrets.token_hex(4)}"
         log.line(f"building environment {spec.hash} from {spec.source} into {tmp.name}")
         try:
             python_request = self._create_venv(spec, uv, tmp, log)
-            self._install(spec, uv, tmp, log)
-            self._smoke_check(tmp, log)
+            self._install(spec, uv, tmp, log, confine)
+            self._smoke_check(tmp, log, confine)
             final = self.env_path(spec)
             os.replace(tmp, final)
             elapsed = time.monotonic() - started
@@ -413,7 +421,7 @@ class EnvBuilder:
             f"Python {spec.python} is not available on this host:\n" + "\n".join(failures), log.path
         )
 
-    def _install(self, spec: EnvSpec, uv: str, tmp: Path, log: _BuildLog) -> None:
+    def _install(self, spec: EnvSpec, uv: str, tmp: Path, log: _BuildLog, confine: BuildBox | None) -> None:
         if spec.build_dependencies:
             log.line(
                 "skipping build_dependencies "
@@ -434,35 +442,73 @@ class EnvBuilder:
         if spec.constraints:
             log.line("constraints:\n  " + "\n  ".join(spec.constraints))
         try:
-            self._run(cmd, log)
+            # Boxed builds install wheels first, outside the box: that runs no package code.
+            self._run(cmd + (["--no-build"] if confine else []), log)
         except _StepFailed as exc:
-            raise EnvBuildError(
-                f"installing the model's requirements failed:\n{exc.tail}", log.path
-            ) from None
-        self._add_fast_json(uv, tmp, log)
+            if confine is None or not _NEEDS_BUILD_RE.search(exc.tail):
+                raise EnvBuildError(
+                    f"installing the model's requirements failed:\n{exc.tail}", log.path
+                ) from None
+            self._install_boxed(cmd, tmp, log, confine)
+        self._add_fast_json(uv, tmp, log, confine)
 
-    def _add_fast_json(self, uv: str, tmp: Path, log: _BuildLog) -> None:
+    def _install_boxed(self, cmd: list[str], tmp: Path, log: _BuildLog, confine: BuildBox) -> None:
+        """The install again, allowed to build from source, inside the model's box."""
+        log.step("step 2/3: a requirement must be built from source: installing inside the model's box")
+        if confine.root:
+            problem = netguard.ensure(self.settings)
+            if problem:
+                raise EnvBuildError("a requirement must be built from source, which needs the package index from "
+                                    f"inside a box, and its network cannot be kept off this machine's loopback "
+                                    f"here ({problem})", log.path)
+        else:
+            log.line("note: the supervisor is not root, so this boxed build step can reach this machine's loopback")
+        cache = self.envs_dir / f".cache-{tmp.name}"
+        cache.mkdir()
+        try:
+            confine.give([tmp, cache])
+            env = {**build_env(self._tool_env()), "UV_CACHE_DIR": str(cache), "UV_PYTHON_DOWNLOADS": "never",
+                   "UV_NO_PROGRESS": "1", "NO_COLOR": "1"}
+            argv = confine.command(cmd, readonly=[interpreter_prefix(tmp / "bin" / "python"),
+                                                  *_local_requirements(cmd, self.settings.models_dir)],
+                                   writable=[tmp, cache], workdir=tmp, network=True, env=env)
+            try:
+                self._run(argv, log, shown=cmd)
+            except _StepFailed as exc:
+                raise EnvBuildError(f"installing the model's requirements failed:\n{exc.tail}", log.path) from None
+        finally:
+            shutil.rmtree(cache, ignore_errors=True)
+            confine.take_back([tmp])
+
+    def _add_fast_json(self, uv: str, tmp: Path, log: _BuildLog, confine: BuildBox | None) -> None:
         # The scoring server parses and writes JSON with orjson when the environment has it
         # (several times faster than json for large requests). It has no dependencies, and a model
         # that already pins a version keeps it; where no wheel exists, json does the work.
         try:
-            self._run([uv, "pip", "install", "--python", str(tmp / "bin" / "python"), FAST_JSON], log)
+            self._run([uv, "pip", "install", "--python", str(tmp / "bin" / "python"), FAST_JSON,
+                       *(["--no-build"] if confine else [])], log)
         except _StepFailed:
             log.line(f"{FAST_JSON} could not be added; the scoring server uses the standard json module")
 
-    def _smoke_check(self, tmp: Path, log: _BuildLog) -> None:
+    def _smoke_check(self, tmp: Path, log: _BuildLog, confine: BuildBox | None) -> None:
         log.step("step 3/3: checking that mlflow.pyfunc imports")
         # -I and cwd=tmp: nothing from the supervisor's own environment or working directory may
-        # satisfy the import in its place.
+        # satisfy the import in its place. The environment's first Python runs its packages' code
+        # (imports, .pth files): in the model's box, without network.
+        cmd = [str(tmp / "bin" / "python"), "-I", "-c", SMOKE_IMPORT]
+        argv = cmd if confine is None else confine.command(
+            cmd, readonly=[tmp, interpreter_prefix(tmp / "bin" / "python")], writable=[], workdir=tmp,
+            network=False, env={})
         try:
-            self._run([str(tmp / "bin" / "python"), "-I", "-c", SMOKE_IMPORT], log, cwd=tmp)
+            self._run(argv, log, cwd=tmp, shown=cmd)
         except _StepFailed as exc:
             raise EnvBuildError(f"environment has no usable mlflow:\n{exc.tail}", log.path) from None
 
-    def _run(self, cmd: list[str], log: _BuildLog, cwd: Path | None = None) -> None:
-        """Run one build command with its output appended to the log; raise with the output's tail."""
+    def _run(self, cmd: list[str], log: _BuildLog, cwd: Path | None = None, shown: list[str] | None = None) -> None:
+        """Run one build command with its output appended to the log; raise with the output's tail.
+        ``shown``: what the log names instead of ``cmd`` (a boxed command's own part)."""
         timeout = self.settings.build_timeout
-        log.line("$ " + shlex.join(cmd))
+        log.line("$ " + shlex.join(shown or cmd) + (" (in the model's box)" if shown else ""))
         offset = log.flush_offset()
         with open(log.path, "ab") as out:
             proc = subprocess.Popen(
@@ -583,6 +629,27 @@ class EnvBuilder:
             "or set MODELSERVE_UV_BIN",
             log_path,
         )
+
+
+def interpreter_prefix(python: Path) -> Path:
+    """The installation an environment's python belongs to (what its ``pyvenv.cfg`` points at)."""
+    real = python.resolve()
+    return real.parent.parent if real.parent.name == "bin" else real.parent
+
+
+def _local_requirements(cmd: list[str], models_dir: Path) -> list[Path]:
+    """The local archives an install command's requirement and constraint files name (a model's
+    bundled sdists and wheels, made absolute by ``_absolutize_local``): what the boxed install
+    must read. Only files of the models dir: a line naming any other file of this machine is
+    not offered to the box (uv then reports it missing)."""
+    root = models_dir.resolve()
+    out = []
+    for f in (Path(cmd[i + 1]) for i, a in enumerate(cmd[:-1]) if a in ("-r", "-c")):
+        for line in f.read_text().splitlines():
+            candidate = Path(line.partition(";")[0].strip())
+            if candidate.is_absolute() and candidate.exists() and root in candidate.resolve().parents:
+                out.append(candidate.resolve())
+    return out
 
 
 def _signal_name(number: int) -> str:

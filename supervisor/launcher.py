@@ -32,8 +32,9 @@ from typing import IO
 from supervisor import webhooks
 from supervisor.auth import bootstrap
 from supervisor.gateway import Gateway
-from supervisor.isolation.capabilities import machine_capabilities
+from supervisor.isolation.capabilities import runtime_capabilities
 from supervisor.runtime import sockets
+from supervisor.runtime.docker import engine_info
 from supervisor.settings import Settings
 from supervisor.stopping import Leftovers, StopSignals, alive_pids, down_message, stop_model_hosts, tolerant
 from supervisor.store import Store
@@ -154,7 +155,11 @@ class Launcher:
                            # access checks) fail at random. A slow worker is not a dead one.
                            "--uvicorn-opts", "--timeout-worker-healthcheck 60"],
                 s.logs_dir / "mlflow.log", f"http://127.0.0.1:{s.mlflow_port}/health",
-                env=bootstrap.mlflow_server_env(s, self.admin_password) if s.auth else {}))
+                # MLflow 3 starts a job runner (half a dozen huey consumer processes, ~200 MB each)
+                # for GenAI jobs that a model registry never runs; a user may still turn it on.
+                env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION",
+                                                                          "false"),
+                     **(bootstrap.mlflow_server_env(s, self.admin_password) if s.auth else {})}))
         out.append(Child("reconciler", [sys.executable, "-m", "supervisor.reconciler"],
                          s.logs_dir / "reconciler.log", None))
         out.append(Child(
@@ -255,7 +260,7 @@ class Launcher:
 
     def report_isolation(self) -> None:
         """One line per part of a model's box this machine cannot hold (none when all can)."""
-        for missing in machine_capabilities(self.settings.sandbox).not_enforced():
+        for missing in runtime_capabilities(self.settings.runtime, self.settings.sandbox, engine_info).not_enforced():
             self.echo(f"isolation: {missing.detail}")
 
     def _write_state(self) -> None:

@@ -16,11 +16,12 @@ from flask import Flask, Response, jsonify, request
 
 from supervisor.api import auth, boxes, errors, legacy, monitoring, openapi, pages
 from supervisor.auth.access import Access
-from supervisor.isolation.capabilities import machine_capabilities
+from supervisor.isolation.capabilities import runtime_capabilities
 from supervisor.reconciler import send_wake
 from supervisor.registry import Registry
 from supervisor.runtime import make_runtime
 from supervisor.runtime.base import Runtime
+from supervisor.runtime.docker import engine_info
 from supervisor.settings import Settings
 from supervisor.status import registry_error
 from supervisor.store import Store
@@ -81,7 +82,7 @@ def create_app(
         if problem:
             body["registry_error"] = problem
         # What this machine can enforce of a model's box (probed once per worker).
-        body["isolation"] = machine_capabilities(settings.sandbox).to_json()
+        body["isolation"] = runtime_capabilities(settings.runtime, settings.sandbox, engine_info).to_json()
         return jsonify(body)
 
     @app.post("/api/2.0/modelserve/webhook")

@@ -240,3 +240,60 @@ def probe(sandbox: str, p: Probes | None = None) -> Capabilities:
 def machine_capabilities(sandbox: str) -> Capabilities:
     """This machine's answer for this process (probed once: it forks)."""
     return probe(sandbox)
+
+
+# --- the docker runtime ----------------------------------------------------------------------
+_DOCKER_LIMITS = {"memory": ("MemoryLimit", "SwapLimit"), "cpu": ("CpuCfsQuota",), "pids": ("PidsLimit",)}
+
+
+def docker_probe(info: dict[str, Any] | None, error: str = "", root: bool = True) -> Capabilities:
+    """The docker runtime's box is the container, so the engine, not this machine's bubblewrap
+    or cgroups, decides what holds: ``info`` is its ``docker info`` (None when it did not answer,
+    with ``error`` saying why); its limit flags say which cgroup controllers it can apply."""
+    who = ("each model's container runs as its own uid (MODELSERVE_MODEL_UID_START..END), never root" if root else
+           "each model's container runs as the supervisor's own unprivileged uid, never root")
+    items = [Capability("identity", True, f"identity: {who}")]
+    if info is None:
+        down = f"the Docker engine did not answer ({_first_line(error)})"
+        items.append(Capability("sandbox", False, f"sandbox NOT known: {down}"))
+        items.append(Capability("user_namespaces", False, f"user namespaces NOT known: {down}"))
+        items.append(Capability("network", False, f"network NOT known: {down}"))
+        items += [Capability(c, False, f"{_LIMIT_NAMES[c]} NOT known: {down}") for c in LIMITS]
+        return Capabilities(tuple(items))
+    items.append(Capability("sandbox", True, "sandbox: a Docker container per model (every capability dropped, "
+                                             "no-new-privileges, read-only root, size-capped tmpfs /tmp)"))
+    items.append(Capability("user_namespaces", True, "user namespaces: not needed, the engine makes each "
+                                                     "container's namespaces and it never runs as root"))
+    items.append(Capability("network", True, "network: none for a model's container (its own loopback only); a "
+                                             "model given network access gets the engine's default bridge, never "
+                                             "the host's network"))
+    version, driver = info.get("CgroupVersion", "1"), info.get("CgroupDriver", "cgroupfs")
+    for controller in LIMITS:
+        flags = _DOCKER_LIMITS[controller]
+        missing = [f for f in flags if info.get(f) is not True]
+        name = _LIMIT_NAMES[controller]
+        if missing:
+            items.append(Capability(controller, False, f"{name} NOT enforced: the Docker engine reports "
+                                                       f"{', '.join(missing)} unsupported on this kernel"))
+        else:
+            items.append(Capability(controller, True, f"{name}: the Docker engine's cgroup v{version} "
+                                                      f"{controller} controller ({driver} driver)"))
+    return Capabilities(tuple(items))
+
+
+_docker_answer: Capabilities | None = None
+
+
+def runtime_capabilities(runtime: str, sandbox: str, docker_info: Callable[[], dict[str, Any]]) -> Capabilities:
+    """What the configured runtime can hold here. The engine's answer is kept once it came (an
+    engine that was not up yet is asked again next time)."""
+    global _docker_answer
+    if runtime != "docker":
+        return machine_capabilities(sandbox)
+    if _docker_answer is None:
+        try:
+            info = docker_info()
+        except Exception as exc:  # the SDK raises its own and requests' errors alike
+            return docker_probe(None, str(exc), os.geteuid() == 0)
+        _docker_answer = docker_probe(info, root=os.geteuid() == 0)
+    return _docker_answer

@@ -22,7 +22,7 @@ root and for an ordinary user (unprivileged user namespaces), on Debian as a pac
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from supervisor.isolation.box import Box
@@ -76,8 +76,9 @@ def _mount_args(readonly: Iterable[Path], writable: Iterable[Path]) -> list[str]
 
 
 def command(box: Box, *, root: bool, readonly: Sequence[Path], writable: Sequence[Path], workdir: Path,
-            argv: Sequence[str], bwrap: str = "bwrap", setpriv: str = "/usr/bin/setpriv") -> list[str]:
-    """The argv that runs ``argv`` inside ``box``."""
+            argv: Sequence[str], bwrap: str = "bwrap", setpriv: str = "/usr/bin/setpriv",
+            env: Mapping[str, str] | None = None) -> list[str]:
+    """The argv that runs ``argv`` inside ``box``, with ``BOX_ENV`` and ``env`` as its variables."""
     if root:
         # No user namespace: setpriv below drops to the model's uid, which a namespace of root's
         # would not even map.
@@ -91,7 +92,7 @@ def command(box: Box, *, root: bool, readonly: Sequence[Path], writable: Sequenc
             # POSIX semaphores and shared memory (joblib, multiprocessing) live here; the same cap.
             "--size", str(box.tmp_bytes), "--perms", "1777", "--tmpfs", "/dev/shm",
             *_mount_args(readonly, writable), "--chdir", str(workdir), "--clearenv"]
-    for key, value in BOX_ENV.items():
+    for key, value in {**BOX_ENV, **(env or {})}.items():
         args += ["--setenv", key, value]
     args.append("--")
     if root:

@@ -63,9 +63,12 @@ class Runtime(Protocol):
     def env_ready(self, spec: EnvSpec) -> bool:
         """Whether the environment of ``spec`` is already built (so a deploy can say "reusing")."""
 
-    def build_env(self, spec: EnvSpec, log_path: Path, progress: Callable[[str], None] | None = None) -> Path:
+    def build_env(self, spec: EnvSpec, log_path: Path, box: Box, progress: Callable[[str], None] | None = None
+                  ) -> Path:
         """Build (or reuse) the environment of ``spec``; return its python as the host will run it.
-        Raises ``EnvBuildError`` with the story in ``log_path`` when it cannot be built."""
+        Package code the build runs (source builds, the first import) runs inside ``box``, the
+        box of the model asking. Raises ``EnvBuildError`` with the story in ``log_path`` when it
+        cannot be built."""
 
     def apply_host(self, model: str, versions: list[VersionLaunch], box: Box) -> None:
         """Make the model's host run exactly ``versions`` inside ``box`` (start it if absent or

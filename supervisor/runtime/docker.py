@@ -94,6 +94,17 @@ CONTAINER_ENV = {
 }
 
 
+def engine_info() -> dict[str, Any]:
+    """``docker info`` of the engine the runtime drives (DOCKER_HOST, else the local socket)."""
+    import docker
+
+    client = docker.from_env(timeout=10)
+    try:
+        return dict(client.info())
+    finally:
+        client.close()
+
+
 def container_user(box: Box) -> tuple[int, int]:
     """The uid:gid a model's container runs as, never root: the box's own identity when it has
     one; else "nobody" for a root supervisor, or the supervisor's own (unprivileged) uid, since
@@ -213,7 +224,11 @@ class DockerRuntime:
     def env_ready(self, spec: EnvSpec) -> bool:
         return self._image_exists(env_image_tag(spec.hash, self.settings.docker_base_image))
 
-    def build_env(self, spec: EnvSpec, log_path: Path, progress: Callable[[str], None] | None = None) -> Path:
+    def build_env(self, spec: EnvSpec, log_path: Path, box: Box, progress: Callable[[str], None] | None = None
+                  ) -> Path:
+        # The build runs in the engine's build container (its own root file system, writing only
+        # the image being built, with the index settings as its only variables): the box is the
+        # container's, whatever the model's.
         import docker
 
         base = self.settings.docker_base_image

@@ -39,10 +39,11 @@ from typing import Any
 
 from supervisor import naming
 from supervisor.auth.bootstrap import without_secrets
-from supervisor.envs import EnvBuilder, EnvSpec
+from supervisor.envs import EnvBuilder, EnvSpec, interpreter_prefix
 from supervisor.host.modelhost import cmdline, process_groups, serves_from
 from supervisor.isolation import boxfiles, cgroups, netguard, pidns, sandbox
 from supervisor.isolation.box import Box, MiB
+from supervisor.isolation.buildbox import BuildBox
 from supervisor.runtime import hoststatus, sockets
 from supervisor.runtime.base import HostState, VersionLaunch
 from supervisor.runtime.statefiles import read_json, write_json
@@ -71,12 +72,6 @@ def box_key(box: Box) -> str:
     return hashlib.sha256(repr(box).encode()).hexdigest()[:16]
 
 
-def interpreter_prefix(python: Path) -> Path:
-    """The installation an environment's python belongs to (what its ``pyvenv.cfg`` points at)."""
-    real = python.resolve()
-    return real.parent.parent if real.parent.name == "bin" else real.parent
-
-
 class ProcessRuntime:
     name = "process"
 
@@ -92,8 +87,13 @@ class ProcessRuntime:
     def env_ready(self, spec: EnvSpec) -> bool:
         return self.envs.is_built(spec)
 
-    def build_env(self, spec: EnvSpec, log_path: Path, progress: Callable[[str], None] | None = None) -> Path:
-        return self.envs.build(spec, log_path, progress=progress)
+    def build_env(self, spec: EnvSpec, log_path: Path, box: Box, progress: Callable[[str], None] | None = None
+                  ) -> Path:
+        confine = None
+        if self.sandboxed:
+            uv = Path(self.envs.uv_binary(log_path))
+            confine = BuildBox(box, root=os.geteuid() == 0, uv=uv, bwrap=shutil.which("bwrap") or "bwrap")
+        return self.envs.build(spec, log_path, progress=progress, confine=confine)
 
     # --- where things are ----------------------------------------------------------------
     def model_dir(self, model: str) -> Path:

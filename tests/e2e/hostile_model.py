@@ -147,7 +147,8 @@ def probe(args: dict[str, Any]) -> Report:
         except OSError as exc:
             attempts[f"list {path}"] = _refused(exc)
             continue
-        foreign = [n for n in listings[path] if n in args["foreign_names"]]
+        own_root = args["own_root_entries"] if path == "/" else []
+        foreign = [n for n in listings[path] if n in args["foreign_names"] and n not in own_root]
         attempts[f"list {path}"] = (f"SUCCEEDED: {path} shows {foreign}" if foreign
                                     else f"refused: only the box's own entries {listings[path][:10]}")
     for pid in args["supervisor_pids"]:

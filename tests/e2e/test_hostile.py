@@ -3,8 +3,9 @@ through the real system, each trying to break out of its box, while a neighbour 
 steady load through the gateway with zero failures.
 
 One system for the whole module (one environment build: every hostile model has the neighbour's
-exact requirements). The system fixture is parametrized by runtime; a runtime joins the suite
-with a ``Layout`` (``tests/e2e/hostile.py``) and its name in ``RUNTIMES``."""
+exact requirements). This module runs the suite on the process runtime; ``test_hostile_docker.py``
+runs the same tests on the docker runtime (a file of its own, so the two systems run side by
+side on two test workers). A runtime joins the suite with a ``Layout`` (``tests/e2e/hostile.py``)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,6 @@ import pytest
 import requests
 
 from supervisor import naming
-from supervisor.runtime.process import PACKAGE_DIR
 from tests.e2e.conftest import ADMIN_PASSWORD, System, registrar, running_system
 from tests.e2e.hostile import (
     LAYOUTS,
@@ -50,7 +50,6 @@ from tests.support import wait_until
 
 pytestmark = pytest.mark.e2e
 
-RUNTIMES = ["process"]  # "docker" once its box is done: a Layout in tests/e2e/hostile.py
 NEIGHBOUR, PROBE, BOMB, TAMPER = "hostile-neighbour", "hostile-probe", "hostile-bomb", "hostile-tamper"
 READY = "VERSION_STATE_READY"
 # 512 MiB: the host, a scoring server with MLflow and pandas and its workers fit (256 does not,
@@ -67,18 +66,18 @@ class Hostile:
     neighbour_rows: list[dict[str, Any]]
 
 
-@pytest.fixture(scope="module", params=RUNTIMES)
-def hostile(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, iris: pd.DataFrame
-            ) -> Iterator[Hostile]:
-    runtime = request.param
+def hostile_system(runtime: str, tmp_path_factory: pytest.TempPathFactory, iris: pd.DataFrame,
+                   extra_env: dict[str, str]) -> Iterator[Hostile]:
+    """The suite's system on ``runtime``: the neighbour under load and the three hostile models."""
     # Sockets where a production machine has them: below directories every user may traverse
     # (pytest's own temporary dirs are 0700, which would refuse another user for the wrong reason).
     sockets = Path(tempfile.mkdtemp(prefix="mshostile-", dir="/tmp"))
     sockets.chmod(0o755)
-    env = {"MODELSERVE_RUNTIME": runtime, "MODELSERVE_SANDBOX": "bwrap", "MODELSERVE_SOCKET_DIR": str(sockets)}
+    env = {"MODELSERVE_RUNTIME": runtime, "MODELSERVE_SANDBOX": "bwrap", "MODELSERVE_SOCKET_DIR": str(sockets),
+           **extra_env}
     with contextlib.ExitStack() as stack:
         stack.callback(shutil.rmtree, sockets, True)
-        system = stack.enter_context(running_system(tmp_path_factory.mktemp("hostile"), extra_env=env))
+        system = stack.enter_context(running_system(tmp_path_factory.mktemp(f"hostile-{runtime}"), extra_env=env))
         layout = LAYOUTS[runtime](system)
         registrar(system, iris)(NEIGHBOUR)
         assert system.api("POST", "enable", registered_model_name=NEIGHBOUR).status_code == 200
@@ -101,6 +100,11 @@ def hostile(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         yield Hostile(system, layout, load, rows)
 
 
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory: pytest.TempPathFactory, iris: pd.DataFrame) -> Iterator[Hostile]:
+    yield from hostile_system("process", tmp_path_factory, iris, {})
+
+
 def refused(report: dict[str, str]) -> dict[str, str]:
     """The attempts of a probe report that did not fail."""
     return {what: result for what, result in report.items() if not result.startswith("refused:")}
@@ -115,7 +119,7 @@ def test_health_reports_every_isolation_item_enforced(hostile: Hostile) -> None:
     print(json.dumps(isolation, indent=1))
     assert set(items) >= {"identity", "sandbox", "user_namespaces", "network", "memory", "cpu", "pids"}
     assert isolation["all_enforced"] is True, [i for i in items.values() if not i["enforced"]]
-    assert "own uid" in items["identity"]["detail"] and "bubblewrap" in items["sandbox"]["detail"]
+    assert "own uid" in items["identity"]["detail"] and hostile.layout.sandbox in items["sandbox"]["detail"]
     for limit in ("memory", "cpu", "pids"):
         assert "cgroup v1" in items[limit]["detail"], items[limit]
 
@@ -129,6 +133,7 @@ def _probe_args(h: Hostile, listener_port: int) -> dict[str, Any]:
         admin_password.write_text(ADMIN_PASSWORD)
         admin_password.chmod(0o600)
     neighbour_files = layout.model_files(NEIGHBOUR, "1")
+    neighbours = layout.host_files(NEIGHBOUR)
     secrets = {
         "admin password file": admin_password,
         "the tests' netrc (admin password)": data / "netrc",
@@ -143,18 +148,11 @@ def _probe_args(h: Hostile, listener_port: int) -> dict[str, Any]:
         "supervisor logs": data / "logs" / "api.log",
         "neighbour's model file": neighbour_files / "MLmodel",
         "neighbour's model": next(p for p in sorted(neighbour_files.iterdir()) if p.name.startswith("model.")),
-        "neighbour's host.json": layout.state_dir(NEIGHBOUR).parent / "host.json",
-        "neighbour's status": layout.state_dir(NEIGHBOUR) / "status.json",
-        "neighbour's version log": layout.state_dir(NEIGHBOUR) / "versions" / "1.log",
-        "bomb's spec": layout.state_dir(BOMB).parent / "spec" / "spec.json",
+        **{f"neighbour's {what}": path for what, path in neighbours.items()},
+        "bomb's spec": layout.host_files(BOMB)["spec"],
     }
     missing = [f"{k}: {p}" for k, p in secrets.items() if not p.exists()]
     assert not missing, f"the test's targets must exist outside the box: {missing}"
-    own = layout.model_files(PROBE, "1")
-    python = layout.python_of(PROBE, "1")
-    env_dir = python.parent.parent
-    assert python.exists(), python
-    interpreter = python.resolve().parent.parent
     sup = layout.supervisor_pids()
     neighbour_pids = layout.box_pids(NEIGHBOUR)
     targets = [{"name": f"supervisor {n}", "pid": p, "marker": cmdline(p)[:80]} for n, p in sup.items()]
@@ -164,9 +162,7 @@ def _probe_args(h: Hostile, listener_port: int) -> dict[str, Any]:
         "data_dir": str(data),
         "secrets": {k: str(p) for k, p in secrets.items()},
         "supervisor_pids": list(sup.values()),
-        "own_readonly": [str(own), str(env_dir), str(env_dir / "lib"), str(interpreter),
-                         str(PACKAGE_DIR / "host"), str(PACKAGE_DIR / "scoring"),
-                         str(layout.state_dir(PROBE).parent / "spec"), str(layout.state_dir(PROBE).parent)],
+        "own_readonly": layout.own_readonly(PROBE, "1"),
         "tmp_mib": get_box(h.system, PROBE)["tmp_mb"],
         "tcp_ports": {"supervisor API": env["MODELSERVE_API_PORT"], "mlflow": env["MODELSERVE_MLFLOW_PORT"],
                       "gateway": env["MODELSERVE_PORT"], "the test's listener": listener_port},
@@ -180,6 +176,8 @@ def _probe_args(h: Hostile, listener_port: int) -> dict[str, Any]:
                           *(layout.socket_dir(m).name for m in (NEIGHBOUR, BOMB, TAMPER)),
                           "auth", "modelserve.db", "mlflow", "run", "logs", "netrc", "nginx", "canary",
                           ".pyenv-secret", ".ssh", ".bash_history", "shadow"],
+        # Entries of the box's own root that share a name with the data dir's (an image's /run).
+        "own_root_entries": sorted(layout.own_root_entries()),
     }
 
 
@@ -214,8 +212,8 @@ def test_probe_every_attempt_is_refused(hostile: Hostile) -> None:
     print(json.dumps(processes, indent=1))
     outside = len(hostile.layout.box_pids(PROBE))
     assert 1 <= len(processes) <= outside, (processes, outside)
-    own_state = str(hostile.layout.state_dir(PROBE))
-    assert all(own_state in c or "server.py" in c or "bwrap" in c or c == "" for c in processes.values()), processes
+    markers = hostile.layout.own_markers(PROBE)
+    assert all(c == "" or any(m in c for m in markers) for c in processes.values()), processes
     assert set(info["interfaces"]) <= {"lo"}, info["interfaces"]
     # Every process it tried to signal is alive and the same.
     for pid, was in before.items():
@@ -275,7 +273,7 @@ def _cpu_stat(h: Hostile) -> dict[str, int]:
 
 def test_bomb_runs_in_cgroups_with_its_own_limits(hostile: Hostile) -> None:
     layout = hostile.layout
-    assert _read_int(layout.cgroup_dir(BOMB, "memory") / "memory.limit_in_bytes") == BOMB_BOX["memory_mb"] << 20
+    assert _read_int(layout.cgroup_dir(BOMB, "memory") / "memory.limit_in_bytes") == int(BOMB_BOX["memory_mb"]) << 20
     assert _read_int(layout.cgroup_dir(BOMB, "pids") / "pids.max") == 64
     cpu = layout.cgroup_dir(BOMB, "cpu")
     assert _read_int(cpu / "cpu.cfs_quota_us") / _read_int(cpu / "cpu.cfs_period_us") == 0.5
@@ -301,7 +299,7 @@ def test_memory_bomb_is_killed_and_the_kill_reported(hostile: Hostile) -> None:
     assert any(f"{BOMB_BOX['memory_mb']} MiB" in m for m in oom), oom
     wait_until("the bomb answering again", lambda: answers(system, BOMB), timeout=120)
     assert system.versions(BOMB)["1"]["state"] == READY
-    assert _read_int(hostile.layout.cgroup_dir(BOMB, "memory") / "memory.max_usage_in_bytes") <= BOMB_BOX["memory_mb"] << 20
+    assert _read_int(hostile.layout.cgroup_dir(BOMB, "memory") / "memory.max_usage_in_bytes") <= int(BOMB_BOX["memory_mb"]) << 20
 
 
 def test_fork_and_thread_bombs_stop_at_the_process_limit(hostile: Hostile) -> None:
@@ -360,7 +358,7 @@ def test_a_rewritten_status_misleads_nobody(hostile: Hostile, variant: str) -> N
     layout = hostile.layout
     foreign = layout.box_pids(NEIGHBOUR)[-1]
     attack(hostile.system, TAMPER, "tamper", how="status", variant=variant, seconds=6,
-           state_dir=str(layout.state_dir(TAMPER)), other_version="2", foreign_pid=foreign)
+           state_dir=layout.in_box(TAMPER, layout.state_dir(TAMPER)), other_version="2", foreign_pid=foreign)
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         views = _supervisor_views(hostile)
@@ -376,9 +374,10 @@ def test_symlinked_status_and_log_reveal_nothing(hostile: Hostile) -> None:
     assert password_file.exists()
     state = layout.state_dir(TAMPER)
     for path in (state / "versions" / "1.log", state / "keeper.json"):
-        done = attack(hostile.system, TAMPER, "tamper", how="symlink", path=str(path), target=str(password_file))
+        done = attack(hostile.system, TAMPER, "tamper", how="symlink", path=layout.in_box(TAMPER, path),
+                      target=str(password_file))
         assert done["lstat"].startswith("l"), done
-    attack(hostile.system, TAMPER, "tamper", how="status_fifo", state_dir=str(state))
+    attack(hostile.system, TAMPER, "tamper", how="status_fifo", state_dir=layout.in_box(TAMPER, state))
     views = _supervisor_views(hostile)
     assert not any(ADMIN_PASSWORD in v for v in views.values())
     assert "=== scoring server ===" in json.loads(views["logs"])["logs"]
@@ -393,10 +392,10 @@ def test_a_symlinked_state_dir_does_not_make_the_supervisor_touch_outside(hostil
     os.chmod(canary, 0o755)
     before = canary.stat()
     old_box = layout.box_pid(TAMPER)
-    attack(hostile.system, TAMPER, "tamper", how="symlink", path=str(layout.state_dir(TAMPER) / "versions"),
-           target=str(canary))
-    try_attack(hostile.system, TAMPER, "kill_box", timeout=30)
-    wait_until("a new box", lambda: layout.box_pid(TAMPER) != old_box, timeout=120)
+    attack(hostile.system, TAMPER, "tamper", how="symlink",
+           path=layout.in_box(TAMPER, layout.state_dir(TAMPER) / "versions"), target=str(canary))
+    layout.restart_box(TAMPER)
+    wait_until("a new box", lambda: layout.box_pid(TAMPER) not in (old_box, 0), timeout=120)
     time.sleep(3)
     after = canary.stat()
     print(f"canary before uid {before.st_uid} mode {oct(before.st_mode)}, after uid {after.st_uid} "
@@ -423,7 +422,7 @@ def test_a_symlinked_socket_does_not_lead_the_gateway_to_another_model(hostile: 
     answered by the neighbour (whose access check they never passed)."""
     layout = hostile.layout
     wait_until("the tamper model answering", lambda: answers(hostile.system, TAMPER), timeout=120)
-    attack(hostile.system, TAMPER, "tamper", how="symlink", path=str(layout.socket_path(TAMPER, "1")),
+    attack(hostile.system, TAMPER, "tamper", how="symlink", path=layout.in_box(TAMPER, layout.socket_path(TAMPER, "1")),
            target=str(layout.socket_path(NEIGHBOUR, "1")))
     # The tamper model's own server answers iris rows with a 400 (no "action" column); the
     # neighbour answers them with a 200. Many at once, so Nginx opens new upstream connections

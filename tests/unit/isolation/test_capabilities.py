@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from supervisor.isolation import capabilities
 from supervisor.isolation.capabilities import (
     Capabilities,
     Probes,
@@ -116,3 +119,49 @@ def test_user_namespaces_turned_off_by_sysctl(tmp_path: Path) -> None:
 
 def test_the_machine_is_probed_once_per_process() -> None:
     assert machine_capabilities("off") is machine_capabilities("off")
+
+
+# --- the docker runtime ----------------------------------------------------------------------
+ENGINE = {"CgroupVersion": "1", "CgroupDriver": "cgroupfs", "MemoryLimit": True, "SwapLimit": True,
+          "CpuCfsQuota": True, "PidsLimit": True}
+
+
+def test_docker_engine_with_every_limit_enforces_everything() -> None:
+    caps = capabilities.docker_probe(dict(ENGINE))
+    assert caps.to_json()["all_enforced"] is True
+    items = {c.what: c for c in caps.items}
+    assert set(items) == {"identity", "sandbox", "user_namespaces", "network", "memory", "cpu", "pids"}
+    assert "Docker container" in items["sandbox"].detail
+    assert "cgroup v1 memory controller" in items["memory"].detail
+
+
+def test_docker_engine_without_swap_accounting_does_not_limit_memory() -> None:
+    caps = capabilities.docker_probe(ENGINE | {"SwapLimit": False})
+    assert [c.what for c in caps.not_enforced()] == ["memory"]
+    assert "SwapLimit unsupported" in caps.not_enforced()[0].detail
+
+
+def test_docker_engine_that_does_not_answer_is_said_plainly() -> None:
+    caps = capabilities.docker_probe(None, "connection refused")
+    missing = {c.what for c in caps.not_enforced()}
+    assert missing == {"sandbox", "user_namespaces", "network", "memory", "cpu", "pids"}
+    assert all("connection refused" in c.detail for c in caps.not_enforced())
+
+
+def test_docker_runtime_asks_the_engine_again_until_it_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(capabilities, "_docker_answer", None)
+    answers: list[dict[str, object] | Exception] = [OSError("not up yet"), dict(ENGINE)]
+    asked = []
+
+    def info() -> dict[str, object]:
+        asked.append(1)
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    first = capabilities.runtime_capabilities("docker", "bwrap", info)
+    assert not first.to_json()["all_enforced"] and "not up yet" in first.not_enforced()[0].detail
+    assert capabilities.runtime_capabilities("docker", "bwrap", info).to_json()["all_enforced"]
+    assert capabilities.runtime_capabilities("docker", "bwrap", info).to_json()["all_enforced"]
+    assert len(asked) == 2
