@@ -250,7 +250,7 @@ class Child:
         log_path = Path(self.spec["log"])
         log_path.parent.mkdir(parents=True, exist_ok=True)
         stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        with open(log_path, "ab", buffering=0) as logf:
+        with open_log(log_path) as logf:
             logf.write(f"--- modelhost: starting version {self.version} (attempt {self.attempt}) at {stamp} ---\n"
                        .encode())
             env = dict(os.environ)
@@ -365,8 +365,54 @@ class Child:
         }
 
 
+STATE_FILE_MAX = 4 << 20
+
+
+def open_log(path: Path) -> Any:
+    """The version's log for appending. The model's code may have put a FIFO there (an open for
+    writing would block until someone reads it) or a symlink: anything but a regular file is
+    replaced by a new, empty log."""
+    import stat
+
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError:
+        fd = -1
+    if fd >= 0 and not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        fd = -1
+    if fd < 0:
+        os.unlink(path)
+        fd = os.open(path, flags | os.O_EXCL, 0o644)
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "ab", buffering=0)
+
+
+def read_state_file(path: Path) -> str:
+    """A file of the state dir, which the model's own code may have replaced (a FIFO that would
+    block the open forever, a symlink, a huge file): regular files only, bounded. OSError else."""
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        data = os.read(fd, STATE_FILE_MAX + 1)
+    finally:
+        os.close(fd)
+    if len(data) > STATE_FILE_MAX:
+        raise OSError(f"{path} is over {STATE_FILE_MAX} bytes")
+    return data.decode("utf-8", errors="replace")
+
+
 class Host:
     def __init__(self, state_dir: Path, spec_path: Path | None = None) -> None:
+        # First: a reload or stop asked for while this host starts must not kill it (the
+        # default action of SIGHUP) nor be lost; run() acts on the flags.
+        signal.signal(signal.SIGHUP, lambda *_: setattr(self, "reload_requested", True))
+        signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stop_requested", True))
+        signal.signal(signal.SIGINT, lambda *_: setattr(self, "stop_requested", True))
         self.state_dir = state_dir
         # Beside the status by default; in a box the spec is the supervisor's, mounted read-only.
         self.spec_path = spec_path or state_dir / "spec.json"
@@ -382,7 +428,7 @@ class Host:
     def read_previous(self) -> dict[str, dict[str, Any]]:
         """What an earlier host of this state dir reported last (it may have been killed)."""
         try:
-            status = json.loads((self.state_dir / "status.json").read_text())
+            status = json.loads(read_state_file(self.state_dir / "status.json"))
         except (OSError, ValueError):
             return {}
         versions = status.get("versions") if isinstance(status, dict) else None
@@ -392,7 +438,7 @@ class Host:
 
     def read_spec(self) -> dict[str, Any]:
         try:
-            spec = json.loads(self.spec_path.read_text())
+            spec = json.loads(read_state_file(self.spec_path))
         except (OSError, ValueError) as exc:
             _log(f"cannot read spec.json ({exc}); keeping the current versions")
             return {"model": self.model, "versions": {v: c.spec for v, c in self.children.items()}}
@@ -490,9 +536,6 @@ class Host:
         self.last_status = time.monotonic()
 
     def run(self) -> int:
-        signal.signal(signal.SIGHUP, lambda *_: setattr(self, "reload_requested", True))
-        signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stop_requested", True))
-        signal.signal(signal.SIGINT, lambda *_: setattr(self, "stop_requested", True))
         _become_subreaper()
         _log(f"started (pid {os.getpid()}, state dir {self.state_dir})")
         threading.Thread(target=self.probe_forever, name="liveness", daemon=True).start()

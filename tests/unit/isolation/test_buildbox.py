@@ -41,7 +41,7 @@ def test_the_boxed_command_binds_uv_and_what_it_is_given(tmp_path: Path) -> None
     env_dir, cache = tmp_path / "env", tmp_path / "cache"
     argv = build.command(["uv", "pip", "install"], readonly=[Path("/usr/lib"), tmp_path / "model"],
                          writable=[env_dir, cache], workdir=env_dir, network=True, env={"UV_CACHE_DIR": str(cache)})
-    pairs = list(zip(argv, argv[1:], argv[2:]))
+    pairs = list(zip(argv, argv[1:], argv[2:], strict=False))
     assert ("--ro-bind", str(UV.resolve()), str(UV.resolve())) in pairs
     assert ("--ro-bind", str(tmp_path / "model"), str(tmp_path / "model")) in pairs
     assert ("--bind", str(env_dir), str(env_dir)) in pairs and ("--bind", str(cache), str(cache)) in pairs
