@@ -67,3 +67,47 @@ def test_while_an_older_generation_answers_the_port_the_probe_judges_nothing(
     assert child.probe() is False and child.answered_at is None  # the orphans answered, not it
     monkeypatch.setattr(modelhost, "has_workers", lambda pid: True)
     assert child.probe() is True and child.answered_at is not None
+
+
+# --- files the model's own code may have replaced -------------------------------------------------
+def test_a_state_file_that_is_a_fifo_is_refused_at_once(tmp_path: Any) -> None:
+    import os
+
+    fifo = tmp_path / "status.json"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError, match="not a regular file"):
+        modelhost.read_state_file(fifo)  # would block forever with a plain open()
+    (tmp_path / "real").write_text('{"a": 1}')
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with pytest.raises(OSError):
+        modelhost.read_state_file(tmp_path / "link")
+    assert modelhost.read_state_file(tmp_path / "real") == '{"a": 1}'
+
+
+def test_a_new_host_of_a_state_dir_with_a_fifo_status_starts(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import signal
+
+    monkeypatch.setattr(signal, "signal", lambda *_: None)  # the host's handlers are not the test's
+    os.mkfifo(tmp_path / "status.json")
+    host = modelhost.Host(tmp_path, tmp_path / "spec.json")
+    assert host.previous == {}
+
+
+def test_a_version_log_replaced_by_a_fifo_or_a_link_is_made_a_log_again(tmp_path: Any) -> None:
+    import os
+
+    log = tmp_path / "1.log"
+    os.mkfifo(log)
+    with modelhost.open_log(log) as f:
+        f.write(b"first\n")
+    secret = tmp_path / "secret"
+    secret.write_text("keep")
+    log.unlink()
+    log.symlink_to(secret)
+    with modelhost.open_log(log) as f:
+        f.write(b"second\n")
+    assert log.read_bytes() == b"second\n" and not log.is_symlink() and secret.read_text() == "keep"
+    with modelhost.open_log(log) as f:
+        f.write(b"third\n")
+    assert log.read_bytes() == b"second\nthird\n"
