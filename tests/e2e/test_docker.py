@@ -38,13 +38,18 @@ def docker(*args: str) -> str:
     return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=120, check=True).stdout.strip()
 
 
-@pytest.fixture(scope="module")
-def dsystem(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+def require_engine() -> None:
+    """A running Docker engine with the base image: what every docker-runtime system needs."""
     info = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True,
                           timeout=60)
     assert info.returncode == 0, f"these tests need a running Docker engine (dockerd): {info.stderr.strip()}"
     assert subprocess.run(["docker", "image", "inspect", BASE_IMAGE], capture_output=True).returncode == 0, (
         f"base image {BASE_IMAGE} is missing: run images/build-base-image.sh")
+
+
+@pytest.fixture(scope="module")
+def dsystem(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    require_engine()
     extra = {"MODELSERVE_RUNTIME": "docker", "MODELSERVE_DOCKER_BASE_IMAGE": BASE_IMAGE,
              "MODELSERVE_DOCKER_DRAIN_SECONDS": "1"}
     with running_system(tmp_path_factory.mktemp("modelserve-docker"), extra) as sys_:
