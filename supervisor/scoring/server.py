@@ -588,7 +588,26 @@ def _retire(server: Server) -> None:
 
 
 REFORK_BACKOFF_MAX = 5.0
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 RETIRED = 75  # a worker's exit code when a newer generation took the socket over
+
+
+def _work(server: Server, handoff_dir: Path | None) -> None:
+    """A forked worker's whole life: offer the listening socket to a next generation, serve, leave."""
+    offer = None
+    try:
+        if handoff_dir is not None:
+            try:
+                offer = handoff.Offer(handoff_dir, server.socket, lambda: _retire(server))
+            except OSError as exc:
+                # Serving comes first: without an offer, a replacement binds afresh.
+                print(f"modelserve scoring server: worker {os.getpid()} cannot offer its socket at "
+                      f"{handoff_dir}: {exc}", flush=True)
+        serve(server)
+    finally:
+        if offer is not None:
+            offer.close()
+        os._exit(RETIRED if server.retiring else 0)
 
 
 def prefork(server: Server, workers: int, handoff_dir: Path | None = None,
@@ -609,43 +628,32 @@ def prefork(server: Server, workers: int, handoff_dir: Path | None = None,
     server.socket.setblocking(False)
     children: dict[int, float] = {}
     stopping = False
-    parent = os.getpid()
-    stopped_before_serving = False
 
     def spawn() -> None:
-        pid = os.fork()
-        if pid == 0:
-            # The parent's handler is not the worker's: serve() installs the worker's own. A stop
-            # that reached this worker before this line ran the parent's handler in it, which
-            # only noted it (below): the worker leaves instead of serving without a stop to come.
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            if stopped_before_serving:
-                os._exit(0)
-            offer = None
-            try:
-                if handoff_dir is not None:
-                    try:
-                        offer = handoff.Offer(handoff_dir, server.socket, lambda: _retire(server))
-                    except OSError as exc:
-                        # Serving comes first: without an offer, a replacement binds afresh.
-                        print(f"modelserve scoring server: worker {os.getpid()} cannot offer its socket at "
-                              f"{handoff_dir}: {exc}", flush=True)
-                serve(server)
-            finally:
-                if offer is not None:
-                    offer.close()
-                os._exit(RETIRED if server.retiring else 0)
-        children[pid] = time.monotonic()
+        # A stop is held back across the fork. CPython drops, in a new child, any signal that
+        # reached it before the interpreter's after-fork step ran, so a SIGTERM sent to the
+        # group (or by this parent) to a worker that had not run yet was lost, and that worker
+        # served on with no stop to come while its parent waited for it forever. Blocked, the
+        # signal stays pending in the kernel: the child meets it with the default action once
+        # it unblocks, the parent runs its handler once the child's pid is known.
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                # The parent's handler is not the worker's: serve() installs the worker's own.
+                for signum in STOP_SIGNALS:
+                    signal.signal(signum, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+                _work(server, handoff_dir)
+            children[pid] = time.monotonic()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         if stopping:  # the stop came while forking, before this pid was known to the handler
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
     def _stop(*_: Any) -> None:
-        nonlocal stopping, stopped_before_serving
-        if os.getpid() != parent:
-            stopped_before_serving = True
-            return
+        nonlocal stopping
         stopping = True
         for child in list(children):
             try:
