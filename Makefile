@@ -86,4 +86,4 @@ test:
 	@$(TIMED) "docker-engine (make test)" $(MAKE) --no-print-directory docker-engine
 	@$(TIMED) "make lint" $(MAKE) --no-print-directory lint
 	PATH="$(CURDIR)/$(VENV)/bin:/usr/sbin:$$PATH" $(TIMED) "pytest -n $(PYTEST_WORKERS)" \
-	  $(PY) -m pytest -ra -n $(PYTEST_WORKERS) --dist loadfile --durations=40
+	  $(PY) -m pytest -ra -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=40

@@ -4,8 +4,10 @@ gateway reloads, supervisor processes, scoring servers and model hosts are kille
 freezes. ``tests/reliability/churn.py`` runs it and judges it; this test only demands a clean
 verdict, and prints the per-phase table (visible with ``-s`` or on failure).
 
-Each runtime gets a system of its own (the suite kills and restarts its parts); the docker one
-reuses the environment image the docker tests built, so it costs container starts, not builds.
+Each runtime gets a system of its own (the suite kills and restarts its parts) and a file of its
+own (``test_churn_docker.py`` runs this test on the docker runtime), so that the two, each several
+minutes long, run on two test workers side by side. The docker one reuses the environment image
+the docker tests built, so it costs container starts, not builds.
 """
 
 from __future__ import annotations
@@ -21,8 +23,11 @@ pytestmark = pytest.mark.e2e
 
 # No rule of the suite depends on the machine's speed (recoveries are measured and shown, and only
 # have to come back), so both runtimes run beside the other test files.
-@pytest.mark.parametrize("runtime", ["process", "docker"])
-def test_short_churn_loses_no_request_it_should_not(runtime: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_short_churn_loses_no_request_it_should_not(tmp_path_factory: pytest.TempPathFactory) -> None:
+    churn("process", tmp_path_factory)
+
+
+def churn(runtime: str, tmp_path_factory: pytest.TempPathFactory) -> None:
     if runtime == "docker":
         info = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=60)
         assert info.returncode == 0, f"the docker runtime needs a running Docker engine: {info.stderr.strip()}"

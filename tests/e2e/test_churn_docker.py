@@ -1,0 +1,14 @@
+"""The churn suite's short form (``test_churn.py``) on the docker runtime, in a file of its own so
+that it and the process runtime's run on two test workers side by side."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.test_churn import churn
+
+pytestmark = pytest.mark.e2e
+
+
+def test_short_churn_loses_no_request_it_should_not(tmp_path_factory: pytest.TempPathFactory) -> None:
+    churn("docker", tmp_path_factory)
