@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.test_churn import churn
+from tests.e2e.test_churn import CHURN_TIMEOUT, churn
 
 pytestmark = pytest.mark.e2e
 
 
+@pytest.mark.timeout(CHURN_TIMEOUT)
 def test_short_churn_loses_no_request_it_should_not(tmp_path_factory: pytest.TempPathFactory) -> None:
     churn("docker", tmp_path_factory)
