@@ -122,6 +122,17 @@ def down() -> None:
     do_down(Settings(), echo=click.echo)
 
 
+@main.command("admin-password")
+def admin_password() -> None:
+    """Print the MLflow admin's password (made on the first `up`), for whoever may read it."""
+    settings = Settings()
+    password = settings.resolved_admin_password()
+    if not password:
+        raise click.ClickException(f"no admin password in {settings.admin_password_file} (readable by this user?) "
+                                   "nor in MODELSERVE_ADMIN_PASSWORD: it is made by the first `modelserve up`")
+    click.echo(password)
+
+
 @main.command()
 @click.argument("name")
 @click.option("--wait/--no-wait", default=False, help="Wait until the endpoint is READY or FAILED.")
