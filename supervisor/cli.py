@@ -110,7 +110,8 @@ def up(detach: bool, no_auth: bool) -> None:
     # Before anything starts: a Ctrl-C while starting stops what was started, hosts included.
     launcher.signals.install()
     launcher.start()
-    click.echo("press Ctrl-C to stop everything, model hosts included")
+    if not settings.compose:
+        click.echo("press Ctrl-C to stop everything, model hosts included")
     launcher.watch()
 
 

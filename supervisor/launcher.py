@@ -258,6 +258,11 @@ class Launcher:
             self.gateway.start()
         self._write_state()
         self._stop_if_asked()
+        if s.compose:
+            # The address inside the container means nothing outside it.
+            self.echo("modelserve is up: the gateway container serves on its published port "
+                      "(127.0.0.1:8080 unless MODELSERVE_GATEWAY_PORT says otherwise)")
+            return
         self.echo(f"modelserve is up: gateway {s.gateway_url}\n"
                   f"  export MLFLOW_TRACKING_URI={s.gateway_url}   # register, serve and score through it\n"
                   f"  data in {s.data_dir}; logs in {s.logs_dir}")

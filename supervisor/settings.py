@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     # No longer read: a model's container has no network (network_mode "none"; the gateway reaches
     # its scoring servers through the bind-mounted socket directory), or the engine's default
     # bridge when its box has network on, never the host's nor the stack's network. Kept so that
-    # compose.yaml's MODELSERVE_DOCKER_NETWORK still parses, until compose shares the sockets.
+    # an environment that still sets MODELSERVE_DOCKER_NETWORK (older compose files) parses.
     docker_network: str = "host"
     # Seconds an old container keeps running after the gateway stopped routing to it.
     docker_drain_seconds: float = 2.0

@@ -74,6 +74,11 @@ def mlflow_server(args: list[str]) -> None:
     if not auth_db:
         raise SystemExit("MODELSERVE_MLFLOW_AUTH_DB is not set: the URL of MLflow's user database")
     env = {**os.environ, **bootstrap.mlflow_server_env(settings, password, database_uri=auth_db)}
+    # Each of the server's workers migrates the user database as it starts; on a new Postgres
+    # database two at once would race on CREATE TABLE. Migrated here first, they find it done.
+    from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+
+    SqlAlchemyStore().init_db(auth_db)
     os.execvpe("mlflow", ["mlflow", "server", *args, "--app-name", "basic-auth"], env)
 
 
