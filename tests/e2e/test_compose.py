@@ -62,6 +62,19 @@ def extra_ca_certs() -> str:
     return "\n".join(c for c in _PEM.findall(bundle.read_text()) if c not in known)
 
 
+def sources_tag() -> str:
+    """A tag named by what the images are built from (the build context .dockerignore lets
+    through): a stack of other sources on the same engine (another branch's CI) never runs ours."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted([ROOT / "pyproject.toml", ROOT / "compose.yaml",
+                        *(p for d in ("supervisor", "nginx", "images") for p in (ROOT / d).rglob("*")
+                          if p.is_file() and "__pycache__" not in p.parts)]):
+        digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
+    return "src-" + digest.hexdigest()[:12]
+
+
 class Stack:
     def __init__(self, data_dir: Path) -> None:
         self.project = f"modelserve-e2e-{secrets.token_hex(4)}"
@@ -70,7 +83,8 @@ class Stack:
         self.data_dir = data_dir
         self.env = {**os.environ, "BASE_IMAGE": BASE_IMAGE, "MODELSERVE_DOCKER_BASE_IMAGE": BASE_IMAGE,
                     "MODELSERVE_HOST_DATA_DIR": str(data_dir), "MODELSERVE_GATEWAY_PORT": str(self.port),
-                    "MODELSERVE_CA_CERT": extra_ca_certs(), "MODELSERVE_RECONCILE_INTERVAL": "1"}
+                    "MODELSERVE_CA_CERT": extra_ca_certs(), "MODELSERVE_RECONCILE_INTERVAL": "1",
+                    "MODELSERVE_IMAGE_TAG": sources_tag()}
         # The stack's own variables only: a test session's MLflow settings are not the stack's.
         for name in ("MLFLOW_TRACKING_URI", "MODELSERVE_DATA_DIR", "MODELSERVE_URL"):
             self.env.pop(name, None)
