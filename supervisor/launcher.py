@@ -316,8 +316,8 @@ class Launcher:
         keep_serving = self.settings.compose
         stop_models = stop_models and not keep_serving
         names = ", ".join(c.name for c in reversed(self.children) if c.proc)
-        self.echo(f"stopping modelserve: {'' if keep_serving else 'the gateway, '}{names}"
-                  f"{', then every model host' if stop_models else ''} ...")
+        parts = ", ".join(([] if keep_serving else ["the gateway"]) + ([names] if names else []))
+        self.echo(f"stopping modelserve: {parts}{', then every model host' if stop_models else ''} ...")
         if keep_serving:
             self.echo("  the gateway and the model containers keep serving")
         else:
