@@ -110,7 +110,8 @@ def up(detach: bool, no_auth: bool) -> None:
     # Before anything starts: a Ctrl-C while starting stops what was started, hosts included.
     launcher.signals.install()
     launcher.start()
-    click.echo("press Ctrl-C to stop everything, model hosts included")
+    if not settings.compose:
+        click.echo("press Ctrl-C to stop everything, model hosts included")
     launcher.watch()
 
 
@@ -120,6 +121,17 @@ def down() -> None:
     from supervisor.launcher import down as do_down
 
     do_down(Settings(), echo=click.echo)
+
+
+@main.command("admin-password")
+def admin_password() -> None:
+    """Print the MLflow admin's password (made on the first `up`), for whoever may read it."""
+    settings = Settings()
+    password = settings.resolved_admin_password()
+    if not password:
+        raise click.ClickException(f"no admin password in {settings.admin_password_file} (readable by this user?) "
+                                   "nor in MODELSERVE_ADMIN_PASSWORD: it is made by the first `modelserve up`")
+    click.echo(password)
 
 
 @main.command()

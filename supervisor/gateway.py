@@ -17,7 +17,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -140,6 +140,19 @@ class Gateway:
         deadline = time.monotonic() + 10
         while not self.is_running() and time.monotonic() < deadline:
             time.sleep(0.05)
+
+    def attach(self, timeout: float, abort: Callable[[], bool] = lambda: False) -> None:
+        """Configure an Nginx this process did not start (compose.yaml's gateway container, in
+        our PID namespace): write the config, wait for that Nginx, then reload it into the config."""
+        self.write_main()
+        self._test(self.main_conf)
+        deadline = time.monotonic() + timeout
+        while not self.is_running():
+            if abort() or time.monotonic() > deadline:
+                raise GatewayConfigError(f"no nginx answered at {self.pid_file} within {timeout:.0f} s: "
+                                         "is the gateway container running?")
+            time.sleep(0.2)
+        self.reload()
 
     def _workers(self, master: int) -> set[int]:
         try:

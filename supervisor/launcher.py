@@ -250,10 +250,19 @@ class Launcher:
                              f"http://127.0.0.1:{s.api_port}/api/2.0/modelserve/webhook", self.secret):
             self.echo("  MLflow webhooks wake the reconciler on registry changes")
         self._stop_if_asked()
-        self.echo("starting nginx (the gateway) ...")
-        self.gateway.start()
+        if s.compose:
+            self.echo("configuring the gateway container's nginx ...")
+            self.gateway.attach(s.start_timeout, abort=lambda: self._stopping)
+        else:
+            self.echo("starting nginx (the gateway) ...")
+            self.gateway.start()
         self._write_state()
         self._stop_if_asked()
+        if s.compose:
+            # The address inside the container means nothing outside it.
+            self.echo("modelserve is up: the gateway container serves on its published port "
+                      "(127.0.0.1:8080 unless MODELSERVE_GATEWAY_PORT says otherwise)")
+            return
         self.echo(f"modelserve is up: gateway {s.gateway_url}\n"
                   f"  export MLFLOW_TRACKING_URI={s.gateway_url}   # register, serve and score through it\n"
                   f"  data in {s.data_dir}; logs in {s.logs_dir}")
@@ -291,7 +300,8 @@ class Launcher:
                 child.not_before = now + min(30.0, 2.0 ** child.restarts)
                 self._spawn(child)
                 self._write_state()
-            if not self.gateway.is_running() and not self._stopping:
+            # In compose the gateway is a container of its own, restarted by the engine.
+            if not self.settings.compose and not self.gateway.is_running() and not self._stopping:
                 self.echo("nginx is not running; starting it again")
                 try:
                     self.gateway.start()
@@ -301,13 +311,20 @@ class Launcher:
         self.stop()
 
     def stop(self, stop_models: bool = True) -> None:
+        # compose.yaml's supervisor stops for a restart as for `down`: the gateway container and the
+        # model containers keep serving (`docker compose down` stops them itself).
+        keep_serving = self.settings.compose
+        stop_models = stop_models and not keep_serving
         names = ", ".join(c.name for c in reversed(self.children) if c.proc)
-        self.echo(f"stopping modelserve: the gateway{', ' + names if names else ''}"
-                  f"{', then every model host' if stop_models else ''} ...")
-        try:
-            self.gateway.stop()
-        except OSError as exc:  # the processes behind it, and the hosts, are stopped all the same
-            self.echo(f"  stopping nginx failed: {exc}")
+        parts = ", ".join(([] if keep_serving else ["the gateway"]) + ([names] if names else []))
+        self.echo(f"stopping modelserve: {parts}{', then every model host' if stop_models else ''} ...")
+        if keep_serving:
+            self.echo("  the gateway and the model containers keep serving")
+        else:
+            try:
+                self.gateway.stop()
+            except OSError as exc:  # the processes behind it, and the hosts, are stopped all the same
+                self.echo(f"  stopping nginx failed: {exc}")
         # Each child leads its own process group: mlflow server and gunicorn have workers of their own.
         # The reconciler is gone before the hosts are stopped, so nothing starts them again.
         for child in reversed(self.children):

@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     # No longer read: a model's container has no network (network_mode "none"; the gateway reaches
     # its scoring servers through the bind-mounted socket directory), or the engine's default
     # bridge when its box has network on, never the host's nor the stack's network. Kept so that
-    # compose.yaml's MODELSERVE_DOCKER_NETWORK still parses, until compose shares the sockets.
+    # an environment that still sets MODELSERVE_DOCKER_NETWORK (older compose files) parses.
     docker_network: str = "host"
     # Seconds an old container keeps running after the gateway stopped routing to it.
     docker_drain_seconds: float = 2.0
@@ -86,7 +86,15 @@ class Settings(BaseSettings):
     # Access control (supervisor/auth/). On by default: ``MODELSERVE_AUTH=off`` is for local play only.
     auth: bool = True
     admin_username: str = "admin"
-    admin_password: str = ""  # empty: the one kept in <data_dir>/auth/admin_password
+    admin_password: str = ""  # empty: the one kept in <auth_dir>/admin_password
+    # Where the admin password, MLflow's Flask secret and its auth config are kept; empty:
+    # <data_dir>/auth. compose.yaml points it at the "secrets" volume.
+    secrets_dir: Path | None = None
+    # Run as compose.yaml's supervisor service: Nginx runs in the gateway container (whose network
+    # and PID namespaces this one shares), so `up` renders and reloads its config but neither
+    # starts nor stops it, and a stop (a restart of this container) leaves the gateway and the
+    # model containers serving. `docker compose down` stops those (supervisor/runtime/docker.py).
+    compose: bool = False
     # How long Nginx and each API worker may reuse an access decision (a revoked token or a
     # removed permission stops working within this time). 0 asks MLflow every time.
     auth_cache_seconds: float = 10.0
@@ -148,7 +156,7 @@ class Settings(BaseSettings):
 
     @property
     def auth_dir(self) -> Path:
-        return self.data_dir / "auth"
+        return self.secrets_dir or self.data_dir / "auth"
 
     @property
     def admin_password_file(self) -> Path:

@@ -3,7 +3,11 @@ and each served model's box (its own settings and its uid).
 
 Everything that must survive a restart of every process lives here, never only in memory.
 SQLAlchemy Core keeps it portable: SQLite (WAL, busy timeout, so several API workers and the
-reconciler can share one file) by default, any SQLAlchemy URL otherwise.
+reconciler can share one file) by default, Postgres in compose.yaml (several containers share it),
+any SQLAlchemy URL otherwise. Nothing here relies on one dialect: every write that can meet a
+concurrent one (two processes creating the schema, enabling a model, choosing a port or a uid) is
+plain SQL whose loser is refused by a constraint and tries again (``_retrying``), never an
+``INSERT OR ...`` or an upsert of one database's own.
 """
 
 from __future__ import annotations
@@ -219,6 +223,12 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+# How each database refuses a CREATE that another process's CREATE of the same object beat:
+# SQLite and MySQL say "already exists"; Postgres says so too, or, when both got past its catalog
+# check, fails the second on the unique index of its catalog ("duplicate key value").
+_CREATED_MEANWHILE = ("already exists", "duplicate key value")
+
+
 def _create_schema(engine: Engine, attempts: int = 20) -> None:
     """Creates missing tables; safe when several processes open a new database at once.
 
@@ -231,7 +241,7 @@ def _create_schema(engine: Engine, attempts: int = 20) -> None:
             metadata.create_all(engine)
             return
         except DBAPIError as exc:
-            if "already exists" not in str(exc.orig) or attempt == attempts - 1:
+            if not any(words in str(exc.orig) for words in _CREATED_MEANWHILE) or attempt == attempts - 1:
                 raise
             time.sleep(0.01 * (attempt + 1))
 
@@ -250,12 +260,17 @@ class Store:
 
     # --- served models -------------------------------------------------------------------
     def enable(self, name: str) -> bool:
-        """Returns False when the model was already enabled."""
-        with self._tx() as c:
-            if c.execute(select(served_models.c.name).where(served_models.c.name == name)).first():
-                return False
-            c.execute(insert(served_models).values(name=name, enabled_at=now_ms()))
-            return True
+        """Returns False when the model was already enabled (also when another process enabled
+        it between our check and our insert: the primary key refuses ours, the retry finds it)."""
+
+        def once() -> bool:
+            with self._tx() as c:
+                if c.execute(select(served_models.c.name).where(served_models.c.name == name)).first():
+                    return False
+                c.execute(insert(served_models).values(name=name, enabled_at=now_ms()))
+                return True
+
+        return _retrying(once)
 
     def disable(self, name: str) -> bool:
         with self._tx() as c:
@@ -340,10 +355,16 @@ class Store:
             fields["aliases"] = json.dumps(sorted(fields["aliases"]))
         fields["updated"] = now_ms()
         where = and_(deployments.c.model == model, deployments.c.version == version)
-        with self._tx() as c:
-            if c.execute(update(deployments).where(where).values(**fields)).rowcount == 0:
-                fields.setdefault("state", PENDING)
-                c.execute(insert(deployments).values(model=model, version=version, **fields))
+
+        def once() -> None:
+            # Update, else insert; an insert that another process's beat is refused by the primary
+            # key, and the retry updates the row it made.
+            with self._tx() as c:
+                if c.execute(update(deployments).where(where).values(**fields)).rowcount == 0:
+                    c.execute(insert(deployments).values(model=model, version=version,
+                                                         **{"state": PENDING, **fields}))
+
+        _retrying(once)
 
     def delete_deployment(self, model: str, version: str) -> None:
         with self._tx() as c:
@@ -463,10 +484,13 @@ class Store:
 
     # --- meta ----------------------------------------------------------------------------
     def set_meta(self, key: str, value: str | None) -> None:
-        with self._tx() as c:
-            c.execute(delete(meta).where(meta.c.key == key))
-            if value is not None:
-                c.execute(insert(meta).values(key=key, value=value))
+        def once() -> None:
+            with self._tx() as c:
+                c.execute(delete(meta).where(meta.c.key == key))
+                if value is not None:
+                    c.execute(insert(meta).values(key=key, value=value))
+
+        _retrying(once)
 
     def get_meta(self, key: str) -> str | None:
         with self._tx() as c:

@@ -49,15 +49,16 @@ def ensure_admin_password(settings: Settings) -> tuple[str, bool]:
     return password, True
 
 
-def mlflow_server_env(settings: Settings, password: str) -> dict[str, str]:
-    """What the embedded ``mlflow server --app-name basic-auth`` needs; writes its auth config."""
+def mlflow_server_env(settings: Settings, password: str, database_uri: str = "") -> dict[str, str]:
+    """What ``mlflow server --app-name basic-auth`` needs; writes its auth config. Its user
+    database: ``database_uri``, else SQLite beside the config (the embedded server's)."""
     if settings.auth_default_permission not in PERMISSIONS:
         raise SystemExit(f"MODELSERVE_AUTH_DEFAULT_PERMISSION must be one of {', '.join(PERMISSIONS)}")
     auth_dir = _private_dir(settings.auth_dir)
     config = configparser.ConfigParser()
     config["mlflow"] = {
         "default_permission": settings.auth_default_permission,
-        "database_uri": f"sqlite:///{auth_dir / 'basic_auth.db'}",
+        "database_uri": database_uri or f"sqlite:///{auth_dir / 'basic_auth.db'}",
         "admin_username": settings.admin_username,
         "authorization_function": PLUGIN,
         "grant_default_workspace_access": "false",

@@ -24,6 +24,11 @@ Why it is built this way:
   ever published. What the container writes in its state dir (status, logs) is read as
   untrusted input, without following symlinks (``isolation/boxfiles.py``, ``hoststatus.py``); its
   memory cgroup's OOM count goes to the reconciler, which says "out of memory" for a kill.
+* **In compose.yaml, model containers belong to the stack** without being services of it: they
+  carry the Compose labels of a one-off container of the ``gateway`` service (``compose_labels``),
+  so ``docker compose down`` stops and removes them, after the supervisor (which depends on the
+  gateway) has stopped and can no longer start them again, while ``up``, ``restart`` and
+  ``ps`` of the services leave them alone. A restarted supervisor adopts them as usual.
 * **Which container is current** is written to ``hosts/<model id>/active.json`` when it changes,
   so every process (API workers, reconciler, a restarted one) agrees on the same answer.
 """
@@ -35,6 +40,7 @@ import dataclasses
 import json
 import os
 import shutil
+import socket
 import threading
 import time
 from collections import defaultdict
@@ -92,6 +98,20 @@ CONTAINER_ENV = {
     "MPLCONFIGDIR": "/tmp/matplotlib",
     "PYTHONDONTWRITEBYTECODE": "1",  # it could not write __pycache__ into the image anyway
 }
+
+
+# The Compose service whose one-off containers the model containers count as (compose.yaml).
+COMPOSE_SERVICE = "gateway"
+
+
+def compose_labels(own_labels: dict[str, str]) -> dict[str, str]:
+    """The labels that make a model container part of the Compose project the supervisor's own
+    container (``own_labels``) belongs to; none when it is not in one."""
+    project = own_labels.get("com.docker.compose.project")
+    if not project:
+        return {}
+    return {"com.docker.compose.project": project, "com.docker.compose.service": COMPOSE_SERVICE,
+            "com.docker.compose.oneoff": "True"}
 
 
 def engine_info() -> dict[str, Any]:
@@ -201,6 +221,7 @@ class DockerRuntime:
         self._lock = threading.Lock()
         self._starting: set[str] = set()  # names of containers being started: never retired
         self._unrouted_since: dict[str, float] = {}  # container id -> when the gateway stopped routing to it
+        self._compose_labels: dict[str, str] | None = None
 
     @property
     def client(self) -> Any:
@@ -210,6 +231,22 @@ class DockerRuntime:
 
             self._client = docker.from_env(timeout=max(60, int(self.settings.build_timeout)))
         return self._client
+
+    def _stack_labels(self) -> dict[str, str]:
+        """Compose labels for model containers when the supervisor runs in compose.yaml (its
+        container is found by its hostname, the container id, which a container sharing the
+        gateway's network has too: same project)."""
+        if not self.settings.compose:
+            return {}
+        if self._compose_labels is None:
+            import docker
+
+            try:
+                own = self.client.containers.get(socket.gethostname()).labels or {}
+            except docker.errors.DockerException:
+                own = {}
+            self._compose_labels = compose_labels(own)
+        return self._compose_labels
 
     # --- environments --------------------------------------------------------------------
     def _image_exists(self, tag: str) -> bool:
@@ -399,7 +436,7 @@ class DockerRuntime:
                 container = self.client.containers.run(
                     image, name=name, detach=True,
                     labels=container_labels(model, mid, self.instance, desired, [v.version for v in versions])
-                    | {"modelserve.image": image},
+                    | {"modelserve.image": image} | self._stack_labels(),
                     volumes={str(state_dir.resolve()): {"bind": CONTAINER_STATE_DIR, "mode": "rw"},
                              str(socket_dir.resolve()): {"bind": sockets.IN_BOX_DIR, "mode": "rw"}},
                     **hardening(box, user),

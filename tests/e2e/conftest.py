@@ -97,13 +97,30 @@ ADMIN_PASSWORD = "admin-" + secrets.token_urlsafe(12)
 def running_system(data: Path, extra_env: dict[str, str] | None = None) -> Iterator[System]:
     """``modelserve up --detach`` on free loopback ports and ``data``, with authentication on and
     the tests acting as its admin; ``modelserve down`` after, and the environment restored."""
-    netrc = data / "netrc"
-    netrc.write_text(f"machine 127.0.0.1 login admin password {ADMIN_PASSWORD}\n")
+    with acting_as_admin(ADMIN_PASSWORD, data / "netrc") as admin_env:
+        yield from _running_system(data, admin_env, extra_env)
+
+
+@contextlib.contextmanager
+def acting_as_admin(password: str, netrc: Path) -> Iterator[dict[str, str]]:
+    """MLflow's client, the CLI and requests (through a netrc for 127.0.0.1) act as the admin
+    with ``password`` until the end of the block; the environment is restored after."""
+    netrc.write_text(f"machine 127.0.0.1 login admin password {password}\n")
     netrc.chmod(0o600)
-    admin_env = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD,
-                 "NETRC": str(netrc)}
+    admin_env = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": password, "NETRC": str(netrc)}
     saved = {k: os.environ.get(k) for k in admin_env}
     os.environ.update(admin_env)
+    try:
+        yield admin_env
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _running_system(data: Path, admin_env: dict[str, str], extra_env: dict[str, str] | None) -> Iterator[System]:
     port, api_port, mlflow_port = free_port(), free_port(), free_port()
     # Below Linux's ephemeral ports (32768+): a client's outgoing connection must never hold the
     # port a scoring server is about to bind (the churn suite opens a connection per request).
@@ -145,11 +162,6 @@ def running_system(data: Path, extra_env: dict[str, str] | None = None) -> Itera
         yield sys_
     finally:
         subprocess.run([sys.executable, "-m", "supervisor.cli", "down"], env=env, capture_output=True, timeout=120)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.fixture(scope="session")

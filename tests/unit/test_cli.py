@@ -1,4 +1,5 @@
-"""``modelserve box``: what it sends to the API and how it prints the answer."""
+"""``modelserve box``: what it sends to the API and how it prints the answer; ``modelserve
+admin-password``: the kept password, or a clear error."""
 
 from __future__ import annotations
 
@@ -56,3 +57,13 @@ def test_json(calls: list[Any]) -> None:
     import json
 
     assert json.loads(run("iris", "--json")) == BOX
+
+
+def test_admin_password_prints_the_kept_one_or_says_why_not(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MODELSERVE_ADMIN_PASSWORD", raising=False)
+    monkeypatch.setenv("MODELSERVE_SECRETS_DIR", str(tmp_path))
+    missing = CliRunner().invoke(cli.main, ["admin-password"])
+    assert missing.exit_code == 1 and "no admin password in" in missing.output
+    (tmp_path / "admin_password").write_text("s3cret-from-the-volume\n")
+    shown = CliRunner().invoke(cli.main, ["admin-password"])
+    assert shown.exit_code == 0 and shown.output == "s3cret-from-the-volume\n"

@@ -202,3 +202,26 @@ def test_down_messages() -> None:
     assert down_message(True, Leftovers()) == "modelserve stopped"
     assert down_message(True, Leftovers(), killed_after=60) == (
         "modelserve stopped (its launcher did not stop within 60 s and was killed)")
+
+
+def test_in_compose_a_stop_leaves_the_gateway_and_the_models_serving(settings: Settings,
+                                                                    runtime: FakeRuntime) -> None:
+    """compose.yaml's supervisor is stopped for a restart as for `down`: the gateway (another
+    container's Nginx) and the model containers go on serving; `docker compose down` stops them."""
+    nginx = sleeper()
+    settings.nginx_dir.mkdir(parents=True, exist_ok=True)
+    (settings.nginx_dir / "nginx.pid").write_text(str(nginx.pid))
+    said: list[str] = []
+    launcher = Launcher(settings.model_copy(update={"compose": True}), echo=said.append)
+    api = sleeper()
+    launcher.children = [launcher_mod.Child("api", ["sleep"], settings.logs_dir / "api.log", None, proc=api)]
+    launcher.signals.requested = True
+    launcher.watch()
+    try:
+        assert gone(api) and runtime.stopped == []
+        assert nginx.poll() is None, "the gateway's Nginx was stopped"
+        assert said == ["stopping modelserve: api ...", "  the gateway and the model containers keep serving",
+                        "modelserve stopped"]
+    finally:
+        nginx.kill()
+        nginx.wait()

@@ -164,3 +164,40 @@ def test_first_box_settings_saved_at_once(url: str) -> None:
     with ThreadPoolExecutor(6) as pool:
         list(pool.map(save, range(6)))
     assert 100 <= (stores[0].box_settings("m").max_processes or 0) <= 105
+
+
+def test_a_schema_created_meanwhile_by_another_process_is_not_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Postgres refuses the loser of two concurrent CREATE TABLEs on its catalog's unique index
+    ("duplicate key value"), not with "already exists": both mean the other process made it."""
+    from sqlalchemy.exc import DBAPIError
+
+    from supervisor import store
+
+    calls: list[int] = []
+
+    def create_all(_engine: object) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise DBAPIError("CREATE TABLE served_models", {}, Exception(
+                'duplicate key value violates unique constraint "pg_type_typname_nsp_index"'))
+
+    monkeypatch.setattr(store.metadata, "create_all", create_all)
+    store._create_schema(object())  # type: ignore[arg-type]
+    assert len(calls) == 2
+
+    def refuse(_engine: object) -> None:
+        raise DBAPIError("CREATE TABLE x", {}, Exception("permission denied for schema public"))
+
+    monkeypatch.setattr(store.metadata, "create_all", refuse)
+    with pytest.raises(DBAPIError):
+        store._create_schema(object())  # type: ignore[arg-type]
+
+
+def test_concurrent_enables_and_upserts_of_the_same_rows_all_succeed(url: str) -> None:
+    s = Store(url)
+    with ThreadPoolExecutor(8) as pool:
+        enabled = list(pool.map(lambda _i: s.enable("m"), range(8)))
+        list(pool.map(lambda i: s.upsert_deployment("m", "1", state=LAUNCHING, state_message=str(i)), range(8)))
+    assert enabled.count(True) == 1
+    [d] = s.deployments("m")
+    assert d.state == LAUNCHING
