@@ -49,7 +49,7 @@ def check_name(name: Any, what: str = "Endpoint name") -> str:
     return name
 
 
-def _version_ref(value: Any) -> str:
+def version_ref(value: Any) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str) or not value.strip():
@@ -64,7 +64,7 @@ def _version_ref(value: Any) -> str:
     raise ConfigError(f"entity_version {value!r} is not a version number, '@alias', 'Staging' or 'Production'")
 
 
-def _default_name(model: str, ref: str) -> str:
+def default_entity_name(model: str, ref: str) -> str:
     # Databricks' default is "<model>-<version>"; a model name with other characters is folded.
     base = _NOT_NAME_CHAR.sub("_", model).strip("_") or "model"
     return f"{base}-{_NOT_NAME_CHAR.sub('', ref)}"[-63:].lstrip("-_") or "entity"
@@ -80,14 +80,14 @@ def _entity(raw: Any, legacy_keys: bool) -> dict[str, Any]:
     model = raw.get(model_key)
     if not isinstance(model, str) or not model.strip():
         raise ConfigError(f"Every served entity needs a {model_key} (a registered model)")
-    ref = _version_ref(raw.get(version_key))
+    ref = version_ref(raw.get(version_key))
     for key in _REFUSED_ENTITY_KEYS:
         if raw.get(key):
             raise ConfigError(f"'{key}' is not supported: this server serves registered MLflow models only")
     if raw.get("environment_vars"):
         raise ConfigError("'environment_vars' is not supported: a served model gets no extra environment")
     name = raw.get("name")
-    name = check_name(name, "A served entity's name") if name not in (None, "") else _default_name(model, ref)
+    name = check_name(name, "A served entity's name") if name not in (None, "") else default_entity_name(model, ref)
     scale = raw.get("scale_to_zero_enabled", False)
     if not isinstance(scale, bool):
         raise ConfigError("scale_to_zero_enabled must be true or false")
