@@ -9,6 +9,7 @@ exactly the clients' (their waiters map any other spelling to None and spin unti
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from supervisor.plan import entity_deployment
@@ -86,3 +87,67 @@ def find_entity(ep: ServingEndpoint, name: str) -> tuple[dict[str, Any], bool] |
                 return e, failed
     return None
 
+
+
+# --- the endpoint's page (supervisor/api/pages.py) -----------------------------------------
+PAGE_LABELS = {"DEPLOYMENT_READY": "Ready", "DEPLOYMENT_FAILED": "Failed", "DEPLOYMENT_CREATING": "Pending"}
+
+
+@dataclass
+class EntityView:
+    name: str
+    model: str
+    ref: str  # as configured: a number, @alias or a stage
+    version: str  # the version it runs now ("" while unknown)
+    percentage: int
+    label: str  # Ready | Pending | Failed
+    message: str
+    uri: str
+
+
+@dataclass
+class ConfigView:
+    title: str
+    version: int | None
+    serving: bool
+    entities: list[EntityView] = field(default_factory=list)
+
+
+@dataclass
+class PageView:
+    uri: str
+    ready: str
+    update: str
+    ready_label: str
+    update_label: str
+    failure: str
+    configs: list[ConfigView]
+    first_model: str
+    versions: list[tuple[str, str]]  # (model, version) of every entity, for their events
+
+
+def page_view(ep: ServingEndpoint, deps: DeploymentsByModel) -> PageView:
+    state = state_json(ep, deps)
+    configs = []
+    for title, cfg, version, serving in (("Serving", ep.config, ep.config_version, True),
+                                         ("Rolling out", ep.pending_config, ep.pending_version, False)):
+        if cfg is None:
+            continue
+        share = {r["served_model_name"]: int(r["traffic_percentage"]) for r in cfg["traffic_config"]["routes"]}
+        view = ConfigView(title, version, serving)
+        for e in cfg["served_entities"]:
+            d = entity_deployment(deps.get(e["entity_name"], ()), e["entity_version"])
+            st = entity_state(e, deps)
+            view.entities.append(EntityView(
+                e["name"], e["entity_name"], e["entity_version"], d.version if d else "", share.get(e["name"], 0),
+                PAGE_LABELS[st["deployment"]], st["deployment_state_message"],
+                f"/serving-endpoints/{ep.name}/served-models/{e['name']}/invocations"))
+        configs.append(view)
+    entities = [e for c in configs for e in c.entities]
+    return PageView(
+        uri=f"/serving-endpoints/{ep.name}/invocations", ready=state["ready"], update=state["config_update"],
+        ready_label="Ready" if state["ready"] == "READY" else "Pending",
+        update_label={"IN_PROGRESS": "Pending", "UPDATE_FAILED": "Failed"}.get(state["config_update"], "Ready"),
+        failure=ep.update_message if ep.config_update == "UPDATE_FAILED" else "",
+        configs=configs, first_model=entities[0].model if entities else "",
+        versions=sorted({(e.model, e.version) for e in entities if e.version}))

@@ -8,6 +8,8 @@ from typing import Any
 
 from flask.testing import FlaskClient
 
+from supervisor.registry import RegistryModel, RegistryVersion
+from supervisor.store import READY
 from tests.unit.api.conftest import access_app, basic
 
 ROOT, READER, BOSS = basic("root", "rootpw"), basic("reader", "readerpw"), basic("boss", "bosspw")
@@ -76,3 +78,26 @@ def test_bad_input_is_refused_with_the_reference_codes_and_changes_nothing(tmp_p
 def test_the_host_metadata_probe_needs_no_credentials(tmp_path: Path) -> None:
     r = client(tmp_path).get("/.well-known/databricks-config")
     assert r.status_code == 200 and r.json["workspace_id"].isdigit() and "oidc_endpoint" not in r.json
+
+
+def test_the_endpoint_page_draws_the_split_and_the_status_page_links_to_it(tmp_path: Path) -> None:
+    app, store = access_app(tmp_path, ["iris"], {("boss", "iris"): "READ"})
+    app.extensions["modelserve"]["registry"].models["iris"] = RegistryModel("iris", (RegistryVersion("1"),
+                                                                                     RegistryVersion("2")))
+    c = app.test_client()
+    two = {"served_entities": [{"entity_name": "iris", "entity_version": "1"},
+                               {"entity_name": "iris", "entity_version": "2"}],
+           "traffic_config": {"routes": [{"served_model_name": "iris-1", "traffic_percentage": 80},
+                                         {"served_model_name": "iris-2", "traffic_percentage": 20}]}}
+    assert c.post(EP, json={"name": "ep", "config": two}, headers=BOSS).status_code == 200
+    store.upsert_deployment("iris", "1", state=READY, port=20001)
+    page = c.get("/serving/endpoint?name=ep", headers=BOSS)
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert 'style="width:80%">iris-1 80%' in html and 'style="width:20%">iris-2 20%' in html
+    assert "Rolling out" in html and "IN_PROGRESS" in html and 'id="testbox"' in html
+    status = c.get("/serving/", headers=BOSS).get_data(as_text=True)
+    assert "/serving/endpoint?name=ep" in status
+    # Without a grant on the endpoint, it is not listed and its page does not exist.
+    assert "/serving/endpoint?name=ep" not in c.get("/serving/", headers=READER).get_data(as_text=True)
+    assert c.get("/serving/endpoint?name=ep", headers=READER).status_code == 404
