@@ -24,6 +24,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from supervisor.api.auth import access, caller
 from supervisor.api.body import json_body
 from supervisor.api.errors import ApiError
+from supervisor.api.openapi import document as openapi_document
 from supervisor.api.params import ctx, no_such_model, sign_in_first
 from supervisor.auth.access import ENDPOINT_LEVELS, EndpointLevel, Principal
 from supervisor.deployer import build_log_path
@@ -36,6 +37,7 @@ from supervisor.endpoints.config import (
     tags_after,
 )
 from supervisor.endpoints.view import detailed, find_entity, summary
+from supervisor.metrics.exposition import load_state, prometheus_text
 from supervisor.plan import entity_deployment
 from supervisor.reconciler import send_wake
 from supervisor.registry import RegistryUnavailable
@@ -213,6 +215,33 @@ def server_logs(name: str, entity: str) -> Response:
     ep, _ = _endpoint(name, "CAN_VIEW")
     e, _, version = _entity_version(ep, entity)
     return jsonify({"logs": runtime.version_log(e["entity_name"], version, MAX_LOG_BYTES) if version else ""})
+
+
+@bp.get(PREFIX + "/<name>/metrics")
+def export_metrics(name: str) -> Response:
+    """Prometheus text of this endpoint's requests (by entity, version and status), read from the
+    same aggregates as ``/metrics``: the SDK's ``export_metrics`` hands the text on as it is."""
+    ep, _ = _endpoint(name, "CAN_VIEW")
+    state = load_state(ctx()[1])  # a fresh copy: narrowing it changes nothing stored
+    prefix = f"serving-endpoints/{ep.name}/"
+    state.routes = {k: v for k, v in state.routes.items() if k.route.startswith(prefix)}
+    return Response(prometheus_text(state, [], {}), content_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+@bp.get(PREFIX + "/<name>/openapi")
+def endpoint_openapi(name: str) -> Response:
+    """The endpoint's query API as an OpenAPI document: its scoring path with this server's
+    request formats and errors (the models' own signatures are not turned into schemas)."""
+    ep, _ = _endpoint(name, "CAN_VIEW")
+    doc = openapi_document()
+    score = doc["paths"]["/serving-endpoints/{name}/invocations"]["post"]
+    out = {"openapi": doc["openapi"], "info": {"title": f"Serving endpoint {ep.name}",
+                                                "version": str(ep.config_version or 0)},
+           "servers": [{"url": request.host_url.rstrip("/")}], "security": doc["security"],
+           "paths": {f"/serving-endpoints/{ep.name}/invocations": {"post": {
+               k: v for k, v in score.items() if k != "parameters"}}},
+           "components": doc["components"]}
+    return jsonify(out)
 
 
 # --- permissions, keyed by the endpoint's id as the SDK calls them ------------------------

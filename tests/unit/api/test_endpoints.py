@@ -39,6 +39,9 @@ def test_create_get_list_update_and_delete_in_the_clients_shapes(tmp_path: Path)
     assert c.get(EP + "/ep", headers=READER).status_code == 403
     again = c.put(EP + "/ep/config", json=body()["config"], headers=BOSS)
     assert again.status_code == 409 and again.json["error_code"] == "RESOURCE_CONFLICT"
+    doc = c.get(EP + "/ep/openapi", headers=BOSS).json
+    assert list(doc["paths"]) == ["/serving-endpoints/ep/invocations"] and doc["openapi"].startswith("3.")
+    assert c.get(EP + "/ep/metrics", headers=BOSS).content_type.startswith("text/plain")
     tags = c.patch(EP + "/ep/tags", json={"add_tags": [{"key": "team", "value": "a"}]}, headers=BOSS)
     assert tags.json == {"tags": [{"key": "team", "value": "a"}]}
     perms = c.patch(f"/api/2.0/permissions/serving-endpoints/{ep['id']}", headers=BOSS,
