@@ -31,6 +31,7 @@ import mlflow
 import pandas as pd
 import pytest
 import requests
+import yaml
 from mlflow import MlflowClient
 
 from supervisor.launcher import pid_alive
@@ -84,8 +85,16 @@ class Versions:
         files = self.folder / f"new-{len(list(self.folder.iterdir()))}"
         shutil.copytree(self.v1, files)
         if model is not None:
-            with (files / "model.pkl").open("wb") as f:
-                cloudpickle.dump(model, f)
+            # Saved the way version 1's MLmodel says its model file is (skops by default in MLflow 3).
+            flavor = yaml.safe_load((files / "MLmodel").read_text())["flavors"]["sklearn"]
+            target = files / flavor["pickled_model"]
+            if flavor.get("serialization_format") == "skops":
+                import skops.io
+
+                skops.io.dump(model, target)
+            else:
+                with target.open("wb") as f:
+                    cloudpickle.dump(model, f)
         if requirement is not None:
             with (files / "requirements.txt").open("a") as f:
                 f.write(f"\n{requirement}\n")
@@ -173,6 +182,8 @@ def test_create_with_the_sdk_waiter_and_score_through_both_clients_and_curl(env:
     head, _, text = out.partition("\r\n\r\n")
     assert head.startswith("HTTP/1.1 200") and f"served-model-name: {V1}" in head
     assert json.loads(text) == {"predictions": env.expected[V1]}
+    # The entity's scoring server log, as the SDK reads it.
+    assert "modelserve scoring server: model loaded" in w.serving_endpoints.logs(EP, V1).logs
 
 
 class SplitLoad:
@@ -181,7 +192,7 @@ class SplitLoad:
     tests/e2e/load.py does: a kept-alive one can meet HTTP/1.1's race with a reload (docs/DESIGN.md,
     "Reloads and keep-alive clients"), which is not what this test is about."""
 
-    def __init__(self, env: Env, limit: int = 20000) -> None:
+    def __init__(self, env: Env, limit: int = 200_000) -> None:
         self.env, self.limit = env, limit
         self.answers: list[tuple[int, str, bool]] = []
         self.failures: list[str] = []
