@@ -369,6 +369,9 @@ def test_bad_input_gets_the_reference_error_codes_and_changes_nothing(env: Env) 
     assert malformed.status_code == 400 and malformed.json()["error_code"] == "MALFORMED_REQUEST"
     with pytest.raises(NotFound):
         env.workspace.serving_endpoints.get("no-such-endpoint")
+    # The clients' host-metadata probe comes without credentials, and is answered all the same.
+    probe = system.raw.get(f"{system.url}/.well-known/databricks-config", timeout=30)
+    assert probe.status_code == 200 and probe.json()["workspace_id"].isdigit()
     after = system.raw.get(f"{base}/{EP}", headers=admin, timeout=30).json()
     assert (after["config"], after["state"], after["last_updated_timestamp"]) == (
         before["config"], before["state"], before["last_updated_timestamp"])
