@@ -21,6 +21,7 @@ from typing import Any
 import click
 import requests
 
+from supervisor.endpoints.config import ConfigError, default_entity_name, version_ref
 from supervisor.settings import Settings
 
 API = "/api/2.0/preview/mlflow/endpoints"
@@ -325,6 +326,142 @@ def box(ctx: click.Context, name: str, network: str | None, memory_mb: int | Non
 
 
 TOKENS = "/api/2.0/modelserve/tokens"
+
+
+@main.group()
+def endpoints() -> None:
+    """Serving endpoints (the Databricks API): create, get, list, update, delete."""
+
+
+SERVING_ENDPOINTS = "/api/2.0/serving-endpoints"
+
+
+def _entity_config(entities: tuple[str, ...], config_file: str | None) -> dict[str, Any]:
+    """A config from a JSON file, or from ``MODEL:VERSION[=PERCENT]`` options (version: a
+    number, @alias or a stage); the server validates it either way."""
+    if config_file:
+        with open(config_file, encoding="utf-8") as f:
+            loaded = json.load(f)
+        return loaded if isinstance(loaded, dict) else {}
+    if not entities:
+        raise click.UsageError("give --entity MODEL:VERSION[=PERCENT] (one or more) or --config FILE")
+    served, routes = [], []
+    for spec in entities:
+        target, _, percent = spec.partition("=")
+        model, sep, version = target.rpartition(":")
+        if not sep or not model or not version:
+            raise click.BadParameter(f"{spec!r} is not MODEL:VERSION[=PERCENT]", param_hint="--entity")
+        served.append({"entity_name": model, "entity_version": version})
+        if percent:
+            try:
+                ref = version_ref(version)
+            except ConfigError as exc:
+                raise click.BadParameter(exc.message, param_hint="--entity") from None
+            routes.append({"served_model_name": default_entity_name(model, ref), "traffic_percentage": percent})
+    config: dict[str, Any] = {"served_entities": served}
+    if routes:
+        config["traffic_config"] = {"routes": routes}
+    return config
+
+
+def _print_endpoint(ep: dict[str, Any]) -> None:
+    state = ep["state"]
+    click.echo(f"{ep['name']}  {state['ready']}  {state['config_update']}  (id {ep['id']}, by {ep['creator']})")
+    for label, key in (("config", "config"), ("pending config", "pending_config")):
+        cfg = ep.get(key)
+        if not cfg:
+            continue
+        share = {r["served_model_name"]: r["traffic_percentage"] for r in cfg["traffic_config"]["routes"]}
+        click.echo(f"  {label} version {cfg['config_version']}:")
+        for e in cfg["served_entities"]:
+            message = e["state"].get("deployment_state_message", "")
+            click.echo(f"    {e['name']:<24} {e['entity_name']} {e['entity_version']:<10} {share.get(e['name'], 0):>3}%  "
+                       f"{e['state']['deployment']}{'  ' + message if message else ''}")
+
+
+def _wait_endpoint(c: Client, name: str, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        ep = c.call("GET", name, api=SERVING_ENDPOINTS)
+        if ep["state"]["config_update"] != "IN_PROGRESS":
+            return ep
+        if time.monotonic() > deadline:
+            raise click.ClickException(f"endpoint {name} still updating after {timeout:.0f} s")
+        time.sleep(2)
+
+
+def _finish(c: Client, ep: dict[str, Any], wait: bool, timeout: float) -> None:
+    if wait:
+        ep = _wait_endpoint(c, ep["name"], timeout)
+    _print_endpoint(ep)
+    if ep["state"]["config_update"] == "UPDATE_FAILED":
+        raise click.ClickException(f"the config update failed; see `curl .../serving-endpoints/{ep['name']}"
+                                   "/served-models/<entity>/build-logs`")
+
+
+def _config_command(verb: str, doc: str) -> Any:
+    """``endpoints create`` and ``endpoints update``: the same options, the same wait and print;
+    only the request differs (a new endpoint, or a new config for one)."""
+
+    @endpoints.command(verb, help=doc)
+    @click.argument("name")
+    @click.option("--entity", "entities", multiple=True, metavar="MODEL:VERSION[=PERCENT]",
+                  help="A served entity (version: a number, @alias or a stage); repeat for a traffic split.")
+    @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+                  help="The config as JSON (Databricks' EndpointCoreConfigInput) instead of --entity.")
+    @click.option("--wait/--no-wait", default=False, help="Wait until the config update is done or failed.")
+    @click.option("--timeout", default=900.0, show_default=True)
+    @click.pass_context
+    def command(ctx: click.Context, name: str, entities: tuple[str, ...], config_file: str | None,
+                wait: bool, timeout: float) -> None:
+        c = _client(ctx)
+        config = _entity_config(entities, config_file)
+        if verb == "create":
+            ep = c.call("POST", "", api=SERVING_ENDPOINTS, name=name, config=config)
+        else:
+            ep = c.call("PUT", f"{name}/config", api=SERVING_ENDPOINTS, **config)
+        _finish(c, ep, wait, timeout)
+
+    return command
+
+
+endpoints_create = _config_command("create", "Create a serving endpoint.")
+endpoints_update = _config_command(
+    "update", "Roll out a new config; the current one serves until every new entity is ready.")
+
+
+@endpoints.command("get")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def endpoints_get(ctx: click.Context, name: str, as_json: bool) -> None:
+    """One endpoint: state, config and pending config, entities."""
+    ep = _client(ctx).call("GET", name, api=SERVING_ENDPOINTS)
+    if as_json:
+        click.echo(json.dumps(ep, indent=2))
+    else:
+        _print_endpoint(ep)
+
+
+@endpoints.command("list")
+@click.pass_context
+def endpoints_list(ctx: click.Context) -> None:
+    """The endpoints you may view."""
+    found = _client(ctx).call("GET", "", api=SERVING_ENDPOINTS)["endpoints"]
+    if not found:
+        click.echo("no serving endpoints")
+    for ep in found:
+        entities = ", ".join(f"{e['entity_name']} {e['entity_version']}" for e in ep["config"]["served_entities"])
+        click.echo(f"{ep['name']:<30} {ep['state']['ready']:<10} {ep['state']['config_update']:<14} {entities}")
+
+
+@endpoints.command("delete")
+@click.argument("name")
+@click.pass_context
+def endpoints_delete(ctx: click.Context, name: str) -> None:
+    """Delete an endpoint; versions nothing else serves stop."""
+    _client(ctx).call("DELETE", name, api=SERVING_ENDPOINTS)
+    click.echo(f"endpoint {name} deleted")
 
 
 @main.group()

@@ -101,7 +101,7 @@ class Deployer:
 
     def _still_wanted(self, model: str, version: str) -> Deployment:
         d = self.store.deployment(model, version)
-        if d is None or not self.store.is_enabled(model):
+        if d is None or not self.store.is_served(model):
             raise DeployAborted(f"version {version} of {model!r} is no longer wanted")
         return d
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import jinja2
 
-from supervisor.routing import ModelRoutes, render_routes
+from supervisor.routing import EndpointRoutes, ModelRoutes, render_routes
 from supervisor.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -212,12 +212,12 @@ class Gateway:
             time.sleep(0.1)
         os.kill(pid, signal.SIGTERM)
 
-    def apply_routes(self, models: Sequence[ModelRoutes]) -> ApplyResult:
+    def apply_routes(self, models: Sequence[ModelRoutes], endpoints: Sequence[EndpointRoutes] = ()) -> ApplyResult:
         with self._lock:
-            return self._apply_routes(models)
+            return self._apply_routes(models, endpoints)
 
-    def _apply_routes(self, models: Sequence[ModelRoutes]) -> ApplyResult:
-        rendered = render_routes(models, self.settings.nginx_templates)
+    def _apply_routes(self, models: Sequence[ModelRoutes], endpoints: Sequence[EndpointRoutes]) -> ApplyResult:
+        rendered = render_routes(models, self.settings.nginx_templates, endpoints)
         current = self.routes_conf.read_text() if self.routes_conf.exists() else None
         if rendered.text == current:
             return ApplyResult(changed=False, rejected=rendered.rejected)

@@ -25,3 +25,8 @@ def upstream_name(name: str, version: str) -> str:
     """An Nginx upstream identifier for one version: only [a-z0-9_]."""
     digest = hashlib.sha256(f"{name}\x00{version}".encode()).hexdigest()[:12]
     return f"ms_{digest}"
+
+
+def url_digest(*parts: str) -> str:
+    """12 hex of a hash of ``parts``: an Nginx identifier piece for user-chosen names."""
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:12]

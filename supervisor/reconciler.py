@@ -33,7 +33,7 @@ from supervisor.deployer import Deployer, launches
 from supervisor.gateway import Gateway
 from supervisor.isolation.boxes import box_for
 from supervisor.metrics.collector import Collector
-from supervisor.plan import Plan, compute_plan, model_routes
+from supervisor.plan import EndpointChange, Plan, compute_plan, endpoint_models, endpoint_routes, model_routes
 from supervisor.registry import Registry, RegistryModel, RegistryUnavailable
 from supervisor.runtime import make_runtime
 from supervisor.runtime.base import Runtime
@@ -104,15 +104,34 @@ class Reconciler:
 
     def _tick(self) -> Plan:
         enabled = self.store.enabled_models()
-        answered = self._read_registry(enabled)
+        endpoints = self.store.endpoints()
+        answered = self._read_registry(sorted(set(enabled) | endpoint_models(endpoints)))
         deps = self._deployments_by_model()
         with self._in_flight_lock:
             busy = set(self._in_flight)
-        plan = compute_plan(enabled, answered, deps, self.runtime.hosts(), busy)
+        plan = compute_plan(enabled, answered, deps, self.runtime.hosts(), busy, endpoints)
         self._apply(plan)
+        self._apply_endpoint_changes(plan.endpoint_changes)
         self._supervise_hosts(plan.ensure_host)
-        self._render_routes(enabled)
+        self._render_routes()
         return plan
+
+    def _apply_endpoint_changes(self, changes: tuple[EndpointChange, ...]) -> None:
+        """A finished config update switches all its traffic at once: the gateway routes the new
+        config first, and only then is it recorded as serving (so READY is already true when a
+        client reads it). A failed one is recorded; the old config never stopped serving, and the
+        next tick stops what only the failed config needed."""
+        for change in changes:
+            if change.promote:
+                self._render_routes(promoted=(change.endpoint,))
+                if self.store.promote_config(change.endpoint, change.version):
+                    log.info("endpoint %s: config version %d is serving", change.endpoint, change.version)
+            elif self.store.fail_config(change.endpoint, change.version, change.message[:4000]):
+                log.warning("endpoint %s: config version %d failed: %s", change.endpoint, change.version,
+                            change.message)
+        if changes:
+            self._render_routes()
+            self.wake()
 
     def _deployments_by_model(self) -> dict[str, list[Deployment]]:
         out: dict[str, list[Deployment]] = defaultdict(list)
@@ -163,7 +182,7 @@ class Reconciler:
                 self.store.add_event(model, VERSION_UPDATE,
                                      f"Version {version} removed (archived or deleted in the registry)", version)
             # Routes first, so no request is sent to a process about to stop.
-            self._render_routes(self.store.enabled_models())
+            self._render_routes()
         for model, rv in plan.deploy:
             existing = self.store.deployment(model, rv.version)
             if existing is None:
@@ -183,7 +202,7 @@ class Reconciler:
 
     def _stop_model(self, model: str) -> None:
         self.store.delete_deployments(model)
-        self._render_routes(self.store.enabled_models())
+        self._render_routes()
         with self.host_lock(model):
             self.runtime.stop_host(model)
         self._applied.pop(model, None)
@@ -192,7 +211,7 @@ class Reconciler:
     # --- hosts ---------------------------------------------------------------------------
     def _supervise_hosts(self, models: tuple[str, ...]) -> None:
         for model in models:
-            if not self.store.is_enabled(model):
+            if not self.store.is_served(model):
                 continue
             lock = self.host_lock(model)
             # Held by a deploy that is changing this host right now (a container build can take a
@@ -288,20 +307,26 @@ class Reconciler:
         recorded state is always already true at the gateway. Under the tick lock, so a tick
         cannot render the version's previous state in between."""
         with self._tick_lock:
-            self._render_routes(self.store.enabled_models(), override=(model, version, state))
+            self._render_routes(override=(model, version, state))
             self.store.upsert_deployment(model, version, state=state, state_message=message)
 
-    def _render_routes(self, enabled: list[str], override: tuple[str, str, str] | None = None) -> None:
+    def _render_routes(self, override: tuple[str, str, str] | None = None, promoted: tuple[str, ...] = ()) -> None:
+        """Every route from the store as it is, but for ``override`` (a version's new state) and
+        ``promoted`` (endpoints whose pending config is to serve already)."""
+        enabled = set(self.store.enabled_models())
+        endpoints = self.store.endpoints()
         deps = self._deployments_by_model()
         if override is not None:
             for d in deps.get(override[0], []):
                 if d.version == override[1]:
                     d.state = override[2]
+        # Models only endpoints serve get their versions' upstreams without any /model/ URI.
+        served = sorted(enabled | endpoint_models(endpoints))
         tables = [
-            model_routes(m, deps.get(m, []), lambda d: self.runtime.address(d.model, d.version))
-            for m in enabled
+            model_routes(m, deps.get(m, []), lambda d: self.runtime.address(d.model, d.version), m in enabled)
+            for m in served
         ]
-        result = self.gateway.apply_routes(tables)
+        result = self.gateway.apply_routes(tables, [endpoint_routes(ep, deps, ep.name in promoted) for ep in endpoints])
         # Only now, with the gateway running these routes, may a runtime retire what they replaced.
         self.runtime.routes_applied(
             v.address for t in tables for v in t.versions if v.address is not None

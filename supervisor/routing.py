@@ -10,6 +10,12 @@ characters) are refused, never rendered. Upstream names are hashes (``naming.ups
 A second map gives, for the same keys, the model's name percent-encoded (``$ms_model``): the
 gateway hands it to the access check, so the permission checked is always that of the model
 whose route the decoded path selects, and any name fits safely into a header.
+
+Serving endpoints get maps of their own, chained: the path picks a choice (an entity's id, or for
+the endpoint's own URL a ``split_clients`` variable that draws one per request from
+``$request_id``, i.e. at random with the configured weights), and the choice gives the upstream
+and the entity's name for the ``served-model-name`` header. An entity leads to the very upstream
+its version has for the legacy URIs: one scoring server, however many routes lead to it.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from urllib.parse import quote as url_quote
 
 import jinja2
 
-from supervisor.naming import upstream_name
+from supervisor.naming import upstream_name, url_digest
 
 PENDING_TARGET = "pending"
 
@@ -41,6 +47,21 @@ class ModelRoutes:
     versions: tuple[VersionRoute, ...]
     stages: tuple[tuple[str, str], ...] = ()  # (stage, version)
     aliases: tuple[tuple[str, str], ...] = ()  # (alias, version)
+    legacy: bool = True  # False: only endpoints serve it (upstreams, no /model/ URIs)
+
+
+@dataclass(frozen=True)
+class EntityRoute:
+    name: str
+    target: tuple[str, str] | None  # (model, version) when that version is ready, else None (503)
+    percentage: int
+
+
+@dataclass(frozen=True)
+class EndpointRoutes:
+    name: str
+    entities: tuple[EntityRoute, ...]
+    pending: bool = False  # no config serving yet, the first one is rolling out: 503 + Retry-After
 
 
 @dataclass(frozen=True)
@@ -70,6 +91,7 @@ def _keys(model: str, segment: str) -> list[str]:
 
 
 def _entries(m: ModelRoutes) -> tuple[list[tuple[str, str]], list[Upstream]]:
+    """The model's URI keys (none without legacy serving) and its versions' upstreams."""
     target: dict[str, str] = {}
     upstreams: list[Upstream] = []
     for v in m.versions:
@@ -80,6 +102,8 @@ def _entries(m: ModelRoutes) -> tuple[list[tuple[str, str]], list[Upstream]]:
         else:
             target[v.version] = PENDING_TARGET
     entries: list[tuple[str, str]] = []
+    if not m.legacy:
+        return entries, upstreams
     for version, tgt in target.items():
         entries += [(k, tgt) for k in _keys(m.name, version)]
     for stage, version in m.stages:
@@ -99,7 +123,51 @@ def _template(templates_dir: Path) -> jinja2.Template:
     return env.get_template("routes.conf.j2")
 
 
-def render_routes(models: Sequence[ModelRoutes], templates_dir: Path) -> RenderedRoutes:
+@dataclass(frozen=True)
+class _EndpointMaps:
+    choice: list[tuple[str, str]] = field(default_factory=list)  # path -> choice (quoted, or a $variable)
+    endpoint: list[tuple[str, str]] = field(default_factory=list)  # path -> endpoint name
+    target: list[tuple[str, str]] = field(default_factory=list)  # choice -> upstream or "pending"
+    entity: list[tuple[str, str]] = field(default_factory=list)  # choice -> entity name (the header)
+    splits: list[tuple[str, list[tuple[str, str]]]] = field(default_factory=list)  # var -> (share, choice)
+
+
+def _endpoint_maps(endpoints: Sequence[EndpointRoutes]) -> _EndpointMaps:
+    out = _EndpointMaps()
+    seen: set[str] = set()
+    for ep in sorted(endpoints, key=lambda e: e.name):
+        # Map keys compare case-insensitively; the API refuses names equal but for case, and this
+        # keeps a config Nginx accepts whatever the store holds.
+        if ep.name.casefold() in seen or not routable(ep.name):
+            continue
+        seen.add(ep.name.casefold())
+        base = f"/serving-endpoints/{ep.name}"
+        choices: list[tuple[str, int]] = []
+        for e in ep.entities:
+            choice = "e_" + url_digest(ep.name, e.name)
+            key = f"{base}/served-models/{e.name}/invocations"
+            out.choice.append((quote(key), quote(choice)))
+            out.endpoint.append((quote(key), quote(ep.name)))
+            out.target.append((quote(choice), quote(upstream_name(*e.target) if e.target else PENDING_TARGET)))
+            out.entity.append((quote(choice), quote(e.name)))
+            if e.percentage > 0:
+                choices.append((choice, e.percentage))
+        key = f"{base}/invocations"
+        out.endpoint.append((quote(key), quote(ep.name)))
+        if len(choices) > 1:
+            var = "$ms_split_" + url_digest(ep.name, "")
+            shares = [(f"{p}%", quote(c)) for c, p in choices[:-1]] + [("*", quote(choices[-1][0]))]
+            out.splits.append((var, shares))
+            out.choice.append((quote(key), var))
+        elif choices:
+            out.choice.append((quote(key), quote(choices[0][0])))
+        elif ep.pending:
+            out.choice.append((quote(key), quote(PENDING_TARGET)))
+    return out
+
+
+def render_routes(models: Sequence[ModelRoutes], templates_dir: Path,
+                  endpoints: Sequence[EndpointRoutes] = ()) -> RenderedRoutes:
     rejected = [m.name for m in models if not routable(m.name)]
     unique: list[tuple[str, str, str]] = []
     upstreams: list[Upstream] = []
@@ -121,6 +189,7 @@ def render_routes(models: Sequence[ModelRoutes], templates_dir: Path) -> Rendere
         upstreams += ups
     text = _template(templates_dir).render(
         entries=[(quote(k), quote(t)) for k, t, _ in unique],
-        models=[(quote(k), quote(n)) for k, _, n in unique], upstreams=upstreams
+        models=[(quote(k), quote(n)) for k, _, n in unique], upstreams=upstreams,
+        ep=_endpoint_maps(endpoints), pending=quote(PENDING_TARGET),
     )
     return RenderedRoutes(text=text, rejected=rejected)

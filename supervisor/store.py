@@ -126,6 +126,45 @@ model_uids = Table(
     Column("allocated", BigInteger, nullable=False),
 )
 
+# Serving endpoints (the successor API, supervisor/api/endpoints.py). A config is kept as the JSON
+# the API validated (supervisor/endpoints/config.py); the reconciler only reads it. At most one
+# pending config per endpoint: a second update is refused by the conditional UPDATE in
+# ``begin_config_update``, which holds across API workers without any lock of ours.
+serving_endpoints = Table(
+    "serving_endpoints",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(63), nullable=False, unique=True),
+    Column("creator", String(256), nullable=False),
+    Column("created", BigInteger, nullable=False),
+    Column("updated", BigInteger, nullable=False),
+    Column("tags", Text, nullable=False, default="[]"),
+    Column("route_optimized", Boolean, nullable=False, default=False),
+    Column("config", Text, nullable=True),  # the config serving now; NULL until the first is ready
+    Column("config_version", Integer, nullable=True),
+    Column("pending_config", Text, nullable=True),
+    Column("pending_version", Integer, nullable=True),
+    Column("pending_start", BigInteger, nullable=True),
+    Column("config_update", String(32), nullable=False),
+    Column("last_version", Integer, nullable=False, default=0),  # config versions given out so far
+    Column("failed_config", Text, nullable=True),  # the last config that failed, for its build logs
+    Column("update_message", Text, nullable=False, default=""),
+)
+
+# Direct grants on an endpoint (CAN_VIEW, CAN_QUERY, CAN_MANAGE), by MLflow user name.
+endpoint_grants = Table(
+    "endpoint_grants",
+    metadata,
+    Column("endpoint_id", String(32), primary_key=True),
+    Column("user_name", String(256), primary_key=True),
+    Column("level", String(16), nullable=False),
+)
+
+# Config update states of an endpoint, exactly as the Databricks clients' enums spell them.
+NOT_UPDATING = "NOT_UPDATING"
+IN_PROGRESS = "IN_PROGRESS"
+UPDATE_FAILED = "UPDATE_FAILED"
+
 # Version states, as the legacy API names them.
 PENDING = "VERSION_STATE_PENDING"
 LAUNCHING = "VERSION_STATE_LAUNCHING"
@@ -198,6 +237,43 @@ class BoxSettings:
 
 
 BOX_FIELDS = ("network", "memory_mb", "cpus", "max_processes")
+
+
+@dataclass(frozen=True)
+class ServingEndpoint:
+    id: str
+    name: str
+    creator: str
+    created: int
+    updated: int
+    tags: list[dict[str, str]]
+    route_optimized: bool
+    config: dict[str, Any] | None
+    config_version: int | None
+    pending_config: dict[str, Any] | None
+    pending_version: int | None
+    pending_start: int | None
+    config_update: str
+    failed_config: dict[str, Any] | None
+    update_message: str
+
+    def configs(self) -> list[dict[str, Any]]:
+        """The configs whose entities must run: the one serving and the one rolling out."""
+        return [c for c in (self.config, self.pending_config) if c is not None]
+
+
+def _loads(text: str | None) -> Any:
+    return json.loads(text) if text else None
+
+
+def _row_to_endpoint(r: Any) -> ServingEndpoint:
+    return ServingEndpoint(
+        id=r.id, name=r.name, creator=r.creator, created=r.created, updated=r.updated,
+        tags=json.loads(r.tags or "[]"), route_optimized=bool(r.route_optimized),
+        config=_loads(r.config), config_version=r.config_version,
+        pending_config=_loads(r.pending_config), pending_version=r.pending_version, pending_start=r.pending_start,
+        config_update=r.config_update, failed_config=_loads(r.failed_config), update_message=r.update_message or "",
+    )
 
 
 class UidRangeExhausted(RuntimeError):
@@ -481,6 +557,110 @@ class Store:
             where = and_(where, tokens.c.owner == owner)
         with self._tx() as c:
             return c.execute(update(tokens).where(where).values(revoked=when)).rowcount > 0
+
+    # --- serving endpoints ---------------------------------------------------------------
+    def create_endpoint(self, endpoint_id: str, name: str, creator: str, config: dict[str, Any],
+                        tags: list[dict[str, str]], route_optimized: bool) -> ServingEndpoint | None:
+        """The new endpoint, its first config pending and its creator a CAN_MANAGE grantee; None
+        when the name is taken (the unique column decides, whichever worker asks first)."""
+        at = now_ms()
+        try:
+            with self._tx() as c:
+                c.execute(insert(serving_endpoints).values(
+                    id=endpoint_id, name=name, creator=creator, created=at, updated=at, tags=json.dumps(tags),
+                    route_optimized=route_optimized, pending_config=json.dumps(config), pending_version=1,
+                    pending_start=at, config_update=IN_PROGRESS, last_version=1, update_message=""))
+                c.execute(insert(endpoint_grants).values(endpoint_id=endpoint_id, user_name=creator,
+                                                         level="CAN_MANAGE"))
+        except IntegrityError:
+            return None
+        return self.endpoint(name)
+
+    def endpoint(self, name: str) -> ServingEndpoint | None:
+        with self._tx() as c:
+            r = c.execute(select(serving_endpoints).where(serving_endpoints.c.name == name)).first()
+        return _row_to_endpoint(r) if r else None
+
+    def endpoint_by_id(self, endpoint_id: str) -> ServingEndpoint | None:
+        with self._tx() as c:
+            r = c.execute(select(serving_endpoints).where(serving_endpoints.c.id == endpoint_id)).first()
+        return _row_to_endpoint(r) if r else None
+
+    def endpoints(self) -> list[ServingEndpoint]:
+        with self._tx() as c:
+            return [_row_to_endpoint(r) for r in
+                    c.execute(select(serving_endpoints).order_by(serving_endpoints.c.name))]
+
+    def begin_config_update(self, name: str, config: dict[str, Any]) -> bool:
+        """Makes ``config`` the endpoint's pending config; False while another update is in
+        progress (one conditional UPDATE: two workers cannot both start one)."""
+        t = serving_endpoints.c
+        at = now_ms()
+        with self._tx() as c:
+            done = c.execute(update(serving_endpoints)
+                             .where(and_(t.name == name, t.config_update != IN_PROGRESS))
+                             .values(pending_config=json.dumps(config), pending_version=t.last_version + 1,
+                                     last_version=t.last_version + 1, pending_start=at,
+                                     config_update=IN_PROGRESS, update_message="", updated=at))
+            return done.rowcount > 0
+
+    def promote_config(self, name: str, version: int) -> bool:
+        """The pending config ``version`` becomes the one serving (if it is still the pending one)."""
+        t = serving_endpoints.c
+        with self._tx() as c:
+            return c.execute(update(serving_endpoints)
+                             .where(and_(t.name == name, t.pending_version == version))
+                             .values(config=t.pending_config, config_version=version, pending_config=None,
+                                     pending_version=None, pending_start=None, config_update=NOT_UPDATING,
+                                     failed_config=None, update_message="", updated=now_ms())).rowcount > 0
+
+    def fail_config(self, name: str, version: int, message: str) -> bool:
+        """The pending config ``version`` is given up; the config serving (if any) stays."""
+        t = serving_endpoints.c
+        with self._tx() as c:
+            return c.execute(update(serving_endpoints)
+                             .where(and_(t.name == name, t.pending_version == version))
+                             .values(failed_config=t.pending_config, pending_config=None, pending_version=None,
+                                     pending_start=None, config_update=UPDATE_FAILED, update_message=message,
+                                     updated=now_ms())).rowcount > 0
+
+    def set_endpoint_tags(self, name: str, tags: list[dict[str, str]]) -> None:
+        with self._tx() as c:
+            c.execute(update(serving_endpoints).where(serving_endpoints.c.name == name)
+                      .values(tags=json.dumps(tags), updated=now_ms()))
+
+    def delete_endpoint(self, name: str) -> bool:
+        with self._tx() as c:
+            row = c.execute(select(serving_endpoints.c.id).where(serving_endpoints.c.name == name)).first()
+            if row is None:
+                return False
+            c.execute(delete(endpoint_grants).where(endpoint_grants.c.endpoint_id == row[0]))
+            c.execute(delete(serving_endpoints).where(serving_endpoints.c.id == row[0]))
+            return True
+
+    def endpoint_grants(self, endpoint_id: str) -> dict[str, str]:
+        with self._tx() as c:
+            rows = c.execute(select(endpoint_grants).where(endpoint_grants.c.endpoint_id == endpoint_id))
+            return {r.user_name: r.level for r in rows}
+
+    def set_endpoint_grants(self, endpoint_id: str, grants: dict[str, str], replace: bool) -> None:
+        """``replace``: these become all the direct grants; else they are merged into them."""
+        with self._tx() as c:
+            where = endpoint_grants.c.endpoint_id == endpoint_id
+            if replace:
+                c.execute(delete(endpoint_grants).where(where))
+            else:
+                c.execute(delete(endpoint_grants).where(and_(where, endpoint_grants.c.user_name.in_(list(grants)))))
+            for user, level in grants.items():
+                c.execute(insert(endpoint_grants).values(endpoint_id=endpoint_id, user_name=user, level=level))
+
+    def endpoint_models(self) -> set[str]:
+        """Every registered model some endpoint's serving or pending config names."""
+        return {e["entity_name"] for ep in self.endpoints() for cfg in ep.configs() for e in cfg["served_entities"]}
+
+    def is_served(self, model: str) -> bool:
+        """Legacy serving is enabled for the model, or an endpoint needs one of its versions."""
+        return self.is_enabled(model) or model in self.endpoint_models()
 
     # --- meta ----------------------------------------------------------------------------
     def set_meta(self, key: str, value: str | None) -> None:

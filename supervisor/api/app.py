@@ -14,7 +14,7 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, request
 
-from supervisor.api import auth, boxes, errors, legacy, monitoring, openapi, pages
+from supervisor.api import auth, boxes, endpoints, errors, legacy, monitoring, openapi, pages
 from supervisor.auth.access import Access
 from supervisor.isolation.capabilities import runtime_capabilities
 from supervisor.reconciler import send_wake
@@ -29,7 +29,9 @@ from supervisor.store import Store
 # Answered without credentials: load balancers and `modelserve up` poll the health check, MLflow
 # signs its webhooks, the OpenAPI document describes the API only, and the gateway's access check
 # authenticates the credential it is asked about itself.
-PUBLIC_ENDPOINTS = frozenset({"health", "webhook", "openapi.openapi", "auth_check.check"})
+# The Databricks clients' host-metadata probe is sent without credentials by design.
+PUBLIC_ENDPOINTS = frozenset({"health", "webhook", "openapi.openapi", "auth_check.check",
+                              "databricks_config.databricks_config"})
 
 
 def create_app(
@@ -63,6 +65,8 @@ def create_app(
 
     for prefix in legacy.PREFIXES:
         app.register_blueprint(legacy.make_blueprint(prefix))
+    app.register_blueprint(endpoints.bp)
+    app.register_blueprint(endpoints.well_known)
     app.register_blueprint(boxes.bp)
     app.register_blueprint(monitoring.bp)
     app.register_blueprint(pages.bp)

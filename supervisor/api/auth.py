@@ -4,7 +4,8 @@
 lives outside the paths the gateway sends to the supervisor, so a client cannot call it through
 the gateway, and it trusts exactly one header besides the credential: ``X-Modelserve-Model``,
 which Nginx always overwrites with the model its route map found for the decoded path
-(percent-encoded there, so any name fits in a header; absent for a path with no route). A 403
+(percent-encoded there, so any name fits in a header; absent for a path with no route), and
+``X-Modelserve-Endpoint``, likewise overwritten, with the serving endpoint a path names. A 403
 here becomes, at the gateway, the same 404 as a path where nothing is served. Nginx caches its answers; how long, and how it may use them once
 expired, is said here in ``Cache-Control`` rather than in the Nginx template, because only the
 RFC 5861 extensions bound the use of a stale answer: ``stale-while-revalidate`` lets Nginx
@@ -61,6 +62,13 @@ def check_blueprint() -> Blueprint:
         # a caller without one than a served model's path does.
         if model:
             access().require(who, model, "read")
+        # A serving endpoint's path (X-Modelserve-Endpoint, likewise always set by Nginx): CAN_QUERY
+        # on that endpoint. One the store no longer has lets the caller through to the gateway's 404.
+        endpoint = request.headers.get("X-Modelserve-Endpoint", "")
+        if endpoint:
+            found = access().store.endpoint(endpoint)
+            if found is not None:
+                access().require_endpoint(who, found.id, found.name, "CAN_QUERY")
         resp = make_response("", 200)
         resp.headers["X-Modelserve-User"] = who.username
         return resp

@@ -40,6 +40,7 @@ from supervisor.api.charts import request_charts
 from supervisor.api.examples import ExampleUnavailable, example_files, load_example
 from supervisor.auth.access import AuthBackendError, Forbidden, Principal, Unauthenticated
 from supervisor.deployer import build_log_path
+from supervisor.endpoints.view import page_view
 from supervisor.metrics.exposition import load_state
 from supervisor.plan import alias_targets, stage_targets
 from supervisor.registry import Registry, RegistryModel, RegistryUnavailable
@@ -47,7 +48,7 @@ from supervisor.runtime.base import Runtime
 from supervisor.runtime.statefiles import tail_text
 from supervisor.settings import Settings
 from supervisor.status import endpoint_status, registry_error
-from supervisor.store import FAILED, LAUNCHING, PENDING, READY, Deployment, Event, Store
+from supervisor.store import FAILED, LAUNCHING, PENDING, READY, Deployment, Event, ServingEndpoint, Store
 
 log = logging.getLogger("modelserve.pages")
 
@@ -203,6 +204,11 @@ def _require_model(name: str) -> tuple[RegistryModel | None, str | None]:
     return registered, down
 
 
+def endpoint_state_label(ep: ServingEndpoint) -> str:
+    """The status page's one word for an endpoint (its readiness is worked out on its own page)."""
+    return {"IN_PROGRESS": "Pending", "UPDATE_FAILED": "Failed"}.get(ep.config_update, "Ready")
+
+
 # --- pages ---------------------------------------------------------------------------------
 @bp.get("/")
 def status_page() -> Response:
@@ -217,7 +223,33 @@ def status_page() -> Response:
     names = sorted(n for n in set(names) | set(store.enabled_models()) if can_read(n))
     models = [_model_view(n, None) for n in names]
     template = "status_live.html.j2" if request.args.get("partial") else "status.html.j2"
-    return _render(template, models=models, registry_down=down)
+    return _render(template, models=models, registry_down=down, endpoints=_viewable_endpoints(),
+                   endpoint_state=endpoint_state_label)
+
+
+def _viewable_endpoints() -> list[ServingEndpoint]:
+    store = _ctx()[1]
+    return [ep for ep in store.endpoints() if auth.access().endpoint_allowed(g.user, ep.id, "CAN_VIEW")]
+
+
+@bp.get("/endpoint")
+def endpoint_page() -> Response:
+    """A serving endpoint: state, configs with their split drawn as a bar, entities, events of
+    their versions, a test box. One the caller may not view is, here, one that does not exist."""
+    name = request.args.get("name", "")
+    store = _ctx()[1]
+    ep = store.endpoint(name)
+    if ep is None or not auth.access().endpoint_allowed(g.user, ep.id, "CAN_VIEW"):
+        raise NotFound(f"There is no serving endpoint named “{name}”.")
+    deps: dict[str, list[Deployment]] = {}
+    for d in store.deployments():
+        deps.setdefault(d.model, []).append(d)
+    view = page_view(ep, deps)
+    events = sorted((e for model, version in view.versions for e in store.events(model, version, limit=50)
+                     if not e.internal), key=lambda e: -e.timestamp)[:100]
+    template = "endpoint_live.html.j2" if request.args.get("partial") else "endpoint.html.j2"
+    return _render(template, ep=ep, view=view, events=events, level=auth.access().endpoint_level(g.user, ep.id),
+                   live_url=url_for("pages.endpoint_page", name=name, partial=1))
 
 
 @bp.get("/model")

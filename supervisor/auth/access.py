@@ -5,6 +5,11 @@ them looks at a header or a permission name itself. Rights are MLflow's, per reg
 READ (or more) to score and to see a model's serving status, MANAGE to enable or disable it;
 MLflow admins may do everything. With authentication turned off every caller is an anonymous
 admin, so the callers need no second code path.
+
+Serving endpoints have rights of their own, kept in the store as Databricks keeps them: CAN_VIEW,
+CAN_QUERY, CAN_MANAGE, the creator holding CAN_MANAGE. They do not follow the models' rights: an
+endpoint is what its manager chose to offer (putting a model into one needs READ on the model),
+so querying it needs CAN_QUERY on it and nothing on the model (docs/DESIGN.md says why).
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from supervisor.settings import Settings
 from supervisor.store import Store
 
 Need = Literal["read", "manage"]
+EndpointLevel = Literal["CAN_VIEW", "CAN_QUERY", "CAN_MANAGE"]
+ENDPOINT_LEVELS: tuple[EndpointLevel, ...] = ("CAN_VIEW", "CAN_QUERY", "CAN_MANAGE")  # each includes those before
 
 
 class Unauthenticated(Exception):
@@ -86,10 +93,25 @@ class Access:
         permission = self._users().permission(who.username, model)
         return permission == "MANAGE" if need == "manage" else permission in READ_OR_MORE
 
+    def endpoint_level(self, who: Principal, endpoint_id: str) -> EndpointLevel | None:
+        """The caller's level on an endpoint: admins manage every one, others have their grant."""
+        if who.is_admin:
+            return "CAN_MANAGE"
+        level = self.store.endpoint_grants(endpoint_id).get(who.username)
+        return level if level in ENDPOINT_LEVELS else None  # type: ignore[return-value]
+
+    def endpoint_allowed(self, who: Principal, endpoint_id: str, need: EndpointLevel) -> bool:
+        level = self.endpoint_level(who, endpoint_id)
+        return level is not None and ENDPOINT_LEVELS.index(level) >= ENDPOINT_LEVELS.index(need)
+
+    def require_endpoint(self, who: Principal, endpoint_id: str, name: str, need: EndpointLevel) -> None:
+        if not self.endpoint_allowed(who, endpoint_id, need):
+            raise Forbidden(f"User '{who.username}' does not have permission {need} on serving endpoint '{name}'")
+
     def require(self, who: Principal, model: str, need: Need) -> None:
         if not self.allowed(who, model, need):
             what = "MANAGE" if need == "manage" else "READ"
             raise Forbidden(f"User '{who.username}' needs {what} permission on registered model '{model}'")
 
 
-__all__ = ["Access", "AuthBackendError", "Forbidden", "Principal", "Unauthenticated", "ANONYMOUS"]
+__all__ = ["Access", "AuthBackendError", "Forbidden", "Principal", "Unauthenticated", "ANONYMOUS", "ENDPOINT_LEVELS"]

@@ -1,4 +1,5 @@
-"""Reading the gateway's metrics log: one JSON line per request to ``/model/...``.
+"""Reading the gateway's metrics log: one JSON line per request to ``/model/...`` or to a serving
+endpoint (``/serving-endpoints/...``, whose lines also name the endpoint and the entity).
 
 Nginx writes the lines itself (a buffered ``access_log`` flushed every second, see
 ``nginx/nginx.conf.j2``), so the scoring hot path gains no work and no process in it has to
@@ -28,6 +29,8 @@ class Access:
     status: int
     seconds: float  # $request_time
     target: str  # $ms_target: an upstream name, "pending", or "" (no route)
+    endpoint: str = ""  # $ms_endpoint: the serving endpoint a /serving-endpoints/ path names
+    entity: str = ""  # $ms_ep_entity: the served entity the split (or the path) chose
 
 
 def parse_line(line: str) -> Access | None:
@@ -35,7 +38,8 @@ def parse_line(line: str) -> Access | None:
     try:
         raw = json.loads(line)
         return Access(at=float(raw["t"]), uri=str(raw["u"]), status=int(raw["s"]),
-                      seconds=float(raw["d"]), target=str(raw["x"]))
+                      seconds=float(raw["d"]), target=str(raw["x"]), endpoint=str(raw.get("e", "")),
+                      entity=str(raw.get("n", "")))
     except (ValueError, KeyError, TypeError):
         return None
 

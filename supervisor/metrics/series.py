@@ -84,7 +84,14 @@ def split_uri(uri: str) -> tuple[str, str] | None:
 
 def resolve(access: Access, upstreams: Mapping[str, tuple[str, str]],
             deployments: Mapping[str, Sequence[Deployment]]) -> RouteKey | None:
-    """Which model, version and route a request went to; None when the gateway had no route."""
+    """Which model, version and route a request went to; None when the gateway had no route.
+    A serving endpoint's request counts for the version that answered, under the route
+    ``serving-endpoints/<endpoint>/<entity>`` (so its series carry the endpoint and entity)."""
+    if access.endpoint:
+        if access.target not in upstreams:
+            return None  # no config serving yet, or no such entity: nothing answered
+        model, version = upstreams[access.target]
+        return RouteKey(model, version, f"serving-endpoints/{access.endpoint}/{access.entity}")
     parts = split_uri(access.uri)
     if parts is None or not access.target:
         return None

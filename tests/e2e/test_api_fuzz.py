@@ -5,7 +5,7 @@ handlers) gets schema-conforming and schema-violating requests, sent as the admi
 the handlers' logic rather than stopping at the access check. Checked for each answer: no 5xx,
 the status, content type, headers and body are what the document says, and a refused request
 (4xx) changed nothing: the enabled models, the live tokens and the API's own events are read
-from the store before and after it.
+from the store before and after it, and so are the serving endpoints and their grants.
 
 It runs on the session's system and must leave every model as it was: the document's examples
 name ``my-model``, which is not registered, and generated names are random (the test checks
@@ -49,7 +49,9 @@ def _state(system: System) -> tuple[Any, ...]:
         marks = ",".join("?" * len(API_EVENTS))
         api_events = db.execute(f"SELECT count(*) FROM events WHERE message IN ({marks})", API_EVENTS).fetchone()[0]
         boxes = tuple(db.execute("SELECT * FROM model_boxes ORDER BY model"))
-    return enabled, tokens, api_events, boxes
+        endpoints = tuple(db.execute("SELECT * FROM serving_endpoints ORDER BY name"))
+        grants = tuple(db.execute("SELECT * FROM endpoint_grants ORDER BY endpoint_id, user_name"))
+    return enabled, tokens, api_events, boxes, endpoints, grants
 
 
 def _operations(doc: dict[str, Any]) -> list[Any]:

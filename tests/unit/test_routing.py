@@ -8,7 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.routing import ModelRoutes, VersionRoute, quote, render_routes, routable
+from supervisor.naming import upstream_name
+from supervisor.routing import (
+    EndpointRoutes,
+    EntityRoute,
+    ModelRoutes,
+    VersionRoute,
+    quote,
+    render_routes,
+    routable,
+)
 from supervisor.settings import REPO_ROOT
 
 TEMPLATES = REPO_ROOT / "nginx"
@@ -90,3 +99,24 @@ def test_names_differing_only_in_case_keep_one_route(tmp_path: Path) -> None:
     rendered = render_routes([ready("Iris"), ready("iris", 9003)], TEMPLATES)
     assert rendered.rejected == ["iris"]
     nginx_accepts(rendered.text, tmp_path)
+
+
+def test_endpoints_route_to_the_versions_upstreams_with_a_per_request_split(tmp_path: Path) -> None:
+    m = ModelRoutes("iris", (VersionRoute("1", "ready", "unix:/run/1.sock"), VersionRoute("2", "ready", "unix:/r/2")),
+                    legacy=False)
+    split = EndpointRoutes("ep", (EntityRoute("a", ("iris", "1"), 80), EntityRoute("b", ("iris", "2"), 20)))
+    single = EndpointRoutes("one", (EntityRoute("only", ("iris", "1"), 100), EntityRoute("off", None, 0)))
+    text = render_routes([m], TEMPLATES, [split, single, EndpointRoutes("new", (), pending=True)]).text
+    assert "/model/iris" not in text  # legacy serving is off for iris: upstreams only
+    assert text.count("server unix:") == 2
+    assert 'split_clients "${request_id}" $ms_split_' in text and "80% " in text and "* " in text
+    assert '"/serving-endpoints/ep/invocations" $ms_split_' in text
+    assert '"/serving-endpoints/ep/served-models/b/invocations" "e_' in text
+    assert '"/serving-endpoints/new/invocations" "pending"' in text
+    up1 = upstream_name("iris", "1")
+    # The endpoint's entity shares version 1's upstream; a 0 % entity is reachable directly only.
+    assert text.count(f'"{up1}"') == 2
+    # Two direct entity paths and the endpoint's own, in the choice map and in the name map.
+    assert text.count('"/serving-endpoints/one/') == 2 * (2 + 1)
+    assert '"off";' in text and '"pending";' in text
+    nginx_accepts(text, tmp_path)

@@ -3,6 +3,7 @@ documented path is a route (or the gateway's scoring path), and the document is 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,8 @@ def app(tmp_path: Path) -> Flask:
 
 def _routes(app: Flask) -> set[tuple[str, str]]:
     # HEAD and OPTIONS are added by Flask to every route; they are not part of the contract.
-    return {(rule.rule, m.lower()) for rule in app.url_map.iter_rules()
+    # Flask's <name> is OpenAPI's {name}.
+    return {(re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule), m.lower()) for rule in app.url_map.iter_rules()
             for m in (rule.methods or ()) if m not in ("HEAD", "OPTIONS")}
 
 
@@ -46,7 +48,9 @@ def test_every_route_is_documented_and_every_documented_path_is_a_route(app: Fla
 
 
 def test_the_scoring_endpoint_and_its_request_formats_are_documented() -> None:
-    assert _documented(gateway=True) == {("/model/{name}/{ref}/invocations", "post")}
+    assert _documented(gateway=True) == {("/model/{name}/{ref}/invocations", "post"),
+                                          ("/serving-endpoints/{name}/invocations", "post"),
+                                          ("/serving-endpoints/{name}/served-models/{entity}/invocations", "post")}
     score = openapi.document()["paths"]["/model/{name}/{ref}/invocations"]["post"]
     content = score["requestBody"]["content"]
     assert {"application/json", "text/csv", "application/json-numpy-split"} <= set(content)

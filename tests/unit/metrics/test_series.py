@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from supervisor.metrics.accesslog import Access, Position, parse_line
 from supervisor.metrics.series import (
     BUCKETS,
@@ -76,3 +78,14 @@ def test_client_closed_is_counted_apart_from_errors() -> None:
 def test_points_saved_before_client_closed_read_as_zero() -> None:
     raw = {"routes": [], "timeline": [["m", "1", {"1000000": [3, 1, 0, 0.3, 0.2]}]], "unrouted": 0, "position": [0, 0]}
     assert MetricsState.from_json(raw).timeline[("m", "1")] == {1_000_000: [3, 1, 0, 0.3, 0.2, 0]}
+
+
+def test_an_endpoint_request_counts_for_the_version_that_answered_under_its_entity() -> None:
+    ups = {upstream_name("m", "2"): ("m", "2")}
+    line = json.dumps({"t": 1.5, "u": "/serving-endpoints/ep/invocations", "s": 200, "d": 0.003,
+                       "x": upstream_name("m", "2"), "e": "ep", "n": "m-2"})
+    logged = parse_line(line)
+    assert logged is not None and (logged.endpoint, logged.entity) == ("ep", "m-2")
+    assert resolve(logged, ups, {}) == RouteKey("m", "2", "serving-endpoints/ep/m-2")
+    pending = Access(1.0, "/serving-endpoints/ep/invocations", 503, 0.001, "pending", "ep", "")
+    assert resolve(pending, ups, {}) is None
