@@ -645,14 +645,19 @@ class Store:
 
     def set_endpoint_grants(self, endpoint_id: str, grants: dict[str, str], replace: bool) -> None:
         """``replace``: these become all the direct grants; else they are merged into them."""
-        with self._tx() as c:
-            where = endpoint_grants.c.endpoint_id == endpoint_id
-            if replace:
-                c.execute(delete(endpoint_grants).where(where))
-            else:
-                c.execute(delete(endpoint_grants).where(and_(where, endpoint_grants.c.user_name.in_(list(grants)))))
-            for user, level in grants.items():
-                c.execute(insert(endpoint_grants).values(endpoint_id=endpoint_id, user_name=user, level=level))
+        def once() -> None:
+            # Delete-then-insert: two workers granting at once make one lose on the key (on
+            # Postgres too, which holds no lock on rows it did not find); it tries again.
+            with self._tx() as c:
+                where = endpoint_grants.c.endpoint_id == endpoint_id
+                if replace:
+                    c.execute(delete(endpoint_grants).where(where))
+                else:
+                    c.execute(delete(endpoint_grants).where(and_(where, endpoint_grants.c.user_name.in_(list(grants)))))
+                for user, level in grants.items():
+                    c.execute(insert(endpoint_grants).values(endpoint_id=endpoint_id, user_name=user, level=level))
+
+        _retrying(once)
 
     def endpoint_models(self) -> set[str]:
         """Every registered model some endpoint's serving or pending config names."""
