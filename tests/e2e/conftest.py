@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.support import free_port
+from tests.support import environ, free_port
 
 API = "/api/2.0/preview/mlflow/endpoints"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "tests-artifacts"
@@ -107,17 +107,9 @@ def acting_as_admin(password: str, netrc: Path) -> Iterator[dict[str, str]]:
     with ``password`` until the end of the block; the environment is restored after."""
     netrc.write_text(f"machine 127.0.0.1 login admin password {password}\n")
     netrc.chmod(0o600)
-    admin_env = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": password, "NETRC": str(netrc)}
-    saved = {k: os.environ.get(k) for k in admin_env}
-    os.environ.update(admin_env)
-    try:
+    with environ({"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": password,
+                  "NETRC": str(netrc)}) as admin_env:
         yield admin_env
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _running_system(data: Path, admin_env: dict[str, str], extra_env: dict[str, str] | None) -> Iterator[System]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import subprocess
 import threading
@@ -38,6 +37,7 @@ from supervisor.launcher import pid_alive
 from tests.e2e.conftest import API, System
 from tests.e2e.test_access import _grant, _mlflow, _new_token
 from tests.e2e.test_serving import host_pid
+from tests.support import environ
 
 pytestmark = pytest.mark.e2e
 
@@ -125,10 +125,7 @@ def env(system: System, register: Any, iris: pd.DataFrame, tmp_path_factory: pyt
     # admin's password that the session's netrc would otherwise put in its place.
     empty = folder / "netrc"
     empty.write_text("")
-    wanted = {"DATABRICKS_HOST": system.url, "DATABRICKS_TOKEN": system.token, "NETRC": str(empty)}
-    saved = {k: os.environ.get(k) for k in wanted}
-    os.environ.update(wanted)
-    try:
+    with environ({"DATABRICKS_HOST": system.url, "DATABRICKS_TOKEN": system.token, "NETRC": str(empty)}):
         from databricks.sdk import WorkspaceClient
         from mlflow.deployments import get_deploy_client
 
@@ -136,12 +133,6 @@ def env(system: System, register: Any, iris: pd.DataFrame, tmp_path_factory: pyt
         e.workspace, e.deploy = WorkspaceClient(), get_deploy_client("databricks")
         yield e
         print(f"\nendpoints e2e module: {time.monotonic() - started:.0f} s")
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def test_create_with_the_sdk_waiter_and_score_through_both_clients_and_curl(env: Env) -> None:
