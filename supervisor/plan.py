@@ -22,7 +22,7 @@ from supervisor.endpoints.config import STAGES as ENTITY_STAGES
 from supervisor.endpoints.config import entities, missing_reason, resolve
 from supervisor.registry import RegistryModel, RegistryVersion
 from supervisor.routing import EndpointRoutes, EntityRoute, ModelRoutes, VersionRoute
-from supervisor.store import FAILED, LAUNCHING, PENDING, READY, Deployment, ServingEndpoint
+from supervisor.store import FAILED, LAUNCHING, PENDING, READY, Deployment, ServingEndpoint, endpoint_models
 
 STAGES = ("Staging", "Production")
 
@@ -58,11 +58,6 @@ class Plan:
     @property
     def empty(self) -> bool:
         return not (self.stop or self.deploy or self.remove or self.relabel)
-
-
-def endpoint_models(endpoints: Iterable[ServingEndpoint]) -> set[str]:
-    """The registered models the endpoints' serving and pending configs name."""
-    return {e.model for ep in endpoints for cfg in ep.configs() for e in entities(cfg)}
 
 
 def _pinned(endpoints: Sequence[ServingEndpoint],

@@ -33,7 +33,7 @@ from supervisor.deployer import Deployer, launches
 from supervisor.gateway import Gateway
 from supervisor.isolation.boxes import box_for
 from supervisor.metrics.collector import Collector
-from supervisor.plan import EndpointChange, Plan, compute_plan, endpoint_models, endpoint_routes, model_routes
+from supervisor.plan import EndpointChange, Plan, compute_plan, endpoint_routes, model_routes
 from supervisor.registry import Registry, RegistryModel, RegistryUnavailable
 from supervisor.runtime import make_runtime
 from supervisor.runtime.base import Runtime
@@ -47,6 +47,7 @@ from supervisor.store import (
     Deployment,
     Store,
     UidRangeExhausted,
+    endpoint_models,
 )
 
 log = logging.getLogger("modelserve.reconciler")

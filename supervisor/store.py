@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -260,6 +260,12 @@ class ServingEndpoint:
     def configs(self) -> list[dict[str, Any]]:
         """The configs whose entities must run: the one serving and the one rolling out."""
         return [c for c in (self.config, self.pending_config) if c is not None]
+
+
+def endpoint_models(endpoints: Iterable[ServingEndpoint]) -> set[str]:
+    """The registered models the endpoints' serving and pending configs name (the plan's and the
+    store's one answer to "does an endpoint need this model")."""
+    return {e["entity_name"] for ep in endpoints for cfg in ep.configs() for e in cfg["served_entities"]}
 
 
 def _loads(text: str | None) -> Any:
@@ -661,7 +667,7 @@ class Store:
 
     def endpoint_models(self) -> set[str]:
         """Every registered model some endpoint's serving or pending config names."""
-        return {e["entity_name"] for ep in self.endpoints() for cfg in ep.configs() for e in cfg["served_entities"]}
+        return endpoint_models(self.endpoints())
 
     def is_served(self, model: str) -> bool:
         """Legacy serving is enabled for the model, or an endpoint needs one of its versions."""
