@@ -7,9 +7,11 @@ long, and one worker ran the last of them alone while the other sat idle. The Ma
 sorting off (``--no-loadscope-reorder``) and this hook starts the longest files first
 (longest-processing-time-first, the classic rule for two machines), so the tail is short files.
 
-The figures are seconds from a CI run's ``--durations`` table on the shared 2-core machine. They
-only order the files, never limit a test: a file missing here, or slower than written, just
-starts later. A file's own tests keep their order.
+The figures are rough seconds per file on the shared 2-core machine (the churn ones from
+docs/RELIABILITY.md's runs, the rest estimated; CI prints the 40 longest tests every run, and
+the 2026-12-04 run kept this order at the top). They only order the files, never limit a test:
+a file missing here, or slower than written, just starts later. A file's own tests keep their
+order.
 """
 
 from __future__ import annotations
