@@ -314,17 +314,24 @@ def test_fork_and_thread_bombs_stop_at_the_process_limit(hostile: Hostile) -> No
 
 
 def test_cpu_burn_is_held_to_its_quota(hostile: Hostile) -> None:
-    before = _cpu_stat(hostile)
-    burn = attack(hostile.system, BOMB, "burn", processes=4, seconds=5)
-    after = _cpu_stat(hostile)
+    # The quota shows as throttling only when the burn could have used more than its share. Beside a
+    # busy CI (two test workers on two cores) four burning processes once got 0.3 CPUs in all and were
+    # never throttled, so a burn that the machine itself held under the quota is tried again (bounded).
     quota = BOMB_BOX["cpus"]
-    ratio = burn["cpu_seconds"] / burn["wall_seconds"]
-    print(f"burn: {burn}; {ratio:.2f} CPUs used of a {quota} CPU quota; throttled "
-          f"{after['nr_throttled'] - before['nr_throttled']} periods, "
-          f"{(after['throttled_time'] - before['throttled_time']) / 1e9:.1f} s")
-    assert burn["cpu_seconds"] > 0.5, burn  # it did burn
-    assert ratio < 1.5 * quota, burn
-    assert after["nr_throttled"] > before["nr_throttled"]
+    throttled = 0
+    for _attempt in range(4):
+        before = _cpu_stat(hostile)
+        burn = attack(hostile.system, BOMB, "burn", processes=4, seconds=5)
+        after = _cpu_stat(hostile)
+        ratio = burn["cpu_seconds"] / burn["wall_seconds"]
+        throttled = after["nr_throttled"] - before["nr_throttled"]
+        print(f"burn: {burn}; {ratio:.2f} CPUs used of a {quota} CPU quota; throttled {throttled} periods, "
+              f"{(after['throttled_time'] - before['throttled_time']) / 1e9:.1f} s")
+        assert burn["cpu_seconds"] > 0.5, burn  # it did burn
+        assert ratio < 1.5 * quota, burn
+        if throttled:
+            break
+    assert throttled > 0, "the burn was never throttled: is the CPU quota applied?"
     assert answers(hostile.system, BOMB)
 
 
