@@ -30,6 +30,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from supervisor import envsweep
 from supervisor.deployer import Deployer, launches
+from supervisor.endpoints.ratelimits import limit_zones
 from supervisor.gateway import Gateway
 from supervisor.isolation.boxes import box_for
 from supervisor.metrics.collector import Collector
@@ -327,7 +328,10 @@ class Reconciler:
             model_routes(m, deps.get(m, []), lambda d: self.runtime.address(d.model, d.version), m in enabled)
             for m in served
         ]
-        result = self.gateway.apply_routes(tables, [endpoint_routes(ep, deps, ep.name in promoted) for ep in endpoints])
+        limits = self.store.rate_limits()
+        zones = limit_zones({ep.name: limits[ep.id] for ep in endpoints if ep.id in limits})
+        result = self.gateway.apply_routes(tables, [endpoint_routes(ep, deps, ep.name in promoted) for ep in endpoints],
+                                           zones)
         # Only now, with the gateway running these routes, may a runtime retire what they replaced.
         self.runtime.routes_applied(
             v.address for t in tables for v in t.versions if v.address is not None

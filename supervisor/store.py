@@ -160,6 +160,15 @@ endpoint_grants = Table(
     Column("level", String(16), nullable=False),
 )
 
+# An endpoint's rate limits (supervisor/endpoints/ratelimits.py), as one validated JSON list; a
+# table of its own so that existing databases get it from create_all, with no column migration.
+endpoint_rate_limits = Table(
+    "endpoint_rate_limits",
+    metadata,
+    Column("endpoint_id", String(32), primary_key=True),
+    Column("limits", Text, nullable=False),
+)
+
 # Config update states of an endpoint, exactly as the Databricks clients' enums spell them.
 NOT_UPDATING = "NOT_UPDATING"
 IN_PROGRESS = "IN_PROGRESS"
@@ -641,6 +650,7 @@ class Store:
             if row is None:
                 return False
             c.execute(delete(endpoint_grants).where(endpoint_grants.c.endpoint_id == row[0]))
+            c.execute(delete(endpoint_rate_limits).where(endpoint_rate_limits.c.endpoint_id == row[0]))
             c.execute(delete(serving_endpoints).where(serving_endpoints.c.id == row[0]))
             return True
 
@@ -662,6 +672,21 @@ class Store:
                     c.execute(delete(endpoint_grants).where(and_(where, endpoint_grants.c.user_name.in_(list(grants)))))
                 for user, level in grants.items():
                     c.execute(insert(endpoint_grants).values(endpoint_id=endpoint_id, user_name=user, level=level))
+
+        _retrying(once)
+
+    def rate_limits(self) -> dict[str, list[dict[str, Any]]]:
+        """Endpoint id -> its rate limits (endpoints without any are absent)."""
+        with self._tx() as c:
+            rows = c.execute(select(endpoint_rate_limits)).all()
+        return {r.endpoint_id: json.loads(r.limits) for r in rows if json.loads(r.limits)}
+
+    def set_rate_limits(self, endpoint_id: str, limits: list[dict[str, Any]]) -> None:
+        def once() -> None:
+            with self._tx() as c:
+                c.execute(delete(endpoint_rate_limits).where(endpoint_rate_limits.c.endpoint_id == endpoint_id))
+                if limits:
+                    c.execute(insert(endpoint_rate_limits).values(endpoint_id=endpoint_id, limits=json.dumps(limits)))
 
         _retrying(once)
 
