@@ -179,6 +179,9 @@ PENDING = "VERSION_STATE_PENDING"
 LAUNCHING = "VERSION_STATE_LAUNCHING"
 READY = "VERSION_STATE_READY"
 FAILED = "VERSION_STATE_FAILED"
+# Scaled to zero: environment and files kept, no scoring server; its first request starts it.
+ASLEEP = "VERSION_STATE_SCALED_TO_ZERO"
+SCALE_TO_ZERO_KEY = "scale_to_zero:"  # meta key prefix: legacy serving of this model may scale to zero
 
 MODEL_UPDATE = "MODEL_UPDATE"
 VERSION_UPDATE = "VERSION_UPDATE"
@@ -707,6 +710,15 @@ class Store:
                     c.execute(insert(meta).values(key=key, value=value))
 
         _retrying(once)
+
+    def scale_to_zero_models(self) -> set[str]:
+        """Models whose legacy serving may scale to zero (supervisor/api/scaling.py)."""
+        with self._tx() as c:
+            rows = c.execute(select(meta.c.key).where(meta.c.key.startswith(SCALE_TO_ZERO_KEY, autoescape=True)))
+            return {r[0][len(SCALE_TO_ZERO_KEY):] for r in rows}
+
+    def set_scale_to_zero(self, model: str, enabled: bool) -> None:
+        self.set_meta(SCALE_TO_ZERO_KEY + model, "1" if enabled else None)
 
     def get_meta(self, key: str) -> str | None:
         with self._tx() as c:
