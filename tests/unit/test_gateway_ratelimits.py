@@ -80,10 +80,11 @@ def limit(gw: Gateway, limits: dict[str, list[dict[str, Any]]]) -> None:
 
 
 def burst(gw: Gateway, endpoint: str, token: str, n: int) -> list[requests.Response]:
-    session = requests.Session()
-    session.trust_env = False
-    return [session.post(f"{gw.settings.gateway_url}/serving-endpoints/{endpoint}/invocations", json={"inputs": [1]},
-                         headers={"Authorization": f"Bearer {token}"}, timeout=30) for _ in range(n)]
+    with requests.Session() as session:  # closed after: Nginx's graceful stop waits for idle keep-alives
+        session.trust_env = False
+        return [session.post(f"{gw.settings.gateway_url}/serving-endpoints/{endpoint}/invocations",
+                             json={"inputs": [1]}, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+                for _ in range(n)]
 
 
 def codes(responses: list[requests.Response]) -> Counter[int]:
@@ -134,3 +135,21 @@ def test_limits_removed_or_changed_take_effect_and_survive_a_restart_of_nginx(ga
     assert codes(burst(gateway, "a", "alice", 4)) == {200: 3, 429: 1}
     limit(gateway, {})
     assert codes(burst(gateway, "a", "alice", 5)) == {200: 5}
+
+
+def test_without_access_control_an_endpoint_limit_still_counts_and_a_per_user_one_counts_nobody(
+        tmp_path: Path) -> None:
+    api_port = free_port()
+    server = ThreadingHTTPServer(("127.0.0.1", api_port), CheckAndScore)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    gw = Gateway(Settings(data_dir=tmp_path, port=free_port(), api_port=api_port, mlflow_port=free_port(),
+                          nginx_bin=shutil.which("nginx") or "/usr/sbin/nginx", auth=False))
+    gw.start()
+    try:
+        limit(gw, {"a": [{"calls": 2, "key": "endpoint"}], "b": [{"calls": 1, "key": "user"}]})
+        assert codes(burst(gw, "a", "anyone", 3)) == {200: 2, 429: 1}
+        assert codes(burst(gw, "b", "anyone", 3)) == {200: 3}
+    finally:
+        gw.stop()
+        server.shutdown()
