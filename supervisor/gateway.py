@@ -10,6 +10,7 @@ Nginx always runs with our own prefix and config (``-p``/``-c``): nothing touche
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pwd
@@ -18,11 +19,12 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import jinja2
 
+from supervisor.endpoints.ratelimits import LimitZone, nginx_limits
 from supervisor.routing import EndpointRoutes, ModelRoutes, render_routes
 from supervisor.settings import Settings
 
@@ -68,8 +70,12 @@ class Gateway:
         self.gate_socket = self.prefix / "gate.sock"
         self.mlflow_upstream = mlflow_upstream or f"127.0.0.1:{settings.mlflow_port}"
         self._lock = threading.Lock()  # the reconciler's tick and its deploy threads both publish routes
+        # Rate limits live in the main config (limit_req_zone in http, limit_req in a location):
+        # one file, so a zone and the lines using it are always swapped in together. They are kept
+        # beside it too, so the launcher's (re)start of Nginx renders the reconciler's limits.
+        self.limits_file = self.prefix / "limits.json"
 
-    def _render_main(self, routes_path: Path) -> str:
+    def _render_main(self, routes_path: Path, limits: Sequence[LimitZone] | None = None) -> str:
         env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(self.settings.nginx_templates)),
                                  autoescape=False, undefined=jinja2.StrictUndefined)
         # As root, Nginx would drop its workers to "nobody", who cannot read our data dir.
@@ -92,6 +98,7 @@ class Gateway:
             metrics_log=str(self.settings.metrics_log),
             auth=self.settings.auth,
             auth_cache_seconds=nginx_cache_seconds(self.settings.auth_cache_seconds),
+            limits=nginx_limits(self.limits() if limits is None else limits),
         )
 
     def _nginx(self, *args: str, conf: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -212,26 +219,41 @@ class Gateway:
             time.sleep(0.1)
         os.kill(pid, signal.SIGTERM)
 
-    def apply_routes(self, models: Sequence[ModelRoutes], endpoints: Sequence[EndpointRoutes] = ()) -> ApplyResult:
+    def apply_routes(self, models: Sequence[ModelRoutes], endpoints: Sequence[EndpointRoutes] = (),
+                     limits: Sequence[LimitZone] | None = None) -> ApplyResult:
+        """Routes (and, unless None, the endpoints' rate limits) live at the gateway on return."""
         with self._lock:
-            return self._apply_routes(models, endpoints)
+            return self._apply_routes(models, endpoints, self.limits() if limits is None else tuple(limits))
 
-    def _apply_routes(self, models: Sequence[ModelRoutes], endpoints: Sequence[EndpointRoutes]) -> ApplyResult:
+    def limits(self) -> tuple[LimitZone, ...]:
+        """The rate limits the main config was last rendered with."""
+        try:
+            return tuple(LimitZone(**{**z, "excluded": tuple(z["excluded"])})
+                         for z in json.loads(self.limits_file.read_text()))
+        except (OSError, ValueError, TypeError, KeyError):
+            return ()
+
+    def _apply_routes(self, models: Sequence[ModelRoutes], endpoints: Sequence[EndpointRoutes],
+                      limits: tuple[LimitZone, ...]) -> ApplyResult:
         rendered = render_routes(models, self.settings.nginx_templates, endpoints)
         current = self.routes_conf.read_text() if self.routes_conf.exists() else None
-        if rendered.text == current:
+        if rendered.text == current and limits == self.limits():
             return ApplyResult(changed=False, rejected=rendered.rejected)
         # The reconciler may render before the launcher has started Nginx: nginx -t needs these.
         self._make_dirs()
         candidate = self.prefix / "routes.conf.candidate"
         test_conf = self.prefix / "nginx.test.conf"
         _atomic_write(candidate, rendered.text)
-        _atomic_write(test_conf, self._render_main(candidate))
+        _atomic_write(test_conf, self._render_main(candidate, limits))
         try:
             self._test(test_conf)
         finally:
             test_conf.unlink(missing_ok=True)
         os.replace(candidate, self.routes_conf)
+        if limits != self.limits():
+            # Main first: a crash in between leaves the file saying "old", and the next tick redoes it.
+            _atomic_write(self.main_conf, self._render_main(self.routes_conf, limits))
+            _atomic_write(self.limits_file, json.dumps([asdict(z) for z in limits]))
         if self.is_running():
             self.reload()
         return ApplyResult(changed=True, rejected=rendered.rejected)

@@ -22,7 +22,16 @@ from supervisor.endpoints.config import STAGES as ENTITY_STAGES
 from supervisor.endpoints.config import entities, missing_reason, resolve
 from supervisor.registry import RegistryModel, RegistryVersion
 from supervisor.routing import EndpointRoutes, EntityRoute, ModelRoutes, VersionRoute
-from supervisor.store import FAILED, LAUNCHING, PENDING, READY, Deployment, ServingEndpoint, endpoint_models
+from supervisor.store import (
+    ASLEEP,
+    FAILED,
+    LAUNCHING,
+    PENDING,
+    READY,
+    Deployment,
+    ServingEndpoint,
+    endpoint_models,
+)
 
 STAGES = ("Staging", "Production")
 
@@ -92,7 +101,8 @@ def _update_outcome(ep: ServingEndpoint, registry: Mapping[str, RegistryModel | 
             return EndpointChange(ep.name, ep.pending_version, False,
                                   f"Served entity '{e.name}' ({e.model} version {rv.version}) failed to deploy: "
                                   f"{d.state_message}")
-        waiting = waiting or d is None or d.state != READY or not d.port
+        # A version scaled to zero serves on demand (its first request wakes it): it is ready.
+        waiting = waiting or d is None or d.state not in (READY, ASLEEP) or not d.port
     return None if waiting else EndpointChange(ep.name, ep.pending_version, True)
 
 
@@ -207,7 +217,7 @@ def model_routes(
     for d in deps:
         if d.state == READY and d.port:
             versions.append(VersionRoute(d.version, "ready", address(d)))
-        elif d.state in (PENDING, LAUNCHING) or (d.state == READY and not d.port):
+        elif d.state in (PENDING, LAUNCHING, ASLEEP) or (d.state == READY and not d.port):
             versions.append(VersionRoute(d.version, "pending", None))
     routed = {v.version for v in versions}
     stages = tuple((s, d.version) for s, d in stage_targets(deps).items() if d.version in routed)

@@ -30,8 +30,11 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from supervisor import envsweep
 from supervisor.deployer import Deployer, launches
+from supervisor.endpoints.ratelimits import limit_zones
 from supervisor.gateway import Gateway
+from supervisor.idleplan import idle_changes
 from supervisor.isolation.boxes import box_for
+from supervisor.metrics.activity import Activity
 from supervisor.metrics.collector import Collector
 from supervisor.plan import EndpointChange, Plan, compute_plan, endpoint_routes, model_routes
 from supervisor.registry import Registry, RegistryModel, RegistryUnavailable
@@ -39,10 +42,12 @@ from supervisor.runtime import make_runtime
 from supervisor.runtime.base import Runtime
 from supervisor.settings import Settings
 from supervisor.store import (
+    ASLEEP,
     ENDPOINT_UPDATED,
     LAUNCHING,
     MODEL_UPDATE,
     PENDING,
+    READY,
     VERSION_UPDATE,
     Deployment,
     Store,
@@ -88,6 +93,9 @@ class Reconciler:
         self._host_failures: dict[str, tuple[int, float]] = {}  # model -> (count, not before)
         self._rejected_reported: set[str] = set()
         self._box_problems: dict[str, str] = {}  # model -> why its box cannot be worked out
+        self.activity = Activity(on_ask=self.wake)  # requests seen by the metrics collector
+        self._awake_since: dict[tuple[str, str], float] = {}  # READY versions -> when first seen READY
+        self._asleep_since: dict[tuple[str, str], float] = {}  # asleep versions -> when put to sleep (0: before)
 
     def host_lock(self, model: str) -> threading.Lock:
         return self._host_locks[model]
@@ -108,6 +116,8 @@ class Reconciler:
         endpoints = self.store.endpoints()
         answered = self._read_registry(sorted(set(enabled) | endpoint_models(endpoints)))
         deps = self._deployments_by_model()
+        if self._apply_idle(enabled, endpoints, deps):
+            deps = self._deployments_by_model()
         with self._in_flight_lock:
             busy = set(self._in_flight)
         plan = compute_plan(enabled, answered, deps, self.runtime.hosts(), busy, endpoints)
@@ -133,6 +143,35 @@ class Reconciler:
         if changes:
             self._render_routes()
             self.wake()
+
+    def _apply_idle(self, enabled: list[str], endpoints: list[Any], deps: dict[str, list[Deployment]]) -> bool:
+        """Scale to zero (supervisor/idleplan.py decides). A sleeper's routes change first (its
+        requests then get 503 + Retry-After and wake it), and its server stops at this tick's host
+        supervision; a woken version is LAUNCHING, so this tick's plan resumes its deploy at the
+        health check and the host supervision starts its server. True when anything changed."""
+        now = time.time()
+        ready = {(d.model, d.version) for ds in deps.values() for d in ds if d.state == READY}
+        self._awake_since = {k: self._awake_since.get(k, max(now, self.activity.started)) for k in ready}
+        idle = self.settings.scale_to_zero_idle_seconds
+        asleep = {(d.model, d.version) for ds in deps.values() for d in ds if d.state == ASLEEP}
+        self._asleep_since = {k: self._asleep_since.get(k, 0.0) for k in asleep}
+        changes = idle_changes(deps, endpoints, enabled, self.activity.last_seen(), self._awake_since,
+                               self.activity.take_asked(), now, idle, self.store.scale_to_zero_models(),
+                               self._asleep_since)
+        for model, version in changes.sleep:
+            self._asleep_since[(model, version)] = now
+            self.store.upsert_deployment(model, version, state=ASLEEP,
+                                         state_message=f"Scaled to zero after {idle:g} s without a request; "
+                                                       "the first request starts it again")
+            self.store.add_event(model, VERSION_UPDATE, f"Version {version} scaled to zero (no request for "
+                                                        f"{idle:g} s); its environment is kept", version)
+        if changes.sleep:
+            self._render_routes()
+        for model, version in changes.wake:
+            self.store.upsert_deployment(model, version, state=LAUNCHING,
+                                         state_message="Waking from scale to zero: starting the scoring server")
+            self.store.add_event(model, VERSION_UPDATE, f"Version {version} is waking from scale to zero", version)
+        return bool(changes.sleep or changes.wake)
 
     def _deployments_by_model(self) -> dict[str, list[Deployment]]:
         out: dict[str, list[Deployment]] = defaultdict(list)
@@ -327,7 +366,10 @@ class Reconciler:
             model_routes(m, deps.get(m, []), lambda d: self.runtime.address(d.model, d.version), m in enabled)
             for m in served
         ]
-        result = self.gateway.apply_routes(tables, [endpoint_routes(ep, deps, ep.name in promoted) for ep in endpoints])
+        limits = self.store.rate_limits()
+        zones = limit_zones({ep.name: limits[ep.id] for ep in endpoints if ep.id in limits})
+        result = self.gateway.apply_routes(tables, [endpoint_routes(ep, deps, ep.name in promoted) for ep in endpoints],
+                                           zones)
         # Only now, with the gateway running these routes, may a runtime retire what they replaced.
         self.runtime.routes_applied(
             v.address for t in tables for v in t.versions if v.address is not None
@@ -351,7 +393,7 @@ class Reconciler:
         signal.signal(signal.SIGINT, lambda *_: stop.set())
         threading.Thread(target=self._listen_for_wakes, args=(stop,), daemon=True).start()
         # The reconciler is the single reader of the gateway's metrics log (supervisor/metrics).
-        collector = Collector(self.settings, self.store, self.gateway.reopen_logs)
+        collector = Collector(self.settings, self.store, self.gateway.reopen_logs, self.activity)
         threading.Thread(target=collector.run, args=(stop,), name="metrics", daemon=True).start()
         self.scheduler.start()
         log.info("reconciler running (every %.1f s, runtime %s)", self.settings.reconcile_interval, self.runtime.name)

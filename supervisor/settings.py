@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     # deadlocked, stopped) is killed and restarted by its model host. 0: only exits restart it.
     liveness_seconds: float = 30.0
     health_timeout: float = 180.0
+    # A served entity with scale_to_zero_enabled that had no request for this long has its scoring
+    # server stopped (environment and files kept); its first request starts it again.
+    scale_to_zero_idle_seconds: float = 1800.0
     build_timeout: float = 900.0
     max_body_mb: int = 16
     nginx_bin: str = "nginx"

@@ -160,6 +160,15 @@ endpoint_grants = Table(
     Column("level", String(16), nullable=False),
 )
 
+# An endpoint's rate limits (supervisor/endpoints/ratelimits.py), as one validated JSON list; a
+# table of its own so that existing databases get it from create_all, with no column migration.
+endpoint_rate_limits = Table(
+    "endpoint_rate_limits",
+    metadata,
+    Column("endpoint_id", String(32), primary_key=True),
+    Column("limits", Text, nullable=False),
+)
+
 # Config update states of an endpoint, exactly as the Databricks clients' enums spell them.
 NOT_UPDATING = "NOT_UPDATING"
 IN_PROGRESS = "IN_PROGRESS"
@@ -170,6 +179,9 @@ PENDING = "VERSION_STATE_PENDING"
 LAUNCHING = "VERSION_STATE_LAUNCHING"
 READY = "VERSION_STATE_READY"
 FAILED = "VERSION_STATE_FAILED"
+# Scaled to zero: environment and files kept, no scoring server; its first request starts it.
+ASLEEP = "VERSION_STATE_SCALED_TO_ZERO"
+SCALE_TO_ZERO_KEY = "scale_to_zero:"  # meta key prefix: legacy serving of this model may scale to zero
 
 MODEL_UPDATE = "MODEL_UPDATE"
 VERSION_UPDATE = "VERSION_UPDATE"
@@ -641,6 +653,7 @@ class Store:
             if row is None:
                 return False
             c.execute(delete(endpoint_grants).where(endpoint_grants.c.endpoint_id == row[0]))
+            c.execute(delete(endpoint_rate_limits).where(endpoint_rate_limits.c.endpoint_id == row[0]))
             c.execute(delete(serving_endpoints).where(serving_endpoints.c.id == row[0]))
             return True
 
@@ -665,6 +678,21 @@ class Store:
 
         _retrying(once)
 
+    def rate_limits(self) -> dict[str, list[dict[str, Any]]]:
+        """Endpoint id -> its rate limits (endpoints without any are absent)."""
+        with self._tx() as c:
+            rows = c.execute(select(endpoint_rate_limits)).all()
+        return {r.endpoint_id: json.loads(r.limits) for r in rows if json.loads(r.limits)}
+
+    def set_rate_limits(self, endpoint_id: str, limits: list[dict[str, Any]]) -> None:
+        def once() -> None:
+            with self._tx() as c:
+                c.execute(delete(endpoint_rate_limits).where(endpoint_rate_limits.c.endpoint_id == endpoint_id))
+                if limits:
+                    c.execute(insert(endpoint_rate_limits).values(endpoint_id=endpoint_id, limits=json.dumps(limits)))
+
+        _retrying(once)
+
     def endpoint_models(self) -> set[str]:
         """Every registered model some endpoint's serving or pending config names."""
         return endpoint_models(self.endpoints())
@@ -682,6 +710,15 @@ class Store:
                     c.execute(insert(meta).values(key=key, value=value))
 
         _retrying(once)
+
+    def scale_to_zero_models(self) -> set[str]:
+        """Models whose legacy serving may scale to zero (supervisor/api/scaling.py)."""
+        with self._tx() as c:
+            rows = c.execute(select(meta.c.key).where(meta.c.key.startswith(SCALE_TO_ZERO_KEY, autoescape=True)))
+            return {r[0][len(SCALE_TO_ZERO_KEY):] for r in rows}
+
+    def set_scale_to_zero(self, model: str, enabled: bool) -> None:
+        self.set_meta(SCALE_TO_ZERO_KEY + model, "1" if enabled else None)
 
     def get_meta(self, key: str) -> str | None:
         with self._tx() as c:

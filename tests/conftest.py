@@ -28,6 +28,7 @@ SECONDS = {
     "e2e/test_hostile_docker.py": 300,
     "e2e/test_hostile.py": 300,
     "e2e/test_docker.py": 280,
+    "e2e/test_endpoints.py": 380,
     "e2e/test_access.py": 200,
     "e2e/test_recovery.py": 200,
     "e2e/test_whole_restart.py": 180,

@@ -14,7 +14,7 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, request
 
-from supervisor.api import auth, boxes, endpoints, errors, legacy, monitoring, openapi, pages
+from supervisor.api import auth, boxes, endpoints, errors, legacy, monitoring, openapi, pages, scaling
 from supervisor.auth.access import Access
 from supervisor.isolation.capabilities import runtime_capabilities
 from supervisor.reconciler import send_wake
@@ -68,6 +68,7 @@ def create_app(
     app.register_blueprint(endpoints.bp)
     app.register_blueprint(endpoints.well_known)
     app.register_blueprint(boxes.bp)
+    app.register_blueprint(scaling.bp)
     app.register_blueprint(monitoring.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(auth.check_blueprint())

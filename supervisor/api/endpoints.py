@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -36,6 +37,7 @@ from supervisor.endpoints.config import (
     resolve,
     tags_after,
 )
+from supervisor.endpoints.ratelimits import parse_ai_gateway, parse_rate_limits
 from supervisor.endpoints.view import detailed, find_entity, summary
 from supervisor.metrics.exposition import load_state, prometheus_text
 from supervisor.plan import entity_deployment
@@ -103,7 +105,28 @@ def _body_config(raw: Any, name: str, who: Principal) -> dict[str, Any]:
     return cfg
 
 
-_UNSUPPORTED = ("rate_limits", "ai_gateway", "email_notifications")
+_UNSUPPORTED = ("email_notifications",)
+
+
+def _detailed(ep: ServingEndpoint, level: str) -> dict[str, Any]:
+    """The endpoint as the clients read it, its rate limits as the AI Gateway config shows them."""
+    out = detailed(ep, _deps(), level)
+    limits = ctx()[1].rate_limits().get(ep.id)
+    if limits:
+        out["ai_gateway"] = {"rate_limits": limits}
+    return out
+
+
+def _body_limits(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rate limits a create body gives, in either shape (not both)."""
+    try:
+        legacy = parse_rate_limits(body.get("rate_limits"))
+        gateway = parse_ai_gateway(body["ai_gateway"]) if body.get("ai_gateway") is not None else []
+    except ConfigError as exc:
+        raise _invalid(exc) from None
+    if legacy and gateway:
+        raise ApiError("INVALID_PARAMETER_VALUE", "Give rate_limits or ai_gateway.rate_limits, not both")
+    return legacy or gateway
 
 
 @bp.post(PREFIX)
@@ -121,14 +144,17 @@ def create() -> Response:
         if body.get(key):
             raise ApiError("INVALID_PARAMETER_VALUE", f"'{key}' is not supported by this server")
     cfg = _body_config(body.get("config"), name, who)
+    limits = _body_limits(body)
     # Nginx compares route keys regardless of case: two names equal but for case cannot both route.
     if any(ep.name.casefold() == name.casefold() for ep in store.endpoints()):
         raise ApiError("RESOURCE_ALREADY_EXISTS", f"Endpoint with name '{name}' already exists.", 409)
     ep = store.create_endpoint(uuid.uuid4().hex, name, who.username, cfg, tags, bool(body.get("route_optimized")))
     if ep is None:
         raise ApiError("RESOURCE_ALREADY_EXISTS", f"Endpoint with name '{name}' already exists.", 409)
+    if limits:
+        store.set_rate_limits(ep.id, limits)
     send_wake(settings)
-    return jsonify(detailed(ep, _deps(), "CAN_MANAGE"))
+    return jsonify(_detailed(ep, "CAN_MANAGE"))
 
 
 @bp.get(PREFIX)
@@ -144,7 +170,7 @@ def list_endpoints() -> Response:
 @bp.get(PREFIX + "/<name>")
 def get(name: str) -> Response:
     ep, level = _endpoint(name, "CAN_VIEW")
-    return jsonify(detailed(ep, _deps(), level))
+    return jsonify(_detailed(ep, level))
 
 
 @bp.delete(PREFIX + "/<name>")
@@ -171,7 +197,36 @@ def update_config(name: str) -> Response:
     updated = store.endpoint(name)
     if updated is None:
         raise _not_found(name)
-    return jsonify(detailed(updated, _deps(), level))
+    return jsonify(_detailed(updated, level))
+
+
+def _put_limits(name: str, parse: Callable[[dict[str, Any]], list[dict[str, Any]]]) -> Response:
+    settings, store, _, _ = ctx()
+    ep, _ = _endpoint(name, "CAN_MANAGE")
+    try:
+        limits = parse(json_body())
+    except ConfigError as exc:
+        raise _invalid(exc) from None
+    store.set_rate_limits(ep.id, limits)
+    send_wake(settings)
+    return jsonify({"rate_limits": limits})
+
+
+@bp.put(PREFIX + "/<name>/rate-limits")
+def put_rate_limits(name: str) -> Response:
+    """Replaces the endpoint's rate limits (``[]`` removes them); the gateway enforces them from
+    the reconciler's next tick, within a second or so."""
+    def parse(body: dict[str, Any]) -> list[dict[str, Any]]:
+        unknown = sorted(set(body) - {"rate_limits", "name"})
+        if unknown:
+            raise ConfigError(f"Unknown field(s): {', '.join(unknown)}"[:300])
+        return parse_rate_limits(body.get("rate_limits", []))
+    return _put_limits(name, parse)
+
+
+@bp.put(PREFIX + "/<name>/ai-gateway")
+def put_ai_gateway(name: str) -> Response:
+    return _put_limits(name, lambda body: parse_ai_gateway({k: v for k, v in body.items() if k != "name"}))
 
 
 @bp.patch(PREFIX + "/<name>/tags")

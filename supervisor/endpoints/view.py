@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from supervisor.plan import entity_deployment
-from supervisor.store import FAILED, READY, Deployment, ServingEndpoint
+from supervisor.store import ASLEEP, FAILED, READY, Deployment, ServingEndpoint
 
 DeploymentsByModel = Mapping[str, Sequence[Deployment]]
 
@@ -22,6 +22,8 @@ def entity_state(e: dict[str, Any], deps: DeploymentsByModel) -> dict[str, str]:
     d = entity_deployment(deps.get(e["entity_name"], ()), e["entity_version"])
     if d is not None and d.state == READY and d.port:
         return {"deployment": "DEPLOYMENT_READY", "deployment_state_message": ""}
+    if d is not None and d.state == ASLEEP:
+        return {"deployment": "DEPLOYMENT_READY", "deployment_state_message": d.state_message or "Scaled to zero"}
     if d is not None and d.state == FAILED:
         return {"deployment": "DEPLOYMENT_FAILED", "deployment_state_message": d.state_message}
     message = d.state_message if d is not None else "Waiting for the reconciler"

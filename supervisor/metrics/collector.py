@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from supervisor import naming
 from supervisor.metrics.accesslog import LogTail, parse_line
+from supervisor.metrics.activity import Activity
 from supervisor.metrics.exposition import load_state, save_state
 from supervisor.metrics.series import MetricsState, resolve
 from supervisor.settings import Settings
@@ -24,8 +25,10 @@ log = logging.getLogger("modelserve.metrics")
 
 
 class Collector:
-    def __init__(self, settings: Settings, store: Store, reopen: Callable[[], bool]) -> None:
+    def __init__(self, settings: Settings, store: Store, reopen: Callable[[], bool],
+                 activity: Activity | None = None) -> None:
         self.store = store
+        self.activity = activity or Activity()
         self.tail = LogTail(settings.metrics_log, reopen)
         self.state: MetricsState | None = None
 
@@ -45,8 +48,13 @@ class Collector:
         for line in lines:
             access = parse_line(line)
             if access is not None:
-                self.state.observe(resolve(access, upstreams, deps), access)
+                key = resolve(access, upstreams, deps)
+                self.state.observe(key, access)
                 counted += 1
+                if key is not None and key.version:
+                    self.activity.seen(key.model, key.version, access.at)
+                elif access.endpoint and access.target == "pending":
+                    self.activity.asked(access.endpoint, access.entity, access.at)
         self.state.position = pos
         self.state.prune(int(time.time() * 1000))
         save_state(self.store, self.state)

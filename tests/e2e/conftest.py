@@ -129,6 +129,9 @@ def _running_system(data: Path, admin_env: dict[str, str], extra_env: dict[str, 
         "MODELSERVE_PORT_RANGE_START": str(base),
         "MODELSERVE_PORT_RANGE_END": str(base + 49),
         "MODELSERVE_RECONCILE_INTERVAL": "1",
+        # Only entities with scale_to_zero_enabled sleep (tests/e2e/test_endpoints.py): short, so
+        # the test waits seconds, not the default half hour.
+        "MODELSERVE_SCALE_TO_ZERO_IDLE_SECONDS": "6",
         "MODELSERVE_URL": f"http://127.0.0.1:{port}",
         "MODELSERVE_ADMIN_PASSWORD": ADMIN_PASSWORD,
         **admin_env,

@@ -34,6 +34,9 @@ import yaml
 from mlflow import MlflowClient
 
 from supervisor.launcher import pid_alive
+from supervisor.runtime import make_runtime
+from supervisor.runtime.base import VersionProcess
+from supervisor.settings import Settings
 from tests.e2e.conftest import API, System
 from tests.e2e.test_access import _grant, _mlflow, _new_token
 from tests.e2e.test_serving import host_pid
@@ -44,6 +47,7 @@ pytestmark = pytest.mark.e2e
 MODEL = "ep-iris"
 EP = "ep-e2e"
 V1, V2, V3 = "ep-iris-1", "ep-iris-2", "ep-iris-3"  # the entities' default names
+ZERO = "ep-zero"  # an endpoint of its own, whose only entity scales to zero
 QUERIER = ("ep-querier", "querier-pw-5t6y7")
 SPLIT_REQUESTS = 2000
 WAIT = timedelta(minutes=8)
@@ -317,6 +321,42 @@ def test_scoring_needs_can_query_on_the_endpoint_not_read_on_the_model(env: Env)
                              timeout=30).status_code == 403
 
 
+def test_a_user_over_the_rate_limit_gets_429s_another_does_not_and_the_clients_retry_through(env: Env) -> None:
+    from databricks.sdk import WorkspaceClient
+    from databricks.sdk.service.serving import RateLimit, RateLimitKey, RateLimitRenewalPeriod
+
+    system = env.system
+    token = _new_token(system, QUERIER)
+    put = env.workspace.serving_endpoints.put(EP, rate_limits=[
+        RateLimit(calls=30, key=RateLimitKey.USER, renewal_period=RateLimitRenewalPeriod.MINUTE)])
+    assert put.rate_limits is not None and put.rate_limits[0].calls == 30
+
+    def refused() -> list[requests.Response]:
+        # Until the reconciler's next tick renders the limit, every request passes; after it, the
+        # querier's bucket of 30 is empty within 31 requests. (A list: a 429 Response is falsy.)
+        return [r for r in (env.score(token) for _ in range(40)) if r.status_code == 429][:1]
+
+    over = system.wait_for("rate limit in effect", refused, timeout=120, every=0.2)[0]
+    assert over.json()["error_code"] == "REQUEST_LIMIT_EXCEEDED" and over.headers["Retry-After"] == "2"
+    assert over.headers["Content-Type"].startswith("application/json")
+    # Keyed by the principal, not the address: the admin, from the same address in the same
+    # second, has a bucket of their own.
+    admin = env.score(system.token)
+    assert admin.status_code == 200 and admin.json()["predictions"] == env.expected[admin.headers["served-model-name"]]
+    assert env.workspace.serving_endpoints.get(EP).ai_gateway.rate_limits[0].key.value == "user"
+    # The SDK, as the querier, waits out the 429s by their Retry-After and gets its answer.
+    assert any(env.score(token).status_code == 429 for _ in range(40))  # the bucket refills by one per 2 s
+    answer = WorkspaceClient(host=system.url, token=token).serving_endpoints.query(EP, dataframe_records=env.rows)
+    assert answer.predictions is not None and len(answer.predictions) == len(env.rows)
+    # The window refills: after Retry-After, the querier scores again.
+    time.sleep(int(over.headers["Retry-After"]) + 0.5)
+    assert env.score(token).status_code == 200
+    # MLflow's client sends a config of rate_limits alone to PUT .../rate-limits: [] lifts them.
+    assert env.deploy.update_endpoint(EP, {"rate_limits": []}) == {"rate_limits": []}
+    system.wait_for("rate limit lifted", lambda: all(env.score(token).status_code == 200 for _ in range(40)),
+                    timeout=120, every=0.2)
+
+
 def test_bad_input_gets_the_reference_error_codes_and_changes_nothing(env: Env) -> None:
     from databricks.sdk.errors import NotFound
 
@@ -350,6 +390,14 @@ def test_bad_input_gets_the_reference_error_codes_and_changes_nothing(env: Env) 
          "RESOURCE_DOES_NOT_EXIST"),
         ("POST", base, {"name": "ep-sneaky", "config": {"served_entities": [
             {"entity_name": "ep-never-registered", "entity_version": "1"}]}}, querier, 404, "RESOURCE_DOES_NOT_EXIST"),
+        ("PUT", f"{base}/{EP}/rate-limits", {"rate_limits": [{"calls": 0, "key": "user"}]}, admin, 400,
+         "INVALID_PARAMETER_VALUE"),
+        ("PUT", f"{base}/{EP}/rate-limits", {"rate_limits": [{"calls": -5}]}, admin, 400, "INVALID_PARAMETER_VALUE"),
+        ("PUT", f"{base}/{EP}/rate-limits", {"rate_limits": [{"calls": 5, "per": "second"}]}, admin, 400,
+         "INVALID_PARAMETER_VALUE"),
+        ("PUT", f"{base}/{EP}/ai-gateway", {"rate_limits": [{"tokens": 100, "key": "user"}]}, admin, 400,
+         "INVALID_PARAMETER_VALUE"),
+        ("PUT", f"{base}/{EP}/rate-limits", {"rate_limits": [{"calls": 5}]}, querier, 403, "PERMISSION_DENIED"),
     ]
     for method, url, sent, headers, status, code in cases:
         r = system.raw.request(method, url, json=sent, headers=headers, timeout=30)
@@ -366,7 +414,71 @@ def test_bad_input_gets_the_reference_error_codes_and_changes_nothing(env: Env) 
     after = system.raw.get(f"{base}/{EP}", headers=admin, timeout=30).json()
     assert (after["config"], after["state"], after["last_updated_timestamp"]) == (
         before["config"], before["state"], before["last_updated_timestamp"])
+    assert "ai_gateway" not in after  # no rate limit was set by any of them
     assert [e["name"] for e in env.deploy.list_endpoints()] == [EP]
+
+
+def _server(system: System, version: str) -> VersionProcess | None:
+    """The version's scoring server as the process runtime records it (None: not wanted)."""
+    state = make_runtime(Settings(data_dir=system.data_dir)).host_state(MODEL)
+    return state.versions.get(version) if state is not None else None
+
+
+def _wakings(system: System, version: str) -> int:
+    events = system.raw.get(f"{system.url}{API}/get-event-history", params={"registered_model_name": MODEL},
+                            auth=system.admin, timeout=30).json()["events"]
+    return sum(e["message"] == f"Version {version} is waking from scale to zero" for e in events)
+
+
+def test_an_idle_scale_to_zero_entity_stops_and_each_clients_retry_wakes_it_once(env: Env) -> None:
+    from databricks.sdk import WorkspaceClient
+
+    system = env.system
+    version = env.versions.add()  # version 1's files: its environment is built already (warm)
+    env.deploy.create_endpoint(ZERO, {"served_entities": [
+        {"entity_name": MODEL, "entity_version": version, "scale_to_zero_enabled": True}]})
+    env.workspace.serving_endpoints.wait_get_serving_endpoint_not_updating(ZERO, timeout=WAIT)
+
+    def asleep() -> bool:
+        got = env.workspace.serving_endpoints.get(ZERO)
+        state = got.config.served_entities[0].state
+        return got.state.ready.value == "READY" and (state.deployment_state_message or "").startswith(
+            "Scaled to zero")
+
+    # MODELSERVE_SCALE_TO_ZERO_IDLE_SECONDS is 6 s in the tests' systems.
+    system.wait_for("scaled to zero", asleep, timeout=180, every=1)
+    # Stopped at the same tick, after its route answers 503; its environment and files are kept.
+    system.wait_for("scoring server stopped", lambda: _server(system, version) is None, timeout=60)
+    wakings = _wakings(system, version)
+    answers: dict[str, list[Any]] = {"databricks-sdk": [], "mlflow": []}
+    started = time.monotonic()
+
+    def query(client: str) -> None:
+        if client == "mlflow":
+            answer = dict(env.deploy.predict(endpoint=ZERO, inputs={"dataframe_records": env.rows}))
+        else:
+            answer = WorkspaceClient().serving_endpoints.query(ZERO, dataframe_records=env.rows).as_dict()
+        answers[client].append((time.monotonic() - started, answer))
+
+    # First requests together, through both clients: each waits out the 503s by its own retry.
+    threads = [threading.Thread(target=query, args=(c,)) for c in ("databricks-sdk",) * 3 + ("mlflow",)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=WAIT.total_seconds())
+    for client, got in answers.items():
+        assert got and all(a["predictions"] == env.expected[V1] for _, a in got), client  # version 1's model
+        print(f"\nscale to zero: first request to first 200 with a warm environment, {client} client's own retry "
+              f"({len(threads)} requests at once): {min(t for t, _ in got):.1f} s")
+    assert sum(len(got) for got in answers.values()) == len(threads)
+    # However many asked at once, the entity was woken once and one server started.
+    assert _wakings(system, version) == wakings + 1
+    server = _server(system, version)
+    assert server is not None and server.running and server.restarts == 0
+    assert env.deploy.delete_endpoint(ZERO) == {}
+    # Its version goes from the registry too, so the next test's legacy serving does not start it.
+    env.versions.client.delete_model_version(MODEL, version)
+    system.wait_for("version removed", lambda: _server(system, version) is None, timeout=120)
 
 
 def test_delete_stops_what_only_the_endpoint_served(env: Env) -> None:

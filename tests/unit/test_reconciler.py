@@ -53,7 +53,7 @@ class FakeGateway:
         self.tables: list[Any] = []
         self.runtime = runtime
 
-    def apply_routes(self, models: Any, endpoints: Any = ()) -> ApplyResult:
+    def apply_routes(self, models: Any, endpoints: Any = (), limits: Any = None) -> ApplyResult:
         self.tables.append(list(models))
         self.runtime.calls.append(("routes", ",".join(m.name for m in models)))
         return ApplyResult(changed=True)

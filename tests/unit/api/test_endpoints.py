@@ -104,3 +104,30 @@ def test_the_endpoint_page_draws_the_split_and_the_status_page_links_to_it(tmp_p
     # Without a grant on the endpoint, it is not listed and its page does not exist.
     assert "/serving/endpoint?name=ep" not in c.get("/serving/", headers=READER).get_data(as_text=True)
     assert c.get("/serving/endpoint?name=ep", headers=READER).status_code == 404
+
+
+def test_rate_limits_in_both_shapes_need_can_manage_and_bad_ones_change_nothing(tmp_path: Path) -> None:
+    c = client(tmp_path)
+    made = c.post(EP, json={**body(), "rate_limits": [{"calls": 10, "key": "user", "renewal_period": "minute"}]},
+                  headers=BOSS)
+    assert made.json["ai_gateway"] == {"rate_limits": [{"calls": 10, "key": "user", "renewal_period": "minute"}]}
+    put = c.put(EP + "/ep/rate-limits", json={"rate_limits": [{"calls": 5}]}, headers=BOSS)
+    assert put.json == {"rate_limits": [{"calls": 5, "key": "endpoint", "renewal_period": "minute"}]}
+    gw = c.put(EP + "/ep/ai-gateway", json={"rate_limits": [{"calls": 2, "key": "user", "principal": "reader",
+                                                             "renewal_period": "minute"}]}, headers=BOSS)
+    assert gw.json["rate_limits"][0]["principal"] == "reader"
+    now = c.get(EP + "/ep", headers=BOSS).json["ai_gateway"]
+    for sent in ({"rate_limits": [{"calls": 0}]}, {"rate_limits": [{"calls": -3}]}, {"rate_limits": [{"calls": 1}],
+                 "color": "red"}, {"rate_limits": [{"calls": 5, "key": "user_group"}]}, {"rate_limits": "5"}):
+        r = c.put(EP + "/ep/rate-limits", json=sent, headers=BOSS)
+        assert (r.status_code, r.json["error_code"]) == (400, "INVALID_PARAMETER_VALUE"), (sent, r.json)
+    bad_gw = c.put(EP + "/ep/ai-gateway", json={"guardrails": {"input": {"safety": True}}}, headers=BOSS)
+    assert bad_gw.status_code == 400
+    c.patch("/api/2.0/permissions/serving-endpoints/" + made.json["id"], headers=BOSS,
+            json={"access_control_list": [{"user_name": "reader", "permission_level": "CAN_QUERY"}]})
+    assert c.put(EP + "/ep/rate-limits", json={"rate_limits": []}, headers=READER).status_code == 403
+    assert c.get(EP + "/ep", headers=BOSS).json["ai_gateway"] == now
+    refused = c.post(EP, json={**body(name="ep2"), "rate_limits": [{"calls": 0}]}, headers=BOSS)
+    assert refused.status_code == 400 and c.get(EP + "/ep2", headers=BOSS).status_code == 404
+    assert c.put(EP + "/ep/rate-limits", json={"rate_limits": []}, headers=BOSS).json == {"rate_limits": []}
+    assert "ai_gateway" not in c.get(EP + "/ep", headers=BOSS).json
