@@ -7,7 +7,8 @@ are encoded as V2 output tensors. Inputs become a DataFrame the way MLServer's `
 does it (each input tensor one column, named by the tensor), which is also what a request
 without a content type means when its tensors name the model's columns; one 2-D tensor as wide
 as the model's column signature is rows of those columns. Anything else is an array of the
-tensor's shape and datatype. Errors are ``{"error": ...}`` (the protocol's form, which the
+tensor's shape and datatype. Answers are JSON tensors, also to a client that asks for Triton's
+binary-data extension (its clients read either); binary request tensors are refused. Errors are ``{"error": ...}`` (the protocol's form, which the
 clients read) plus the ``error_code``/``message`` every other answer of ours has.
 Pure functions only, no HTTP; imports nothing from the supervisor (runs in the model's environment).
 """
@@ -74,9 +75,12 @@ def _tensor(obj: Any, i: int) -> tuple[str, np.ndarray[Any, Any], str | None]:
     if dtype_name not in DATATYPES:
         raise V2Error(f"{where}: 'datatype' must be one of {sorted(DATATYPES)}, not {dtype_name!r}")
     shape = _shape(obj.get("shape"), where)
+    params = obj.get("parameters")
+    if isinstance(params, dict) and "binary_data_size" in params:
+        raise V2Error(f"{where}: binary tensor data (a Triton extension) is not supported; send 'data' as JSON "
+                      "(tritonclient: set_data_from_numpy(..., binary_data=False))")
     if not isinstance(data, list):
         raise V2Error(f"{where}: 'data' must be a list (row-major, flat or nested)")
-    params = obj.get("parameters")
     content_type = params.get("content_type") if isinstance(params, dict) else None
     try:
         flat = np.asarray(data, dtype=DATATYPES[dtype_name]).reshape(-1)

@@ -59,6 +59,8 @@ def test_a_tensor_model_gets_an_array_of_the_shape_and_datatype() -> None:
     ({"inputs": [{"name": "a", "shape": [1], "datatype": "FP64", "data": ["x"]}]}, "FP64"),
     ({"inputs": [{"name": "a", "shape": [1], "datatype": "FP64", "data": 1.0}]}, "'data'"),
     ({"inputs": [{"name": "a", "shape": [1], "datatype": "BYTES", "data": [1]}]}, "strings"),
+    ({"inputs": [{"name": "a", "shape": [1], "datatype": "FP64", "parameters": {"binary_data_size": 8}}]},
+     "binary_data=False"),
     ({"id": 5, "inputs": [{"name": "a", "shape": [1], "datatype": "FP64", "data": [1.0]}]}, "'id'"),
     ({"parameters": [], "inputs": [{"name": "a", "shape": [1], "datatype": "FP64", "data": [1.0]}]}, "parameters"),
     ({"inputs": [{"name": "a", "shape": [1], "datatype": "FP64", "data": [1.0]},
