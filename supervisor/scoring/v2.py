@@ -129,6 +129,11 @@ def decode(obj: Any, columns: list[str] | None) -> tuple[Any, str | None]:
             cols[name] = _column(name, values, rows)
             rows = len(cols[name])
         index = column_index(names) if names == columns else names
+        kinds = {v.dtype for v in cols.values()}
+        if len(kinds) == 1 and next(iter(kinds)).kind in "biuf":
+            # One numeric dtype throughout (the usual request): one 2-D block, as pandas would
+            # consolidate the columns anyway, without its per-column construction.
+            return pd.DataFrame(np.column_stack(list(cols.values())), columns=index, copy=False), rid
         return pd.DataFrame(cols, columns=index, copy=False), rid
     name, values, _ = tensors[0]
     if columns and values.ndim == 2 and values.shape[1] == len(columns):

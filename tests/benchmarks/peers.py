@@ -107,11 +107,12 @@ def predictions(answer: bytes) -> Any:
     return obj.get("predictions") if isinstance(obj, dict) else obj
 
 
-def wait_post(url: str, body: bytes, timeout: float = 300) -> None:
+def wait_post(url: str, body: bytes, timeout: float = 300, headers: tuple[tuple[str, str], ...] = ()) -> None:
+    """Until the URL answers 200 (a model loading, a first access decision: MLflow asked)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError):
-            if post(url, body, [], timeout=5)[0] == 200:
+            if post(url, body, list(headers), timeout=30)[0] == 200:
                 return
         time.sleep(0.5)
     raise SystemExit(f"no answer from {url}")
@@ -301,7 +302,7 @@ def ceiling(work: Path) -> Iterator[list[Target]]:
 
 
 @contextlib.contextmanager
-def ours(python: Path, model: Path, work: Path) -> Iterator[list[Target]]:
+def ours(python: Path, model: Path, work: Path, body: bytes) -> Iterator[list[Target]]:
     settings = authstack.auth_settings(work)
     with contextlib.ExitStack() as running:
         stack = running.enter_context(authstack.running(settings, work))
@@ -318,6 +319,7 @@ def ours(python: Path, model: Path, work: Path) -> Iterator[list[Target]]:
         wait_socket(address)
         gateway.apply_routes([ModelRoutes("iris", (VersionRoute("1", "ready", address),))])
         token = (("Authorization", stack.bearer),)
+        wait_post(f"{settings.gateway_url}/model/iris/1/invocations", body, headers=token)
         yield [Target(OURS, f"{settings.gateway_url}/model/iris/1/invocations", headers=token),
                Target(OURS_V2, f"{settings.gateway_url}/v2/models/iris/versions/1/infer", v2=True, headers=token)]
 
@@ -386,7 +388,7 @@ def main() -> None:
     ours_python = EnvBuilder(authstack.auth_settings(work)).build(spec, work / "build.log")
     one = bodies[1].read_bytes()
     runs: list[tuple[str, Callable[[], contextlib.AbstractContextManager[list[Target]]]]] = [
-        ("ours", lambda: ours(ours_python, model, work)),
+        ("ours", lambda: ours(ours_python, model, work, one)),
         ("ceiling", lambda: ceiling(work)),
         ("mlserver", lambda: mlserver(pythons["mlserver"], model, work, batching=False)),
         ("mlserver-v2", lambda: mlserver(pythons["mlserver"], model, work, batching=True)),
