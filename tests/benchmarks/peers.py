@@ -107,10 +107,14 @@ def predictions(answer: bytes) -> Any:
     return obj.get("predictions") if isinstance(obj, dict) else obj
 
 
-def wait_post(url: str, body: bytes, timeout: float = 300, headers: tuple[tuple[str, str], ...] = ()) -> None:
-    """Until the URL answers 200 (a model loading, a first access decision: MLflow asked)."""
+def wait_post(url: str, body: bytes, timeout: float = 300, headers: tuple[tuple[str, str], ...] = (),
+              proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Until the URL answers 200 (a model loading, a first access decision: MLflow asked); a
+    server process that ended meanwhile ends the wait at once."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"the server of {url} exited with code {proc.returncode}")
         with contextlib.suppress(OSError):
             if post(url, body, list(headers), timeout=30)[0] == 200:
                 return
@@ -175,7 +179,7 @@ def bentoml(python: Path, model: Path, work: Path, body: bytes) -> Iterator[list
                             stderr=subprocess.STDOUT, start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}/invocations"
-        wait_post(url, body)
+        wait_post(url, body, proc=proc)
         yield [Target("BentoML", url)]
     finally:
         stop([proc])
@@ -229,7 +233,7 @@ def ray_serve(python: Path, model: Path, work: Path, body: bytes) -> Iterator[li
     proc = spawn([str(python), str(script)], env, work / "ray.log")
     try:
         url = f"http://127.0.0.1:{port}/invocations"
-        wait_post(url, body, timeout=600)
+        wait_post(url, body, timeout=600, proc=proc)
         yield [Target(f"Ray Serve ({CORES} replicas)", url)]
     finally:
         stop([proc])
