@@ -7,6 +7,11 @@ names, never another model's. Model names are user input: they appear only insid
 map keys with ``\\`` and ``"`` escaped, and names that cannot be quoted safely (control
 characters) are refused, never rendered. Upstream names are hashes (``naming.upstream_name``).
 
+Each version also has the Open Inference Protocol's (V2) paths, ``/v2/models/<name>/versions/<v>``
+(metadata), ``.../ready`` and ``.../infer``, for the same segments (version, stage, ``@alias``), in
+the same map and so to the same upstream; a third map gives the version a V2 path resolves to
+(``$ms_version``), which the scoring server names in its V2 answers.
+
 A second map gives, for the same keys, the model's name percent-encoded (``$ms_model``): the
 gateway hands it to the access check, so the permission checked is always that of the model
 whose route the decoded path selects, and any name fits safely into a header.
@@ -86,12 +91,18 @@ def quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+# The Open Inference Protocol's (V2) paths of a version: infer, metadata, ready.
+V2_OPERATIONS = ("/infer", "", "/ready")
+
+
 def _keys(model: str, segment: str) -> list[str]:
-    return [f"/model/{model}/{segment}/invocations"]
+    return [f"/model/{model}/{segment}/invocations",
+            *(f"/v2/models/{model}/versions/{segment}{op}" for op in V2_OPERATIONS)]
 
 
-def _entries(m: ModelRoutes) -> tuple[list[tuple[str, str]], list[Upstream]]:
-    """The model's URI keys (none without legacy serving) and its versions' upstreams."""
+def _entries(m: ModelRoutes) -> tuple[list[tuple[str, str, str]], list[Upstream]]:
+    """The model's URI keys with their upstream and version (none without legacy serving), and
+    its versions' upstreams."""
     target: dict[str, str] = {}
     upstreams: list[Upstream] = []
     for v in m.versions:
@@ -101,17 +112,17 @@ def _entries(m: ModelRoutes) -> tuple[list[tuple[str, str]], list[Upstream]]:
             target[v.version] = up
         else:
             target[v.version] = PENDING_TARGET
-    entries: list[tuple[str, str]] = []
+    entries: list[tuple[str, str, str]] = []
     if not m.legacy:
         return entries, upstreams
     for version, tgt in target.items():
-        entries += [(k, tgt) for k in _keys(m.name, version)]
+        entries += [(k, tgt, version) for k in _keys(m.name, version)]
     for stage, version in m.stages:
         if version in target:
-            entries += [(k, target[version]) for k in _keys(m.name, stage)]
+            entries += [(k, target[version], version) for k in _keys(m.name, stage)]
     for alias, version in m.aliases:
         if version in target:
-            entries += [(k, target[version]) for k in _keys(m.name, "@" + alias)]
+            entries += [(k, target[version], version) for k in _keys(m.name, "@" + alias)]
     return entries, upstreams
 
 
@@ -169,7 +180,7 @@ def _endpoint_maps(endpoints: Sequence[EndpointRoutes]) -> _EndpointMaps:
 def render_routes(models: Sequence[ModelRoutes], templates_dir: Path,
                   endpoints: Sequence[EndpointRoutes] = ()) -> RenderedRoutes:
     rejected = [m.name for m in models if not routable(m.name)]
-    unique: list[tuple[str, str, str]] = []
+    unique: list[tuple[str, str, str, str]] = []
     upstreams: list[Upstream] = []
     # Nginx compares map keys case-insensitively (so /Production/ and /production/ both work),
     # and refuses a config with two keys that differ only in case. Two models whose names differ
@@ -179,17 +190,18 @@ def render_routes(models: Sequence[ModelRoutes], templates_dir: Path,
         if not routable(m.name):
             continue
         entries, ups = _entries(m)
-        if any(owner.get(k.casefold(), m.name) != m.name for k, _ in entries):
+        if any(owner.get(k.casefold(), m.name) != m.name for k, _, _ in entries):
             rejected.append(m.name)
             continue
-        for key, tgt in entries:
+        for key, tgt, version in entries:
             if key.casefold() not in owner:
                 owner[key.casefold()] = m.name
-                unique.append((key, tgt, url_quote(m.name, safe="")))
+                unique.append((key, tgt, url_quote(m.name, safe=""), version))
         upstreams += ups
     text = _template(templates_dir).render(
-        entries=[(quote(k), quote(t)) for k, t, _ in unique],
-        models=[(quote(k), quote(n)) for k, _, n in unique], upstreams=upstreams,
+        entries=[(quote(k), quote(t)) for k, t, _, _ in unique],
+        models=[(quote(k), quote(n)) for k, _, n, _ in unique], upstreams=upstreams,
+        versions=[(quote(k), quote(v)) for k, _, _, v in unique if k.startswith("/v2/")],
         ep=_endpoint_maps(endpoints), pending=quote(PENDING_TARGET),
     )
     return RenderedRoutes(text=text, rejected=rejected)

@@ -72,7 +72,11 @@ class RouteStats:
 
 
 def split_uri(uri: str) -> tuple[str, str] | None:
-    """``/model/<name>/<segment>/invocations`` -> (name, segment); names may hold slashes."""
+    """``/model/<name>/<segment>/invocations`` or the V2 ``/v2/models/<name>/versions/<segment>/infer``
+    -> (name, segment); names may hold slashes."""
+    if uri.startswith("/v2/models/") and uri.endswith("/infer"):
+        name, sep, segment = uri[len("/v2/models/"):-len("/infer")].rpartition("/versions/")
+        return (name, segment) if sep and name and segment and "/" not in segment else None
     if not uri.startswith("/model/") or not uri.endswith("/invocations"):
         return None
     middle = uri[len("/model/"):-len("/invocations")]

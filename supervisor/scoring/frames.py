@@ -11,6 +11,7 @@ Imports nothing from the supervisor (runs in the model's environment).
 
 from __future__ import annotations
 
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -34,7 +35,11 @@ def column_index(columns: list[Any]) -> Any:
 
 
 def all_floats(rows: list[Any]) -> bool:
-    return all(type(row) is list and all(type(v) is float for v in row) for row in rows)
+    # The types are gathered by map/set in C: a Python-level loop over every value cost about a
+    # millisecond for 1,000 rows of 4 columns, as much as parsing their JSON.
+    if set(map(type, rows)) != {list}:
+        return False
+    return set(map(type, chain.from_iterable(rows))) <= {float}
 
 
 def float_frame(rows: list[Any], columns: list[Any] | None) -> pd.DataFrame | None:

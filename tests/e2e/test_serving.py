@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 import requests
@@ -50,6 +51,43 @@ def host_pid(system: System, name: str) -> list[int]:
         box = int(json.loads(host_json.read_text())["pid"])
         pids += [box, *pidns.descendants(box)]
     return pids
+
+
+def open_inference_protocol(system: System, rows: pd.DataFrame, expected: list[int]) -> None:
+    """Version 2 is served (and Production and @champion lead to it), version 1 is archived."""
+    import tritonclient.http as triton
+    from tritonclient.utils import InferenceServerException
+
+    client = triton.InferenceServerClient(url=system.url.removeprefix("http://"), network_timeout=60)
+    auth = {"Authorization": f"Bearer {system.token}"}
+    assert client.is_server_live() and client.is_server_ready()
+    inputs = []
+    for col in rows.columns:  # MLServer's pd content type: one tensor per column
+        tensor = triton.InferInput(col, [len(rows)], "FP64")
+        tensor.set_data_from_numpy(rows[col].to_numpy(dtype="float64"), binary_data=False)
+        inputs.append(tensor)
+    for segment in ("2", "Production", "@champion"):
+        assert client.is_model_ready(NAME, segment, headers=auth)
+        result = client.infer(NAME, inputs, model_version=segment, headers=auth, parameters={"content_type": "pd"})
+        assert result.as_numpy("predictions").tolist() == expected
+        assert result.get_response()["model_name"] == NAME and result.get_response()["model_version"] == "2"
+    meta = client.get_model_metadata(NAME, "Production", headers=auth)
+    assert meta["versions"] == ["2"] and [t["name"] for t in meta["inputs"]] == list(rows.columns)
+    # One tensor of rows answers the same as /invocations' dataframe_split.
+    table = triton.InferInput("rows", list(rows.shape), "FP64")
+    table.set_data_from_numpy(rows.to_numpy(dtype="float64"), binary_data=False)
+    assert client.infer(NAME, [table], model_version="2", headers=auth).as_numpy("predictions").tolist() == expected
+    # The same access check, and the protocol's error form for every refusal.
+    for version, headers, status in (("2", None, "401"), ("1", auth, "404"), ("9", auth, "404")):
+        with pytest.raises(InferenceServerException) as refused:
+            client.infer(NAME, inputs, model_version=version, headers=headers)
+        assert refused.value.status() == status and refused.value.message()
+    bad = triton.InferInput("sepal_length", [1, 2], "FP64")
+    bad.set_data_from_numpy(np.zeros((1, 2)), binary_data=False)
+    with pytest.raises(InferenceServerException) as refused:
+        client.infer(NAME, [bad], model_version="2", headers=auth)
+    assert refused.value.status() == "400" and "[rows, 1]" in str(refused.value.message())
+    client.close()
 
 
 def test_serve_a_registered_model_end_to_end(system: System, register: Any, iris: pd.DataFrame) -> None:
@@ -122,6 +160,9 @@ def test_serve_a_registered_model_end_to_end(system: System, register: Any, iris
     system.wait_for("alias route", lambda: requests.post(alias_uri, json=rows.to_dict(orient="records"),
                                                          timeout=10).status_code == 200, timeout=120)
     assert score_model(alias_uri, system.token, rows) == expected_v2
+
+    # The Open Inference Protocol (V2) on the same routes, with a real V2 client.
+    open_inference_protocol(system, rows, expected_v2)
 
     # Events tell the story.
     events = system.api("GET", "get-event-history", registered_model_name=NAME).json()["events"]

@@ -66,6 +66,12 @@ def test_ready_pending_stage_alias_entries(tmp_path: Path) -> None:
     assert '"/model/iris/2/invocations" "pending"' in text
     assert '"/model/iris/Staging/invocations" "pending"' in text
     assert '"/model/iris/@champion/invocations" "ms_' in text
+    # The V2 paths of each segment: the same target, and the version they resolve to.
+    for path in ("/v2/models/iris/versions/Production/infer", "/v2/models/iris/versions/@champion",
+                 "/v2/models/iris/versions/1/ready"):
+        assert f'"{path}" "{upstream_name("iris", "1")}";' in text and f'"{path}" "1";' in text
+    assert '"/v2/models/iris/versions/Staging/infer" "pending";' in text
+    assert '"/v2/models/iris/versions/Staging/infer" "2";' in text
     assert "server unix:/run/ms/iris/1.sock max_fails=0;" in text
     nginx_accepts(text, tmp_path)
 

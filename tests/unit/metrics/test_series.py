@@ -32,6 +32,10 @@ def test_split_uri_keeps_slashes_in_names() -> None:
     assert split_uri("/model/a/b/Production/invocations") == ("a/b", "Production")
     assert split_uri("/model/x/invocations") is None
     assert split_uri("/api/2.0/x") is None
+    # The Open Inference Protocol's infer path counts for the same route.
+    assert split_uri("/v2/models/a/versions/b/versions/@best/infer") == ("a/versions/b", "@best")
+    assert split_uri("/v2/models/a/versions/1") is None
+    assert split_uri("/v2/models/a/infer") is None
 
 
 def test_resolve_by_upstream_then_by_store() -> None:

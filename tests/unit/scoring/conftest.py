@@ -58,3 +58,10 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]]
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def v2_request(rows: list[list[float]], **extra: Any) -> dict[str, Any]:
+    """MLServer's ``pd`` content type: one tensor per column."""
+    return {"parameters": {"content_type": "pd"}, **extra, "inputs": [
+        {"name": c, "shape": [len(rows)], "datatype": "FP64", "data": [r[i] for r in rows]}
+        for i, c in enumerate(COLS)]}
