@@ -313,14 +313,11 @@ class SwarmRuntime(DockerRuntime):
                          memory_limit_mib=memory // MiB if memory else None)
 
     def _task_history(self, service: Any) -> tuple[int, str | None]:
-        """Tasks of the service that ended without being asked to (failed, rejected, or lost with
-        their node), counted so that the count never goes down (Swarm forgets old tasks), and the
-        latest reason."""
-        ended = [t for t in service.tasks() if (t.get("Status") or {}).get("State") in (
-            "failed", "rejected", "orphaned", "shutdown") and t.get("DesiredState") != "running"
-            and (t.get("Status") or {}).get("Err")]
-        ended += [t for t in service.tasks() if (t.get("Status") or {}).get("State") in ("failed", "rejected")
-                  and not (t.get("Status") or {}).get("Err")]
+        """Tasks of the service that Swarm replaced (failed, rejected, lost with their node, moved
+        off a drained one, or replaced by an update), counted so that the count never goes down
+        (Swarm forgets old tasks), and the latest one's reason."""
+        ended = [t for t in service.tasks() if t.get("DesiredState") != "running"
+                 or (t.get("Status") or {}).get("State") in ("failed", "rejected")]
         count = max(self._restarts.get(service.id, 0), len(ended))
         self._restarts[service.id] = count
         latest = max(ended, key=lambda t: (t.get("Status") or {}).get("Timestamp", ""), default=None)
