@@ -76,7 +76,7 @@ class RegistryPushError(RuntimeError):
 def service_name(model: str, version: str) -> str:
     """A Swarm service name (letters, digits and '-', at most 63): the model's id and the version."""
     safe = "".join(ch if ch.isalnum() else "-" for ch in version)[:12]
-    return f"ms-{naming.model_id(model)}"[:48].rstrip("-") + f"-v{safe}-{short_hash(version, 4)}"
+    return f"ms-{naming.model_id(model)}"[:42].rstrip("-") + f"-v{safe}-{short_hash(version, 4)}"
 
 
 def network_name(model: str) -> str:
