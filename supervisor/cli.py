@@ -216,6 +216,9 @@ def status(ctx: click.Context, name: str | None, as_json: bool) -> None:
     click.echo(f"{name}: {status_['state']}  {status_.get('state_message', '')}")
     for v in versions:
         click.echo(f"  version {v['endpoint_version_name']}: {v['state']}  {v.get('state_message', '')}")
+        for r in status_.get("replicas", []):
+            if r["endpoint_version_name"] == v["endpoint_version_name"]:
+                click.echo(f"    replica on {r['node']}: {r['state']}")
     for a in aliases:
         click.echo(f"  {a['alias']} -> version {a['endpoint_version_name']}")
     base = ctx.obj["url"]

@@ -34,6 +34,8 @@ from pathlib import Path
 
 from tests.support import wait_until
 
+TMPFS_SIZE = "6g"  # three engines with one model image each (about 0.9 GB), the registry, headroom
+
 
 def run(*args: str, check: bool = True, timeout: float = 120) -> str:
     out = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout)
@@ -121,6 +123,9 @@ class Swarm:
     # --- set-up --------------------------------------------------------------------------
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        # The engines' data roots and the registry in memory: three copies of a model image are
+        # extracted there, and removing them from a disk took minutes on a loaded machine.
+        run("mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE}", f"{self.prefix}fs", str(self.root))
         run("ip", "link", "add", self.bridge, "type", "bridge")
         run("ip", "addr", "add", f"{self.host_address}/24", "dev", self.bridge)
         run("ip", "link", "set", self.bridge, "up")
@@ -134,7 +139,10 @@ class Swarm:
             wait_until(f"engine {node.name}", lambda n=node: n.docker("info", check=False, timeout=10) != "",
                        timeout=90, every=0.5)
         m = self.manager
-        m.docker("swarm", "init", "--advertise-addr", m.address, "--listen-addr", f"{m.address}:2377")
+        # A node that stops answering is declared down after a few heartbeats (5 s by default):
+        # 2 s here, so the test waits less for Swarm to reschedule a lost node's tasks.
+        m.docker("swarm", "init", "--advertise-addr", m.address, "--listen-addr", f"{m.address}:2377",
+                 "--dispatcher-heartbeat", "2s")
         token = m.docker("swarm", "join-token", "-q", "worker")
         for node in self.nodes[1:]:
             node.docker("swarm", "join", "--token", token, "--advertise-addr", node.address,
@@ -203,8 +211,7 @@ class Swarm:
             run("ip", "link", "del", f"{self.prefix}v{i}", check=False)
         run("iptables", "-D", "FORWARD", *self._forward_rule, check=False)
         run("ip", "link", "del", self.bridge, check=False)
-        for node in self.nodes:
-            _unmount_under(node.root)
+        _unmount_under(self.root)
         shutil.rmtree(self.root, ignore_errors=True)
 
     def _stop_engine(self, node: Node) -> None:
@@ -251,9 +258,9 @@ def _unmount_under(root: Path) -> None:
     with contextlib.suppress(OSError):
         for line in Path("/proc/self/mounts").read_text().splitlines():
             target = line.split()[1]
-            if target.startswith(str(root)):
+            if target == str(root) or target.startswith(f"{root}/"):
                 mounts.append(target)
-    for target in sorted(mounts, key=len, reverse=True):
+    for target in sorted(mounts, key=len, reverse=True):  # the deepest first, the tmpfs itself last
         run("umount", "-l", target, check=False)
 
 
