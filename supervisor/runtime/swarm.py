@@ -67,6 +67,22 @@ PING = ("import sys, urllib.request; "
         f"sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:{SCORING_PORT}/ping', timeout=2).status == 200 "
         "else 1)")
 SECOND = 1_000_000_000  # Swarm's durations are in nanoseconds
+ENDED_STATES = ("complete", "shutdown", "failed", "rejected", "orphaned", "remove")
+
+
+def task_end_reason(task: dict[str, Any], nodes: dict[str, dict[str, Any]]) -> str:
+    """Why a task of a version stopped serving, in words (the node's fate first: it is the cause)."""
+    status = task.get("Status") or {}
+    node = nodes.get(task.get("NodeID", ""), {})
+    addr = (node.get("Status") or {}).get("Addr") or "an unknown node"
+    if (node.get("Status") or {}).get("State") == "down":
+        why = f"lost its task on node {addr} (the node is down)"
+    elif (node.get("Spec") or {}).get("Availability") == "drain":
+        why = f"had its task on node {addr} moved off (the node is drained)"
+    else:
+        detail = status.get("Err") or status.get("Message") or "no reason given"
+        why = f"had its task on node {addr} end ({status.get('State')}: {detail})"
+    return why + "; Swarm starts another"
 
 
 class RegistryPushError(RuntimeError):
@@ -303,7 +319,7 @@ class SwarmRuntime(DockerRuntime):
             version = labels.get(LABEL_VERSION, "")
             found = self.replicas(service, nodes)
             replicas[version] = [{"node": r.node, "state": r.state} for r in found]
-            restarts, last = self._task_history(service)
+            restarts, last = self._task_history(service, nodes)
             versions[version] = VersionProcess(version, running=any(r.state == "running" for r in found),
                                                restarts=restarts, last_exit=last)
             limits = (service.attrs["Spec"].get("TaskTemplate", {}).get("Resources") or {}).get("Limits") or {}
@@ -312,20 +328,18 @@ class SwarmRuntime(DockerRuntime):
         return HostState(model=model, alive=True, versions=versions, replicas=replicas,
                          memory_limit_mib=memory // MiB if memory else None)
 
-    def _task_history(self, service: Any) -> tuple[int, str | None]:
-        """Tasks of the service that Swarm replaced (failed, rejected, lost with their node, moved
-        off a drained one, or replaced by an update), counted so that the count never goes down
-        (Swarm forgets old tasks), and the latest one's reason."""
-        ended = [t for t in service.tasks() if t.get("DesiredState") != "running"
-                 or (t.get("Status") or {}).get("State") in ("failed", "rejected")]
+    def _task_history(self, service: Any, nodes: dict[str, dict[str, Any]]) -> tuple[int, str | None]:
+        """Tasks of the service that ended or that Swarm gave up on (failed, rejected, lost with
+        their node, moved off a drained one, replaced by an update), counted so that the count
+        never goes down (Swarm forgets old tasks), and why the latest one ended, in words."""
+        ended = [t for t in service.tasks() if (t.get("Status") or {}).get("State") in ENDED_STATES
+                 or (t.get("DesiredState") != "running" and (t.get("Status") or {}).get("State") == "running")]
         count = max(self._restarts.get(service.id, 0), len(ended))
         self._restarts[service.id] = count
-        latest = max(ended, key=lambda t: (t.get("Status") or {}).get("Timestamp", ""), default=None)
-        reason = None
-        if latest is not None:
-            status = latest.get("Status") or {}
-            reason = f"task {status.get('State')}: {status.get('Err') or status.get('Message') or 'no reason given'}"
-        return count, reason
+        # UpdatedAt moves when the manager gives a task up (a lost node's agent reports nothing).
+        latest = max(ended, key=lambda t: max(t.get("UpdatedAt", ""), (t.get("Status") or {}).get("Timestamp", "")),
+                     default=None)
+        return count, (task_end_reason(latest, nodes) if latest is not None else None)
 
     def hosts(self) -> list[str]:
         return sorted({s.attrs["Spec"]["Labels"][LABEL_MODEL] for s in self._services()

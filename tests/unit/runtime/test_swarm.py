@@ -96,10 +96,16 @@ def test_only_running_tasks_on_ready_active_nodes_are_routed(tmp_path: Path) -> 
         ("10.0.0.2:20017", "running"), ("10.0.0.3:20017", "node down"), ("10.0.0.4:20017", "starting"),
         ("10.0.0.5:20017", "node ready")]
     assert [r.address for r in replicas if r.state == "running"] == ["10.0.0.2:20017"]
-    count, reason = rt._task_history(service)
-    assert count == 1 and reason == "task failed: exit 137"
+    count, reason = rt._task_history(service, nodes)
+    assert count == 1 and reason == "had its task on node 10.0.0.2 end (failed: exit 137); Swarm starts another"
     service._tasks = service._tasks[:-1]  # Swarm forgot the old task: the count stays
-    assert rt._task_history(service)[0] == 1
+    assert rt._task_history(service, nodes)[0] == 1
+    service._tasks.append(task("b", "running", "shutdown"))  # its node went down
+    assert rt._task_history(service, nodes) == (
+        1, "lost its task on node 10.0.0.3 (the node is down); Swarm starts another")
+    service._tasks += [task("d", "shutdown", "shutdown"), task("c", "pending", "shutdown")]
+    assert rt._task_history(service, nodes) == (
+        2, "had its task on node 10.0.0.5 moved off (the node is drained); Swarm starts another")
 
 
 class Ping(http.server.BaseHTTPRequestHandler):
