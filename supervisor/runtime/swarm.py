@@ -153,10 +153,7 @@ class SwarmRuntime(DockerRuntime):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-        import docker
-
-        self.manager = (docker.DockerClient(base_url=settings.swarm_manager, timeout=60)
-                        if settings.swarm_manager else self.client)
+        self._manager: Any = None
         self.registry = settings.registry
         self.push_registry = settings.registry_push or settings.registry
         # Versions each model is to run, as last applied: a service of any other is retired once
@@ -165,6 +162,16 @@ class SwarmRuntime(DockerRuntime):
         self._unrouted: dict[str, float] = {}
         self._restarts: dict[str, int] = {}
         self._swarm_lock = threading.Lock()
+
+    @property
+    def manager(self) -> Any:
+        """The engine of a manager node (connected on first use, as the build engine is)."""
+        if self._manager is None:
+            import docker
+
+            self._manager = (docker.DockerClient(base_url=self.settings.swarm_manager, timeout=60)
+                             if self.settings.swarm_manager else self.client)
+        return self._manager
 
     # --- where things are ----------------------------------------------------------------
     def _services(self, model: str | None = None) -> list[Any]:

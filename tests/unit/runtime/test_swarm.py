@@ -135,3 +135,48 @@ def test_replicas_are_pinged_over_tcp_and_all_must_answer(tcp_server: str) -> No
         s.bind(("127.0.0.1", 0))
         dead = f"127.0.0.1:{s.getsockname()[1]}"
     assert not sockets.ping(f"{tcp_server} {dead}")
+
+
+class FakeImages:
+    def __init__(self) -> None:
+        self.removed: list[str] = []
+
+    def get(self, tag: str) -> Any:
+        class Image:
+            def tag(self, repo: str, tag: str) -> None:
+                pass
+
+        return Image()
+
+    def remove(self, tag: str) -> None:
+        self.removed.append(tag)
+
+
+class FakeClient:
+    def __init__(self, answer: list[dict[str, Any]]) -> None:
+        self.images = FakeImages()
+        answers = answer
+
+        class Api:
+            def push(self, repo: str, tag: str, stream: bool, decode: bool) -> Any:
+                return iter(answers)
+
+        self.api = Api()
+
+
+def test_a_registry_that_refuses_the_push_fails_the_deploy_with_its_reason(tmp_path: Path) -> None:
+    from supervisor.runtime.swarm import RegistryPushError
+
+    rt = SwarmRuntime.__new__(SwarmRuntime)
+    rt.settings = Settings(data_dir=tmp_path)
+    rt.registry, rt.push_registry = "10.0.0.1:5000", "127.0.0.1:5000"
+    rt._build_model_image = lambda model, versions, desired: "modelserve-model-m-1234:abc"  # type: ignore[method-assign]
+    rt._client = FakeClient([{"status": "Preparing"}, {"error": "Get http://127.0.0.1:5000/v2/: connection refused"}])
+    with pytest.raises(RegistryPushError, match="to 127.0.0.1:5000 failed: .*connection refused"):
+        rt._push("m", LAUNCH, "abc")
+    assert rt.client.images.removed == ["127.0.0.1:5000/modelserve-model-m-1234:abc"]  # no stray tag left
+    rt._client = FakeClient([{"status": "Pushed"}])
+    assert rt._push("m", LAUNCH, "abc") == "10.0.0.1:5000/modelserve-model-m-1234:abc"  # what the nodes pull
+    rt.registry = ""
+    with pytest.raises(RuntimeError, match="MODELSERVE_REGISTRY"):
+        rt._push("m", LAUNCH, "abc")
