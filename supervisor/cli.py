@@ -290,6 +290,8 @@ def _print_box(name: str, box: dict[str, Any]) -> None:
     if box.get("identity_error"):
         click.echo(f"  NOT STARTED: {box['identity_error']}")
     for key, label, shown in _BOX_LINES:
+        if key not in box:  # a supervisor older than the setting
+            continue
         click.echo(f"  {label:<10} {shown(box[key])}{'  (default)' if key in defaults else ''}")
     click.echo(f"  {'tmp':<10} {box['tmp_mb']} MiB")
     if box.get("updated_by"):

@@ -209,12 +209,18 @@ class SwarmRuntime(DockerRuntime):
         return sorted(out, key=lambda r: r.address)
 
     # --- apply ---------------------------------------------------------------------------
-    def version_hash(self, model: str, launch: VersionLaunch, box: Box) -> str:
+    def image_hash(self, model: str, launch: VersionLaunch) -> str:
+        """What the version's image holds: its tag. A change of the box or the replicas keeps the
+        image, so Swarm only scales, or replaces tasks without a new pull."""
         data = {"instance": self.instance, "model": model, "base": self.settings.docker_base_image,
+                "code": code_hash(), "version": [launch.version, launch.env_hash, str(launch.model_dir)]}
+        return short_hash(json.dumps(data, sort_keys=True), 16)
+
+    def version_hash(self, model: str, launch: VersionLaunch, box: Box) -> str:
+        """Everything the version's service is made of: a change of it is a rolling update."""
+        data = {"image": self.image_hash(model, launch), "registry": self.registry,
                 "box": dataclasses.asdict(box), "user": container_user(box), "workers": self.settings.scoring_workers,
-                "code": code_hash(), "version": [launch.version, launch.env_hash, str(launch.python),
-                                                 str(launch.model_dir), launch.batching, launch.port],
-                "batching": self.settings.batching, "registry": self.registry,
+                "launch": [str(launch.python), launch.batching, launch.port], "batching": self.settings.batching,
                 "placement": [self.settings.swarm_max_replicas_per_node, self.settings.swarm_constraints,
                               self.settings.swarm_spread], "health": self.settings.health_timeout}
         return short_hash(json.dumps(data, sort_keys=True), 16)
@@ -229,7 +235,7 @@ class SwarmRuntime(DockerRuntime):
             service = self._service(model, launch.version)
             if service is not None and service.attrs["Spec"].get("Labels", {}).get(LABEL_DESIRED) == desired:
                 continue
-            image = self._push(model, launch, desired)
+            image = self._push(model, launch, self.image_hash(model, launch))
             template = task_spec(self.settings, launch, box, image, network)
             labels = {LABEL_INSTANCE: self.instance, LABEL_MODEL: model, LABEL_MODEL_ID: naming.model_id(model),
                       LABEL_VERSION: launch.version, LABEL_DESIRED: desired, LABEL_PORT: str(launch.port)}
@@ -253,11 +259,11 @@ class SwarmRuntime(DockerRuntime):
                     LABEL_INSTANCE: self.instance, LABEL_MODEL_ID: naming.model_id(model)})
         return name
 
-    def _push(self, model: str, launch: VersionLaunch, desired: str) -> str:
+    def _push(self, model: str, launch: VersionLaunch, image_hash: str) -> str:
         """The version's image in the registry (built on the local engine first): what nodes pull."""
         if not self.registry:
             raise RuntimeError("the swarm runtime needs MODELSERVE_REGISTRY (a registry every node can pull from)")
-        local = self._build_model_image(model, [launch], desired)
+        local = self._build_model_image(model, [launch], image_hash)
         repo, tag = local.rsplit(":", 1)
         self.client.images.get(local).tag(f"{self.push_registry}/{repo}", tag)
         log = self._model_dir(model) / "image.log"

@@ -180,3 +180,14 @@ def test_a_registry_that_refuses_the_push_fails_the_deploy_with_its_reason(tmp_p
     rt.registry = ""
     with pytest.raises(RuntimeError, match="MODELSERVE_REGISTRY"):
         rt._push("m", LAUNCH, "abc")
+
+
+def test_replicas_or_limits_change_the_service_but_not_its_image(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    rt = SwarmRuntime.__new__(SwarmRuntime)
+    rt.settings, rt.instance, rt.registry = Settings(data_dir=tmp_path), "inst", "r:5000"
+    scaled, bigger = replace(BOX, replicas=3), replace(BOX, memory_bytes=1 << 30)
+    assert len({rt.version_hash("m", LAUNCH, b) for b in (BOX, scaled, bigger)}) == 3
+    assert rt.version_hash("m", LAUNCH, BOX) == rt.version_hash("m", LAUNCH, replace(BOX))  # adoption: stable
+    assert rt.image_hash("m", LAUNCH) != rt.image_hash("m", replace(LAUNCH, version="4"))
