@@ -94,10 +94,11 @@ def swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swarm]:
 @pytest.fixture(scope="module")
 def ssystem(swarm: Swarm, iris: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     failed: list[BaseException] = []
+    work = tmp_path_factory.mktemp("swarm-prewarm")  # here: the factory is not made for threads
 
     def warm() -> None:
         try:
-            prewarm(swarm, iris, tmp_path_factory.mktemp("swarm-prewarm"))
+            prewarm(swarm, iris, work)
         except BaseException as exc:  # said below; the test then only runs slower
             failed.append(exc)
 
