@@ -44,6 +44,7 @@ def main() -> None:
         extra = {"MODELSERVE_RUNTIME": "swarm", "MODELSERVE_DOCKER_BASE_IMAGE": BASE_IMAGE,
                  "MODELSERVE_SWARM_MANAGER": swarm.manager.docker_host,
                  "MODELSERVE_REGISTRY": swarm.registry_address, "MODELSERVE_REGISTRY_PUSH": swarm.push_address}
+        (work / "system").mkdir()
         with running_system(work / "system", extra) as system:
             registrar(system, iris)(NAME)
             assert system.api("POST", "enable", registered_model_name=NAME).status_code == 200

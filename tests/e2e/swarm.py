@@ -227,6 +227,27 @@ class Swarm:
         for pid in _pids_under(node.root):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        # Its containers' processes, should any outlive their shims (an engine that was killed and
+        # not started again), and the cgroups the engine made (``--cgroup-parent`` = the node).
+        groups = sorted(Path("/sys/fs/cgroup").glob(f"*/{node.name}"), key=str) + sorted(
+            Path("/sys/fs/cgroup").glob(node.name), key=str)
+        for group in groups:
+            for procs in group.rglob("cgroup.procs"):
+                with contextlib.suppress(OSError, ValueError):
+                    for pid in procs.read_text().split():
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(int(pid), signal.SIGKILL)
+        for _ in range(40):  # killed processes leave their cgroup a moment later: bounded retries
+            for group in groups:
+                for d in sorted((p for p in group.rglob("*") if p.is_dir()), key=lambda p: len(p.parts),
+                                reverse=True):
+                    with contextlib.suppress(OSError):
+                        d.rmdir()
+                with contextlib.suppress(OSError):
+                    group.rmdir()
+            if not any(g.exists() for g in groups):
+                break
+            time.sleep(0.25)
 
 
 def _answers(host: str, port: int) -> bool:
