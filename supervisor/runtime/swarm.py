@@ -292,13 +292,23 @@ class SwarmRuntime(DockerRuntime):
             with contextlib.suppress(docker.errors.NotFound):
                 service.remove()
         with contextlib.suppress(docker.errors.DockerException):
-            # Refused while the removed services' tasks still hold it; the next stop takes it.
+            # Refused while the removed services' tasks still hold it: routes_applied takes it later.
             self.manager.networks.get(network_name(model)).remove()
 
     def routes_applied(self, addresses: Iterable[str]) -> None:
+        import docker
+
         routed = {a for address in addresses for a in address.split()}
         now = time.monotonic()
-        for service in self._services():
+        services = self._services()
+        # A model being applied (its network made, its first service not yet) keeps its network.
+        serving = {s.attrs["Spec"].get("Labels", {}).get(LABEL_MODEL_ID) for s in services} | {
+            naming.model_id(m) for m in list(self._wanted)}
+        for network in self.manager.networks.list(filters={"label": f"{LABEL_INSTANCE}={self.instance}"}):
+            if (network.attrs.get("Labels") or {}).get(LABEL_MODEL_ID) not in serving:
+                with contextlib.suppress(docker.errors.DockerException):
+                    network.remove()  # a stopped model's, once its last task let go of it
+        for service in services:
             labels = service.attrs["Spec"].get("Labels", {})
             model, version = labels.get(LABEL_MODEL, ""), labels.get(LABEL_VERSION, "")
             wanted = self._wanted.get(model)
