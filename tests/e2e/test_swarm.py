@@ -126,8 +126,10 @@ def services(swarm: Swarm) -> dict[str, str]:
     out = swarm.manager.docker("service", "ls", "--filter", f"label=modelserve.model={NAME}", "--format", "{{.ID}}")
     found = {}
     for sid in out.split():
-        labels = json.loads(swarm.manager.docker("service", "inspect", sid, "--format", "{{json .Spec.Labels}}"))
-        found[labels["modelserve.version"]] = sid
+        # One that is removed between the list and this look is gone: not counted.
+        labels = swarm.manager.docker("service", "inspect", sid, "--format", "{{json .Spec.Labels}}", check=False)
+        if labels:
+            found[json.loads(labels)["modelserve.version"]] = sid
     return found
 
 
@@ -140,8 +142,10 @@ def running_nodes(swarm: Swarm, service: str) -> list[str]:
         tid, state = line.split(" ", 1)
         if not state.startswith("Running"):
             continue
-        node = swarm.manager.docker("inspect", tid, "--format", "{{.NodeID}}")
-        addrs.append(swarm.manager.docker("node", "inspect", node, "--format", "{{.Status.Addr}}"))
+        node = swarm.manager.docker("inspect", tid, "--format", "{{.NodeID}}", check=False)
+        addr = swarm.manager.docker("node", "inspect", node, "--format", "{{.Status.Addr}}", check=False) if node else ""
+        if addr:  # else the task or its node went away since the list: not running there
+            addrs.append(addr)
     return sorted(addrs)
 
 
