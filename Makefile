@@ -44,6 +44,11 @@ docker-engine:
 	  $(SUDO) sh -c 'setsid dockerd >/tmp/modelserve-dockerd.log 2>&1 </dev/null &'; \
 	  for i in $$(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done; \
 	  docker info >/dev/null 2>&1 || { echo "dockerd did not start:"; tail -20 /tmp/modelserve-dockerd.log; exit 1; }; }
+	@# The swarm test (tests/e2e/swarm.py) makes a three-node swarm in network namespaces
+	@# (iproute2, util-linux's nsenter) with Debian's registry (docker-registry) on the bridge.
+	@command -v docker-registry >/dev/null 2>&1 && command -v ip >/dev/null 2>&1 && command -v nsenter >/dev/null 2>&1 || { \
+	  echo "installing docker-registry, iproute2 and util-linux (apt; the swarm test's nodes and registry)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq docker-registry iproute2 util-linux >/dev/null; }
 	bash images/build-base-image.sh $(DOCKER_BASE_IMAGE)
 
 $(VENV)/.installed: pyproject.toml

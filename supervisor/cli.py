@@ -216,6 +216,9 @@ def status(ctx: click.Context, name: str | None, as_json: bool) -> None:
     click.echo(f"{name}: {status_['state']}  {status_.get('state_message', '')}")
     for v in versions:
         click.echo(f"  version {v['endpoint_version_name']}: {v['state']}  {v.get('state_message', '')}")
+        for r in status_.get("replicas", []):
+            if r["endpoint_version_name"] == v["endpoint_version_name"]:
+                click.echo(f"    replica on {r['node']}: {r['state']}")
     for a in aliases:
         click.echo(f"  {a['alias']} -> version {a['endpoint_version_name']}")
     base = ctx.obj["url"]
@@ -273,7 +276,8 @@ class OrDefault(click.ParamType):
 _BOX_LINES = (("network_access", "network", lambda v: "on" if v else "off"),
               ("memory_mb", "memory", lambda v: f"{v} MiB"),
               ("cpus", "cpus", lambda v: f"{v:g}"),
-              ("max_processes", "processes", str))
+              ("max_processes", "processes", str),
+              ("replicas", "replicas", str))
 
 
 def _print_box(name: str, box: dict[str, Any]) -> None:
@@ -286,6 +290,8 @@ def _print_box(name: str, box: dict[str, Any]) -> None:
     if box.get("identity_error"):
         click.echo(f"  NOT STARTED: {box['identity_error']}")
     for key, label, shown in _BOX_LINES:
+        if key not in box:  # a supervisor older than the setting
+            continue
         click.echo(f"  {label:<10} {shown(box[key])}{'  (default)' if key in defaults else ''}")
     click.echo(f"  {'tmp':<10} {box['tmp_mb']} MiB")
     if box.get("updated_by"):
@@ -298,10 +304,12 @@ def _print_box(name: str, box: dict[str, Any]) -> None:
 @click.option("--memory-mb", type=OrDefault(int), default=None, help="Memory of the model's host, MiB, or 'default'.")
 @click.option("--cpus", type=OrDefault(float), default=None, help="Cores' worth of CPU time, or 'default'.")
 @click.option("--max-processes", type=OrDefault(int), default=None, help="Processes and threads, or 'default'.")
+@click.option("--replicas", type=OrDefault(int), default=None,
+              help="Copies of each version (swarm runtime; others run one), or 'default' (1).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def box(ctx: click.Context, name: str, network: str | None, memory_mb: int | None, cpus: float | None,
-        max_processes: int | None, as_json: bool) -> None:
+        max_processes: int | None, replicas: int | None, as_json: bool) -> None:
     """The box NAME runs in (its identity, limits and network); with options, change it (needs MANAGE).
 
     A change restarts the model's host in the new box at the reconciler's next tick.
@@ -312,7 +320,8 @@ def box(ctx: click.Context, name: str, network: str | None, memory_mb: int | Non
         change["network_access"] = network == "on"
     # An option left out is not sent (unchanged); "default" is sent as null.
     given = ctx.get_parameter_source
-    for key, value in (("memory_mb", memory_mb), ("cpus", cpus), ("max_processes", max_processes)):
+    for key, value in (("memory_mb", memory_mb), ("cpus", cpus), ("max_processes", max_processes),
+                       ("replicas", replicas)):
         if given(key) == click.core.ParameterSource.COMMANDLINE:
             change[key] = value
     if change:

@@ -72,7 +72,11 @@ class EndpointRoutes:
 @dataclass(frozen=True)
 class Upstream:
     name: str
-    server: str
+    server: str  # one Nginx server address, or several separated by spaces (replicas)
+
+    @property
+    def servers(self) -> list[str]:
+        return self.server.split()
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,18 @@ class Settings(BaseSettings):
     docker_network: str = "host"
     # Seconds an old container keeps running after the gateway stopped routing to it.
     docker_drain_seconds: float = 2.0
+    # Swarm runtime (MODELSERVE_RUNTIME=swarm; supervisor/runtime/swarm.py). Images are built on
+    # the local engine (DOCKER_HOST), pushed to ``registry_push`` (default: ``registry``) and pulled
+    # by the nodes from ``registry``; services are made through ``swarm_manager`` (a Docker host
+    # URL; default: the local engine, when the supervisor runs on a manager node).
+    registry: str = ""
+    registry_push: str = ""
+    swarm_manager: str = ""
+    # At most this many replicas of a version per node (0: no limit), and node constraints
+    # ("node.labels.modelserve==true", comma-separated) and a spread preference (a node label).
+    swarm_max_replicas_per_node: int = 1
+    swarm_constraints: str = ""
+    swarm_spread: str = ""
     # Where the scoring servers' Unix sockets live (one directory per model); empty: <data_dir>/sock.
     # Socket paths must fit in 108 bytes, so a long data dir needs a shorter one here.
     socket_dir: Path | None = None

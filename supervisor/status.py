@@ -38,6 +38,10 @@ def endpoint_status(store: Store, runtime: Runtime, model: str) -> dict[str, Any
     }
     if message:
         out["state_message"] = message
+    if host is not None and host.replicas:
+        # A replicating runtime's tasks per version: where each runs and in what state.
+        out["replicas"] = [{"endpoint_version_name": v, "node": r["node"], "state": r["state"]}
+                           for v, found in sorted(host.replicas.items()) for r in found]
     return out
 
 

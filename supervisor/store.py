@@ -115,6 +115,15 @@ model_boxes = Table(
     Column("updated_by", String(256), nullable=False, default=""),
 )
 
+# Replicas of each version of a served model (swarm runtime), which only MANAGE users change, as
+# the box. A table of its own, so create_all adds it to an existing database. No row: 1.
+model_replicas = Table(
+    "model_replicas",
+    metadata,
+    Column("model", String(512), primary_key=True),
+    Column("replicas", Integer, nullable=False),
+)
+
 # The system uid (and gid, the same number) of each served model when the supervisor runs as root.
 # Never freed: a uid given to one model and later to another would hand the second one whatever
 # the first left owned by it.
@@ -244,11 +253,12 @@ class BoxSettings:
     memory_mb: int | None = None
     cpus: float | None = None
     max_processes: int | None = None
+    replicas: int | None = None
     updated: int = 0
     updated_by: str = ""
 
 
-BOX_FIELDS = ("network", "memory_mb", "cpus", "max_processes")
+BOX_FIELDS = ("network", "memory_mb", "cpus", "max_processes", "replicas")
 
 
 @dataclass(frozen=True)
@@ -496,17 +506,18 @@ class Store:
     def box_settings(self, model: str) -> BoxSettings:
         with self._tx() as c:
             r = c.execute(select(model_boxes).where(model_boxes.c.model == model)).first()
+            n = c.execute(select(model_replicas.c.replicas).where(model_replicas.c.model == model)).scalar()
         if r is None:
-            return BoxSettings()
+            return BoxSettings(replicas=n)
         return BoxSettings(network=bool(r.network), memory_mb=r.memory_mb, cpus=r.cpus,
-                           max_processes=r.max_processes, updated=r.updated, updated_by=r.updated_by or "")
+                           max_processes=r.max_processes, replicas=n, updated=r.updated, updated_by=r.updated_by or "")
 
     def update_box_settings(self, model: str, changes: dict[str, Any], by: str) -> BoxSettings:
         """Sets the ``BOX_FIELDS`` in ``changes`` (None: back to the default); the others stay."""
         unknown = set(changes) - set(BOX_FIELDS)
         if unknown:
             raise ValueError(f"not box settings: {sorted(unknown)}")
-        values = {**changes, "updated": now_ms(), "updated_by": by}
+        values = {k: v for k, v in changes.items() if k != "replicas"} | {"updated": now_ms(), "updated_by": by}
 
         def once() -> None:
             # Two API workers saving the first settings of a model at once: the primary key
@@ -515,6 +526,10 @@ class Store:
                 where = model_boxes.c.model == model
                 if c.execute(update(model_boxes).where(where).values(**values)).rowcount == 0:
                     c.execute(insert(model_boxes).values(model=model, **values))
+                if "replicas" in changes:
+                    c.execute(delete(model_replicas).where(model_replicas.c.model == model))
+                    if changes["replicas"] is not None:
+                        c.execute(insert(model_replicas).values(model=model, replicas=changes["replicas"]))
 
         _retrying(once)
         return self.box_settings(model)

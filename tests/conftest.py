@@ -28,6 +28,8 @@ SECONDS = {
     "e2e/test_hostile_docker.py": 300,
     "e2e/test_hostile.py": 300,
     "e2e/test_docker.py": 280,
+    # A three-node swarm with a registry (about 3 s), then a whole system: 403-453 s (RELIABILITY.md).
+    "e2e/test_swarm.py": 430,
     "e2e/test_endpoints.py": 380,
     "e2e/test_access.py": 200,
     "e2e/test_recovery.py": 200,

@@ -34,7 +34,7 @@ BOX_API = PREFIX + "/update-box"
 
 def _using_defaults(own: BoxSettings) -> list[str]:
     out = [] if own.network else ["network_access"]
-    return out + [k for k in ("memory_mb", "cpus", "max_processes") if getattr(own, k) is None]
+    return out + [k for k in ("memory_mb", "cpus", "max_processes", "replicas") if getattr(own, k) is None]
 
 
 def box_json(store: Store, settings: Settings, model: str) -> dict[str, Any]:
@@ -53,6 +53,7 @@ def box_json(store: Store, settings: Settings, model: str) -> dict[str, Any]:
         "cpus": box.cpus,
         "max_processes": box.pids,
         "tmp_mb": box.tmp_bytes // MiB,
+        "replicas": box.replicas,  # copies of each version the swarm runtime runs; other runtimes run one
         # own_uid: the supervisor is root and gives the model a uid of its own (null until it is
         # first served); user_namespace: it runs as the supervisor's user inside a sandbox.
         "identity": "own_uid" if root else "user_namespace",
@@ -68,7 +69,7 @@ def box_json(store: Store, settings: Settings, model: str) -> dict[str, Any]:
 
 
 _SHOWN = {"memory_mb": ("memory", "{:d} MiB"), "cpus": ("CPUs", "{:g}"),
-          "max_processes": ("max processes", "{:d}")}
+          "max_processes": ("max processes", "{:d}"), "replicas": ("replicas", "{:d}")}
 
 
 def _describe(change: dict[str, Any]) -> str:

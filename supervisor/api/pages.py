@@ -126,6 +126,7 @@ class VersionView:
     stage: str = "None"
     aliases: list[str] = field(default_factory=list)
     build_tail: str = ""
+    replicas: list[str] = field(default_factory=list)  # "node: state" per replica (swarm runtime)
 
 
 @dataclass
@@ -176,8 +177,12 @@ def _model_view(name: str, registered: RegistryModel | None) -> ModelView:
         return ModelView(name, False, "Not served", versions=versions)
     deps = store.deployments(name)
     status = endpoint_status(store, runtime, name)
+    views = _version_views(settings, deps)
+    for v in views:
+        v.replicas = [f"{r['node']}: {r['state']}" for r in status.get("replicas", [])
+                      if r["endpoint_version_name"] == v.version]
     return ModelView(name, True, ENDPOINT_LABELS.get(status["state"], status["state"]),
-                     status.get("state_message", ""), _version_views(settings, deps), _uris(name, deps))
+                     status.get("state_message", ""), views, _uris(name, deps))
 
 
 def _lookup(name: str) -> tuple[RegistryModel | None, str | None]:

@@ -10,7 +10,7 @@ the model's host, as a change of its versions does.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 MiB = 1024 * 1024
 
@@ -27,6 +27,9 @@ class Box:
     pids: int  # processes and threads together
     tmp_bytes: int  # the private writable /tmp
     network: bool = False  # outbound network; off unless a MANAGE user turned it on
+    # Copies of each version a replicating runtime (swarm) runs; the one-host runtimes run one.
+    # Not in repr: the process runtime's key of a box (its repr) stays what it was.
+    replicas: int = field(default=1, repr=False)
 
     def describe(self) -> str:
         net = "network on" if self.network else "no network"

@@ -36,6 +36,7 @@ def limits_box(settings: Settings, own: BoxSettings) -> Box:
         cpus=own.cpus if own.cpus is not None else box.cpus,
         pids=own.max_processes if own.max_processes is not None else box.pids,
         network=own.network,
+        replicas=own.replicas if own.replicas is not None else 1,
     )
 
 

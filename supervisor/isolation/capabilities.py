@@ -288,7 +288,7 @@ def runtime_capabilities(runtime: str, sandbox: str, docker_info: Callable[[], d
     """What the configured runtime can hold here. The engine's answer is kept once it came (an
     engine that was not up yet is asked again next time)."""
     global _docker_answer
-    if runtime != "docker":
+    if runtime not in ("docker", "swarm"):
         return machine_capabilities(sandbox)
     if _docker_answer is None:
         try:

@@ -15,11 +15,12 @@ from typing import Any
 
 # The API's names for the box settings, and the store's.
 API_FIELDS = {"network_access": "network", "memory_mb": "memory_mb", "cpus": "cpus",
-              "max_processes": "max_processes"}
+              "max_processes": "max_processes", "replicas": "replicas"}
 MIN_MEMORY_MB = 64
 MAX_MEMORY_MB = 1024 * 1024  # 1 TiB
 MIN_PROCESSES = 16
 MAX_PROCESSES = 65536
+MAX_REPLICAS = 64  # copies of each version (swarm runtime); one-host runtimes run one
 CPUS_PER_CORE = 4
 
 
@@ -67,7 +68,9 @@ def parse_change(body: dict[str, Any], cores: int | None = None) -> dict[str, An
                                         "processes")
     if body.get("cpus") is not None:
         out["cpus"] = _cpus(body["cpus"], cores)
-    for key in ("memory_mb", "cpus", "max_processes"):
+    if body.get("replicas") is not None:
+        out["replicas"] = _integer("replicas", body["replicas"], 1, MAX_REPLICAS, "replicas")
+    for key in ("memory_mb", "cpus", "max_processes", "replicas"):
         if key in body and body[key] is None:
             out[key] = None
     return out

@@ -106,7 +106,8 @@ def restarts(events: Iterable[Event]) -> tuple[int, Counter[str]]:
 
 
 def prometheus_text(state: MetricsState, deployments: Sequence[Deployment],
-                    events_by_model: dict[str, list[Event]]) -> str:
+                    events_by_model: dict[str, list[Event]],
+                    replicas: dict[tuple[str, str], int] | None = None) -> str:
     out: list[str] = []
 
     def family(name: str, kind: str, help_: str) -> None:
@@ -143,6 +144,11 @@ def prometheus_text(state: MetricsState, deployments: Sequence[Deployment],
     for d in deployments:
         for st in STATES:
             out.append(f"modelserve_version_state{_labels(model=d.model, version=d.version, state=st)} {int(d.state == st)}")
+    if replicas is not None:
+        family("modelserve_version_replicas", "gauge",
+               "Replicas of a version running now (swarm runtime: its running tasks on ready nodes).")
+        for (model, version), n in sorted(replicas.items()):
+            out.append(f"modelserve_version_replicas{_labels(model=model, version=version)} {n}")
     family("modelserve_version_build_seconds", "gauge", "Seconds from queueing a version to launching it (download and environment build).")
     build_lines: list[str] = []
     start_lines: list[str] = []

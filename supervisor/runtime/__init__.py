@@ -19,4 +19,8 @@ def make_runtime(settings: Settings) -> Runtime:
         from supervisor.runtime.docker import DockerRuntime
 
         return DockerRuntime(settings)
-    raise ValueError(f"unknown runtime {settings.runtime!r} (known: process, docker)")
+    if settings.runtime == "swarm":
+        from supervisor.runtime.swarm import SwarmRuntime
+
+        return SwarmRuntime(settings)
+    raise ValueError(f"unknown runtime {settings.runtime!r} (known: process, docker, swarm)")

@@ -55,6 +55,8 @@ class HostState:
     # runtime cannot tell), and that limit.
     oom_kills: int = 0
     memory_limit_mib: int | None = None
+    # Per version, its replicas ({"node": address, "state": task state}): a replicating runtime's.
+    replicas: dict[str, list[dict[str, str]]] = field(default_factory=dict)
 
 
 class Runtime(Protocol):
@@ -84,7 +86,8 @@ class Runtime(Protocol):
         """Names of models that have a host (running or dead) this runtime knows about."""
 
     def address(self, model: str, version: str) -> str:
-        """The Nginx ``server`` address of that version's scoring server (``unix:/...``)."""
+        """The Nginx ``server`` address of that version's scoring server (``unix:/...``), or of
+        each of its ready replicas, separated by spaces (``host:port host:port``)."""
 
     def routes_applied(self, addresses: Iterable[str]) -> None:
         """The gateway now routes to exactly ``addresses``: a runtime may stop what it replaced."""

@@ -339,7 +339,8 @@ class DockerRuntime:
             "instance": self.instance,
             "model": model,
             "base": self.settings.docker_base_image,
-            "box": dataclasses.asdict(box),
+            # One container whatever the replicas: changing them must not replace it.
+            "box": {k: v for k, v in dataclasses.asdict(box).items() if k != "replicas"},
             "user": container_user(box),
             "workers": self.settings.scoring_workers,
             "code": code_hash(),

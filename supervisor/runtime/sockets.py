@@ -85,8 +85,14 @@ def _path(address: str) -> str:
 
 def request(address: str, method: str, path: str, body: bytes | None = None,
             headers: dict[str, str] | None = None, timeout: float = 10.0) -> tuple[int, bytes]:
-    """(status, body) of one request to the scoring server at ``address`` (``unix:/...``)."""
-    conn = UnixHTTPConnection(_path(address), timeout=timeout)
+    """(status, body) of one request to the scoring server at ``address`` (``unix:/...``, or
+    ``host:port`` for a replica on another node)."""
+    conn: http.client.HTTPConnection
+    if address.startswith("unix:"):
+        conn = UnixHTTPConnection(_path(address), timeout=timeout)
+    else:
+        host, _, port = address.rpartition(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
     try:
         conn.request(method, path, body=body, headers=headers or {})
         resp = conn.getresponse()
@@ -96,9 +102,13 @@ def request(address: str, method: str, path: str, body: bytes | None = None,
 
 
 def ping(address: str, timeout: float = 2.0) -> bool:
+    """Whether the server at ``address`` answers /ping; for several (replicas, separated by
+    spaces), whether every one does."""
+    if len(address.split()) > 1:
+        return all(ping(a, timeout) for a in address.split())
     try:
         return request(address, "GET", "/ping", timeout=timeout)[0] == 200
-    except (OSError, http.client.HTTPException):
+    except (OSError, ValueError, http.client.HTTPException):
         return False
 
 

@@ -195,7 +195,7 @@ def test_a_version_whose_build_fails_is_failed_alone(dsystem: System, dregister:
     dsystem.wait_for("failed version gone", lambda: version not in dsystem.versions(NAME), timeout=120)
 
 
-def logged_model(system: System, iris: pd.DataFrame, extra: list[str]) -> tuple[str, str]:
+def logged_model(system: System, iris: pd.DataFrame, extra: list[str], label_shift: int = 0) -> tuple[str, str]:
     """(model URI, environment hash) of a new logged, not yet registered, classifier."""
     import mlflow
     from sklearn.linear_model import LogisticRegression
@@ -203,7 +203,7 @@ def logged_model(system: System, iris: pd.DataFrame, extra: list[str]) -> tuple[
     from supervisor.envs import read_env_spec
 
     mlflow.set_tracking_uri(system.url)
-    x, y = iris.drop(columns=["target"]), iris["target"]
+    x, y = iris.drop(columns=["target"]), (iris["target"] + label_shift) % 3
     with mlflow.start_run():
         info = mlflow.sklearn.log_model(LogisticRegression(max_iter=500).fit(x, y), name="model",
                                         input_example=x.head(3), extra_pip_requirements=extra)

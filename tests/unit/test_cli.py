@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from supervisor import cli
 
-BOX = {"network_access": True, "memory_mb": 4096, "cpus": 0.5, "max_processes": 512, "tmp_mb": 256,
+BOX = {"network_access": True, "memory_mb": 4096, "cpus": 0.5, "max_processes": 512, "replicas": 2, "tmp_mb": 256,
        "identity": "own_uid", "uid": 70001, "using_defaults": ["max_processes"], "updated_by": "boss",
        "update_time": 1_700_000_000_000}
 
@@ -38,14 +38,14 @@ def run(*args: str) -> Any:
 def test_without_options_it_prints_the_box(calls: list[Any]) -> None:
     out = run("iris")
     assert calls == [("GET", "get-box", {"registered_model_name": "iris"})]
-    assert out.splitlines()[:5] == ["iris: runs as uid 70001", "  network    on", "  memory     4096 MiB",
-                                    "  cpus       0.5", "  processes  512  (default)"]
+    assert out.splitlines()[:6] == ["iris: runs as uid 70001", "  network    on", "  memory     4096 MiB",
+                                    "  cpus       0.5", "  processes  512  (default)", "  replicas   2"]
 
 
 def test_options_send_only_what_was_given_and_default_as_null(calls: list[Any]) -> None:
-    run("iris", "--network", "off", "--memory-mb", "default", "--cpus", "1.5")
+    run("iris", "--network", "off", "--memory-mb", "default", "--cpus", "1.5", "--replicas", "3")
     assert calls == [("POST", "update-box", {"registered_model_name": "iris", "network_access": False,
-                                             "memory_mb": None, "cpus": 1.5})]
+                                             "memory_mb": None, "cpus": 1.5, "replicas": 3})]
 
 
 def test_a_bad_number_is_refused_before_any_call(calls: list[Any]) -> None:

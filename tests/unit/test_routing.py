@@ -126,3 +126,10 @@ def test_endpoints_route_to_the_versions_upstreams_with_a_per_request_split(tmp_
     assert text.count('"/serving-endpoints/one/') == 2 * (2 + 1)
     assert '"off";' in text and '"pending";' in text
     nginx_accepts(text, tmp_path)
+
+
+def test_a_version_with_replicas_gets_one_server_each(tmp_path: Path) -> None:
+    m = ModelRoutes("iris", (VersionRoute("1", "ready", "10.0.0.2:20001 10.0.0.3:20001"),))
+    text = render_routes([m], TEMPLATES).text
+    assert "server 10.0.0.2:20001 max_fails=0;" in text and "server 10.0.0.3:20001 max_fails=0;" in text
+    nginx_accepts(text, tmp_path)

@@ -39,8 +39,8 @@ def test_a_reader_sees_the_default_box(api: Any) -> None:
     body = client.get(f"{BOXES}/get-box?registered_model_name=iris", headers=READER).get_json()
     assert body == {"registered_model_name": "iris", "box": {
         "network_access": False, "memory_mb": 2048, "cpus": 2.0, "max_processes": 512, "tmp_mb": 256,
-        "identity": "user_namespace", "uid": None,
-        "using_defaults": ["network_access", "memory_mb", "cpus", "max_processes"]}}
+        "replicas": 1, "identity": "user_namespace", "uid": None,
+        "using_defaults": ["network_access", "memory_mb", "cpus", "max_processes", "replicas"]}}
 
 
 def test_a_manager_changes_it_and_an_event_says_who(api: Any) -> None:
@@ -49,13 +49,18 @@ def test_a_manager_changes_it_and_an_event_says_who(api: Any) -> None:
     assert resp.status_code == 200, resp.get_data(as_text=True)
     box = resp.get_json()["box"]
     assert (box["network_access"], box["memory_mb"], box["cpus"], box["max_processes"]) == (True, 4096, 0.5, 512)
-    assert box["using_defaults"] == ["max_processes"] and box["updated_by"] == "boss"
+    assert box["using_defaults"] == ["max_processes", "replicas"] and box["updated_by"] == "boss"
     assert store.events("iris")[0].message == "Box changed by boss: network on, memory 4096 MiB, CPUs 0.5"
     # absent: unchanged; null: the default again
     box = update(client, BOSS, memory_mb=None).get_json()["box"]
     assert (box["network_access"], box["memory_mb"], box["cpus"]) == (True, 2048, 0.5)
     assert store.events("iris")[0].message == "Box changed by boss: memory back to the default"
     assert client.get(f"{BOXES}/get-box?registered_model_name=iris", headers=READER).get_json()["box"] == box
+    # Replicas are kept apart from the other settings, and null gives the default (1) back.
+    box = update(client, BOSS, replicas=3).get_json()["box"]
+    assert (box["replicas"], box["memory_mb"], box["cpus"]) == (3, 2048, 0.5) and "replicas" not in box["using_defaults"]
+    assert store.events("iris")[0].message == "Box changed by boss: replicas 3"
+    assert update(client, BOSS, replicas=None).get_json()["box"]["replicas"] == 1
 
 
 def test_a_reader_may_not_change_it(api: Any) -> None:
@@ -75,6 +80,7 @@ def test_a_reader_may_not_change_it(api: Any) -> None:
     ({"max_processes": 8}, "from 16 to 65536"),
     ({"network_access": "on"}, "true or false"),
     ({"memory": 1024}, "Unknown box setting"),
+    ({"replicas": 0}, "from 1 to 64"),
 ])
 def test_bad_input_is_a_clear_error_and_changes_nothing(api: Any, body: dict[str, Any], says: str) -> None:
     client, store = api

@@ -17,6 +17,8 @@ def test_fields_map_to_the_store_and_null_means_default() -> None:
         "memory_mb": None, "cpus": None, "max_processes": None}
     assert parse_change({"registered_model_name": "m"}) == {}
     assert parse_change({"cpus": 4}, cores=1) == {"cpus": 4.0}
+    assert parse_change({"replicas": 3}) == {"replicas": 3}
+    assert parse_change({"replicas": None}) == {"replicas": None}
     assert max_cpus(3) == 12.0
 
 
@@ -37,6 +39,10 @@ def test_fields_map_to_the_store_and_null_means_default() -> None:
     ({"network_access": "yes"}, "true or false"),
     ({"network_access": None}, "true or false"),
     ({"network": True}, "Unknown box setting"),
+    ({"replicas": 0}, "from 1 to 64"),
+    ({"replicas": 65}, "from 1 to 64"),
+    ({"replicas": 1.5}, "whole number"),
+    ({"replicas": "2"}, "whole number"),
 ])
 def test_bad_values_are_refused_with_the_bounds(body: dict[str, Any], says: str) -> None:
     with pytest.raises(BadBoxChange, match=says):

@@ -96,3 +96,12 @@ def test_client_closed_is_not_an_error() -> None:
     got = {m["key"]: m["value"] for m in metric_history(state, "m")}
     assert got["requests"] == 5 and got["client_closed"] == 2
     assert got["errors_4xx"] == 1 and got["errors_5xx"] == 1 and got["successes"] == 1
+
+
+def test_replica_counts_only_for_a_replicating_runtime() -> None:
+    assert "modelserve_version_replicas" not in prometheus_text(MetricsState(), [], {})
+    text = prometheus_text(MetricsState(), [], {}, {("m", "2"): 2, ("m", "1"): 0})
+    assert "# TYPE modelserve_version_replicas gauge" in text
+    lines = [line for line in text.splitlines() if line.startswith("modelserve_version_replicas{")]
+    assert lines == ['modelserve_version_replicas{model="m",version="1"} 0',
+                     'modelserve_version_replicas{model="m",version="2"} 2']
