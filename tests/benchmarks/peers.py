@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -376,6 +377,10 @@ def main() -> None:
     parser.add_argument("--peers", default="mlserver,mlserver-v2,bentoml,ray,mlflow")
     parser.add_argument("--cache", default=str(Path.home() / ".cache" / "modelserve-peers"))
     args = parser.parse_args()
+    # Stopped by `timeout` or a kill, it must still stop the peers it started (each in a session of
+    # its own, so nothing else reaches them): SIGTERM unwinds the stack through their `finally`
+    # blocks as Ctrl-C does. A run killed this way had left two `mlflow models serve` behind.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     if not shutil.which("wrk"):
         raise SystemExit("wrk is needed: apt-get install wrk")
     cache = Path(args.cache)
