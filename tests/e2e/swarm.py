@@ -131,13 +131,15 @@ class Swarm:
         run("ip", "link", "set", self.bridge, "up")
         # The shared engine's FORWARD policy is DROP and bridged frames pass through iptables
         # (br_netfilter): the nodes' traffic to one another is let through, by this bridge's name.
-        run("iptables", "-I", "FORWARD", *self._forward_rule)
+        # -w: the shared engine and the nodes' engines change iptables too, under one lock
+        # (/run/xtables.lock, whatever the netns); without a wait a busy moment fails at once.
+        run("iptables", "-w", "60", "-I", "FORWARD", *self._forward_rule)
         self._start_registry()
         for i in range(3):
             self.nodes.append(self._add_node(i))
         for node in self.nodes:
             wait_until(f"engine {node.name}", lambda n=node: n.docker("info", check=False, timeout=10) != "",
-                       timeout=90, every=0.5)
+                       timeout=180, every=0.5)
         m = self.manager
         # A node that stops answering is declared down after a few heartbeats (5 s by default):
         # 2 s here, so the test waits less for Swarm to reschedule a lost node's tasks.
@@ -209,7 +211,7 @@ class Swarm:
         for i, node in enumerate(self.nodes):
             run("ip", "netns", "del", node.name, check=False)
             run("ip", "link", "del", f"{self.prefix}v{i}", check=False)
-        run("iptables", "-D", "FORWARD", *self._forward_rule, check=False)
+        run("iptables", "-w", "60", "-D", "FORWARD", *self._forward_rule, check=False)
         run("ip", "link", "del", self.bridge, check=False)
         _unmount_under(self.root)
         shutil.rmtree(self.root, ignore_errors=True)
