@@ -138,7 +138,10 @@ class Swarm:
         for i in range(3):
             self.nodes.append(self._add_node(i))
         for node in self.nodes:
-            wait_until(f"engine {node.name}", lambda n=node: n.docker("info", check=False, timeout=10) != "",
+            # `docker info` prints the client's half even when no engine answers: ask for the
+            # server's version, which is empty until the engine is up (CI failed on `swarm init`).
+            wait_until(f"engine {node.name}", lambda n=node: n.docker("version", "--format", "{{.Server.Version}}",
+                                                                    check=False, timeout=10) != "",
                        timeout=180, every=0.5)
         m = self.manager
         # A node that stops answering is declared down after a few heartbeats (5 s by default):
