@@ -29,6 +29,7 @@ from supervisor.api.openapi import document as openapi_document
 from supervisor.api.params import ctx, no_such_model, sign_in_first
 from supervisor.auth.access import ENDPOINT_LEVELS, EndpointLevel, Principal
 from supervisor.deployer import build_log_path
+from supervisor.endpoints.capture import check_change
 from supervisor.endpoints.config import (
     ConfigError,
     check_name,
@@ -188,6 +189,10 @@ def update_config(name: str) -> Response:
     settings, store, _, _ = ctx()
     ep, level = _endpoint(name, "CAN_MANAGE")
     cfg = _body_config(json_body(), name, caller())
+    try:
+        check_change((ep.config or ep.pending_config or {}).get("auto_capture_config"), cfg.get("auto_capture_config"))
+    except ConfigError as exc:
+        raise _invalid(exc) from None
     if not store.begin_config_update(name, cfg):
         if store.endpoint(name) is None:
             raise _not_found(name)
