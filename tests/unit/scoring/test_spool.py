@@ -12,7 +12,7 @@ RID = "0123456789abcdef0123456789abcdef"
 
 
 def test_a_record_is_one_json_line_with_the_body_or_its_size() -> None:
-    small = json.loads(record(RID, '{"predictions": [1]}'.encode()))
+    small = json.loads(record(RID, b'{"predictions": [1]}'))
     assert small == {"id": RID, "size": 20, "body": '{"predictions": [1]}'}
     big = record(RID, b"x" * (MAX_BODY + 1))
     assert big.endswith(b"\n") and big.count(b"\n") == 1
