@@ -95,8 +95,3 @@ def retire(path: Path) -> Path | None:
         os.close(fd)
     return retired
 
-
-def retired_spools(path: Path) -> list[Path]:
-    """The retired files of one spool, oldest first (left over by an ingester that was killed)."""
-    found = path.parent.glob(f"{path.name}{RETIRED}*")
-    return sorted(found, key=lambda p: int(p.name.rsplit("-", 1)[1]) if p.name.rsplit("-", 1)[1].isdigit() else 0)
