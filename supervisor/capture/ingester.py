@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -60,6 +62,13 @@ def read_all(path: Path) -> list[SpoolRecord]:
     return out
 
 
+def _is_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
 class Ingester:
     def __init__(self, settings: Settings, store: Store, reopen: Callable[[], bool]) -> None:
         self.settings = settings
@@ -91,8 +100,11 @@ class Ingester:
         files: list[Path] = []
         for folder in sorted(self.settings.spool_dir.glob("*")) if self.settings.spool_dir.is_dir() else []:
             for live in sorted(folder.glob("*.spool")):
-                retire(live)
+                if not _is_dir(live):
+                    retire(live)
             for retired in sorted(folder.glob("*.spool.retired-*")):
+                if _is_dir(retired):  # the model's own doing: never ours to read or delete
+                    continue
                 files.append(retired)
                 upstream = retired.name.split(".spool", 1)[0]
                 for rec in read_all(retired):

@@ -16,6 +16,7 @@ import fcntl
 import json
 import os
 import re
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,14 +56,29 @@ def parse_record(line: bytes) -> SpoolRecord | None:
     return SpoolRecord(rid, size, body)
 
 
+def open_regular(path: Path) -> int | None:
+    """A descriptor of ``path`` if it is a regular file, else None. The folder belongs to the
+    model's uid: a symlink it put there is never followed (the ingester may run as root), and a
+    FIFO never blocks the open."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return fd
+
+
 def read_records(path: Path, offset: int) -> tuple[list[SpoolRecord], int]:
     """The records of whole lines from ``offset`` on, and the offset after the last line consumed."""
-    try:
-        with path.open("rb") as f:
-            f.seek(offset)
-            data = f.read(MAX_READ)
-    except FileNotFoundError:
+    fd = open_regular(path)
+    if fd is None:
         return [], offset
+    try:
+        data = os.pread(fd, MAX_READ, offset)
+    finally:
+        os.close(fd)
     out: list[SpoolRecord] = []
     start = 0
     while start < len(data):
@@ -87,7 +103,9 @@ def retire(path: Path) -> Path | None:
         os.rename(path, retired)
     except FileNotFoundError:
         return None
-    fd = os.open(retired, os.O_RDONLY | os.O_CLOEXEC)
+    fd = open_regular(retired)
+    if fd is None:  # not a file the scoring server wrote: it is read as empty and deleted
+        return retired
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # a writer that got its shared lock first finishes its line
         fcntl.flock(fd, fcntl.LOCK_UN)

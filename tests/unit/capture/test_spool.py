@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -78,3 +79,14 @@ def test_retiring_under_concurrent_writers_loses_and_repeats_no_record(tmp_path:
 
 def test_nothing_to_retire(tmp_path: Path) -> None:
     assert retire(tmp_path / "v.spool") is None
+
+
+def test_a_symlink_or_fifo_in_the_models_folder_is_never_followed(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_bytes(record(rid(1), b"not the model's to read"))
+    (tmp_path / "v.spool").symlink_to(secret)
+    retired = retire(tmp_path / "v.spool")
+    assert retired is not None and read_records(retired, 0) == ([], 0)
+    os.mkfifo(tmp_path / "f.spool")
+    fifo = retire(tmp_path / "f.spool")
+    assert fifo is not None and read_records(fifo, 0) == ([], 0)
