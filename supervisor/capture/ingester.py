@@ -43,12 +43,6 @@ MAX_SPOOL_BYTES = 256 << 20
 RETENTION_EVERY = 3600.0
 
 
-def spool_path(spool_dir: Path, model: str, version: str) -> Path:
-    """A version's spool: in its model's own folder (the one its box may write), named after the
-    upstream the gateway routes it by, which is how its records are matched."""
-    return spool_dir / naming.model_id(model) / f"{naming.upstream_name(model, version)}.spool"
-
-
 def read_all(path: Path) -> list[SpoolRecord]:
     """Every record of a retired (final) spool file, up to MAX_SPOOL_BYTES of it."""
     out: list[SpoolRecord] = []

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from supervisor import naming
 from supervisor.scoring.spool import MAX_BODY
 
 # A body of 1 MB escaped as JSON (\u00XX per byte at worst), plus the keys.
@@ -28,6 +29,17 @@ MAX_LINE = 6 * MAX_BODY + 256
 MAX_READ = 4 * MAX_LINE
 REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
 RETIRED = ".retired-"
+
+
+def spool_folder(spool_dir: Path, model: str) -> Path:
+    """A model's own folder of spools: the one its box may write."""
+    return spool_dir / naming.model_id(model)
+
+
+def spool_path(spool_dir: Path, model: str, version: str) -> Path:
+    """A version's spool, named after the upstream the gateway routes it by, which is how its
+    records are matched to the gateway's lines."""
+    return spool_folder(spool_dir, model) / f"{naming.upstream_name(model, version)}.spool"
 
 
 @dataclass(frozen=True)

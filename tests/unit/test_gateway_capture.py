@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from supervisor.capture.ingester import Ingester, spool_path
+from supervisor.capture.ingester import Ingester
+from supervisor.capture.spool import spool_path
 from supervisor.gateway import Gateway
 from supervisor.routing import EndpointRoutes, EntityRoute, ModelRoutes, VersionRoute
 from supervisor.scoring.spool import HEADER, SpoolWriter

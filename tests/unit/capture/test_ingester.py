@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from supervisor import naming
-from supervisor.capture.ingester import PENDING_SECONDS, STATE_KEY, Ingester, spool_path
+from supervisor.capture.ingester import PENDING_SECONDS, STATE_KEY, Ingester
+from supervisor.capture.spool import spool_path
 from supervisor.scoring.spool import SpoolWriter
 from supervisor.settings import Settings
 from supervisor.store import READY, Store
