@@ -56,15 +56,18 @@ def system(tmp_path: Path) -> Iterator[tuple[Gateway, Store]]:
     server = UnixEcho(str(tmp_path / "m1.sock"), Scoring)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     store = Store(f"sqlite:///{tmp_path / 's.db'}")
-    for name in ("cap", "half", "plain"):
+    for name in ("cap", "half", "plain", "dead"):
         assert store.create_endpoint(f"{name}-id", name, "boss", {"served_entities": []}, [], False)
     store.upsert_deployment("m", "1", state=READY)
+    store.upsert_deployment("gone", "1", state=READY)
     gw = Gateway(settings)
     gw.start()
     entity = (EntityRoute("m-1", ("m", "1"), 100),)
-    gw.apply_routes([ModelRoutes("m", (VersionRoute("1", "ready", f"unix:{server.server_address}"),), legacy=False)],
+    gw.apply_routes([ModelRoutes("m", (VersionRoute("1", "ready", f"unix:{server.server_address}"),), legacy=False),
+                     ModelRoutes("gone", (VersionRoute("1", "ready", f"unix:{tmp_path / 'no.sock'}"),), legacy=False)],
                     [EndpointRoutes("cap", entity, capture=1.0), EndpointRoutes("half", entity, capture=0.5),
-                     EndpointRoutes("plain", entity)])
+                     EndpointRoutes("plain", entity),
+                     EndpointRoutes("dead", (EntityRoute("gone-1", ("gone", "1"), 100),), capture=1.0)])
     yield gw, store
     gw.stop()
     server.shutdown()
@@ -83,16 +86,17 @@ def test_drawn_requests_become_rows_and_a_client_cannot_ask_for_capture(system: 
     forged = post(gw, "plain", {"inputs": [[2]]}, **{HEADER: "f" * 32})
     assert forged.status_code == 200 and forged.json()["capture"] is None
     drawn = sum(post(gw, "half", {"inputs": [[n]]}).json()["capture"] is not None for n in range(200))
+    assert post(gw, "dead", {"inputs": [[3]]}).status_code == 503  # its model does not answer
     assert 60 <= drawn <= 140  # 100 expected; binomial(200, 0.5) leaves this range with p < 1e-8
 
     ingester = Ingester(gw.settings, store, reopen=gw.reopen_logs)
     added = 0
     for _ in range(100):  # Nginx writes a line just after the answer left: a client may be quicker
         added += ingester.poll()
-        if added >= 1 + drawn:
+        if added >= 2 + drawn:
             break
         time.sleep(0.1)
-    assert added == 1 + drawn
+    assert added == 2 + drawn
     (row,) = store.inference_rows("cap-id")
     assert (row["client_request_id"], row["status_code"], row["model"], row["version"], row["served_entity"]) == (
         "mine", 200, "m", "1", "m-1")
@@ -101,3 +105,6 @@ def test_drawn_requests_become_rows_and_a_client_cannot_ask_for_capture(system: 
     half = list(store.inference_rows("half-id"))
     assert len(half) == drawn and {r["sampling_fraction"] for r in half} == {0.5}
     assert all(r["response"] for r in half) and list(store.inference_rows("plain-id")) == []
+    (dead,) = store.inference_rows("dead-id")
+    assert (dead["status_code"], dead["response"], dead["model"], dead["request_truncated"]) == (503, None, "gone", False)
+    assert json.loads(dead["request"]) == {"inputs": [[3]]}
