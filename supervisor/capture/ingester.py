@@ -27,6 +27,7 @@ from typing import Any
 from supervisor import naming
 from supervisor.capture.rows import Logged, join, parse_logged
 from supervisor.capture.spool import SpoolRecord, read_records, retire
+from supervisor.logpoller import poll_until
 from supervisor.metrics.accesslog import LogTail, Position
 from supervisor.settings import Settings
 from supervisor.store import Store
@@ -139,11 +140,9 @@ class Ingester:
         if gone:
             log.info("inference tables: %d rows past %g days deleted", gone, days)
 
-    def run(self, stop: threading.Event, every: float = 1.0) -> None:
-        while not stop.wait(every):
-            try:
-                self.poll()
-            except Exception:
-                log.exception("ingesting captured requests failed; retrying")
-                self.position = None  # start again from what was committed
+    def forget(self) -> None:
+        """Start again from what was committed."""
+        self.position = None
 
+    def run(self, stop: threading.Event, every: float = 1.0) -> None:
+        poll_until(stop, every, self.poll, self.forget, log, "ingesting captured requests")

@@ -8,7 +8,6 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -22,13 +21,12 @@ from supervisor.scoring.spool import HEADER, SpoolWriter
 from supervisor.settings import Settings
 from supervisor.store import READY, Store
 from tests.support import free_port
-from tests.unit.test_gateway import UnixEcho
+from tests.unit.test_gateway import Echo, UnixEcho
 
 
-class Scoring(BaseHTTPRequestHandler):
+class Scoring(Echo):
     """A scoring server stand-in: answers with the capture header it got, spooling as the real one."""
 
-    protocol_version = "HTTP/1.1"
     spool: SpoolWriter
 
     def do_POST(self) -> None:  # noqa: N802
@@ -36,14 +34,7 @@ class Scoring(BaseHTTPRequestHandler):
         body = json.dumps({"predictions": [1], "capture": self.headers.get(HEADER)}).encode()
         if self.headers.get(HEADER):
             self.spool.append(self.headers[HEADER], body)
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
+        self.reply(body)
 
 
 @pytest.fixture()
