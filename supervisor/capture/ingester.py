@@ -38,7 +38,11 @@ STATE_KEY = "capture"
 # A record whose line has not come after this long belongs to no request the gateway sampled
 # (a forged one, or one whose line Nginx never wrote): it is dropped.
 PENDING_SECONDS = 600.0
-MAX_PENDING = 10_000
+# Per version (upstream), so that a model flooding its own spool with records of no request
+# crowds out only its own: a record legitimately waits well under a second (its request's
+# answer is being sent), so a few hundred cover any real load.
+MAX_PENDING = 500
+MAX_PENDING_BYTES = 32 << 20
 # A model can write anything into its spool; past this, one poll reads no more of it.
 MAX_SPOOL_BYTES = 256 << 20
 RETENTION_EVERY = 3600.0
@@ -54,6 +58,26 @@ def read_all(path: Path) -> list[SpoolRecord]:
         if after == offset:
             break
         offset = after
+    return out
+
+
+def _within_bounds(kept: list[tuple[str, str]], records: dict[tuple[str, str], SpoolRecord],
+                   new: list[tuple[str, str]]) -> list[tuple[str, str, int, str | None]]:
+    """The new waiting records that fit beside those still waiting, per upstream: at most
+    MAX_PENDING records and MAX_PENDING_BYTES of bodies each."""
+    count: dict[str, int] = {}
+    size: dict[str, int] = {}
+    for up, rid in kept:
+        count[up] = count.get(up, 0) + 1
+        size[up] = size.get(up, 0) + len(records[(up, rid)].body or "")
+    out = []
+    for up, rid in new:
+        rec = records[(up, rid)]
+        grown = size.get(up, 0) + len(rec.body or "")
+        if count.get(up, 0) < MAX_PENDING and grown <= MAX_PENDING_BYTES:
+            count[up] = count.get(up, 0) + 1
+            size[up] = grown
+            out.append((up, rid, rec.size, rec.body))
     return out
 
 
@@ -110,8 +134,8 @@ class Ingester:
         rows, used = self._rows(logged, records)
         cutoff = int((now - PENDING_SECONDS) * 1000)
         drop = [k for k, (_, seen) in pending.items() if k in used or seen < cutoff]
-        room = max(0, MAX_PENDING - (len(pending) - len(drop)))
-        keep = [(up, rid, rec.size, rec.body) for (up, rid), rec in fresh.items() if (up, rid) not in used][:room]
+        keep = _within_bounds([k for k in pending if k not in set(drop)], records,
+                              [k for k in fresh if k not in used])
         if logged or drop or keep or files or pos != self.position:
             added = self.store.commit_capture(rows, keep, drop, STATE_KEY,
                                               json.dumps({"inode": pos.inode, "offset": pos.offset}))

@@ -21,6 +21,7 @@ import threading
 # Bodies larger than this are recorded as truncated with their size (Databricks logs none over 1 MB).
 MAX_BODY = 1 << 20
 HEADER = "X-Modelserve-Capture"
+TRIES = 100
 
 
 def record(request_id: str, body: bytes) -> bytes:
@@ -51,7 +52,9 @@ class SpoolWriter:
         """Appends the record; False if it could not be written (the row then has no response)."""
         line = record(request_id, body)
         with self._lock:
-            for _ in range(3):
+            # Each miss means the ingester retired the file in between (at most once a second in
+            # service; back to back in the tests): a bounded number of tries, microseconds each.
+            for _ in range(TRIES):
                 try:
                     fd = self._open()
                     fcntl.flock(fd, fcntl.LOCK_SH)

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from supervisor import naming
+from supervisor.capture import ingester
 from supervisor.capture.ingester import PENDING_SECONDS, STATE_KEY, Ingester
 from supervisor.capture.spool import spool_path
 from supervisor.scoring.spool import SpoolWriter
@@ -136,3 +137,20 @@ def test_retention_deletes_old_rows(tmp_path: Path) -> None:
     ing.last_retention = 0
     ing.poll(now=NOW + 31 * 86400)
     assert s.rows() == []
+
+
+def test_a_model_flooding_its_spool_crowds_out_only_its_own_waiting_records(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ingester, "MAX_PENDING", 3)
+    s = System(tmp_path)
+    for n in range(100, 110):
+        s.answer(n, version="2", body="junk")  # no request: version 2 floods
+    s.answer(1, version="1")  # answered, its line not written yet
+    ing = s.ingester()
+    ing.poll()
+    waiting = [(up, rid) for up, rid, *_ in s.store.capture_pending()]
+    assert (naming.upstream_name("iris", "1"), rid(1)) in waiting
+    assert sum(up == naming.upstream_name("iris", "2") for up, _ in waiting) == 3
+    s.logged(1)
+    ing.poll()
+    assert [r["response"] for r in s.rows()] == ['{"predictions": [0]}']
