@@ -59,15 +59,34 @@ class Client:
             resp = self.session.request(method, f"{self.url}{api}/{op}", timeout=30, **kwargs)
         except requests.ConnectionError as exc:
             raise click.ClickException(f"cannot reach modelserve at {self.url} (is it up?): {exc}") from exc
-        try:
-            body = resp.json()
-        except ValueError:
-            body = {"message": resp.text[:500]}
-        if resp.status_code != 200:
-            code = body.get("error_code", resp.status_code) if isinstance(body, dict) else resp.status_code
-            msg = body.get("message", "") if isinstance(body, dict) else str(body)
-            raise click.ClickException(f"{code}: {msg}")
+        _refuse_unless_ok(resp)
+        body = resp.json() if resp.content else {}
         return body if isinstance(body, dict) else {}
+
+    def download(self, op: str, api: str, out: Any, **params: Any) -> int:
+        """GET a file into ``out`` (a binary file), streamed; the bytes written."""
+        try:
+            with self.session.get(f"{self.url}{api}/{op}", params=params, timeout=30, stream=True) as resp:
+                _refuse_unless_ok(resp)
+                written = 0
+                for chunk in resp.iter_content(1 << 16):
+                    out.write(chunk)
+                    written += len(chunk)
+                return written
+        except requests.ConnectionError as exc:
+            raise click.ClickException(f"cannot reach modelserve at {self.url} (is it up?): {exc}") from exc
+
+
+def _refuse_unless_ok(resp: requests.Response) -> None:
+    if resp.status_code == 200:
+        return
+    try:
+        body = resp.json()
+    except ValueError:
+        body = {"message": resp.text[:500]}
+    code = body.get("error_code", resp.status_code) if isinstance(body, dict) else resp.status_code
+    msg = body.get("message", "") if isinstance(body, dict) else str(body)
+    raise click.ClickException(f"{code}: {msg}")
 
 
 def _ts(ms: int) -> str:
@@ -343,6 +362,7 @@ def endpoints() -> None:
 
 
 SERVING_ENDPOINTS = "/api/2.0/serving-endpoints"
+INFERENCE_TABLES = "/api/2.0/modelserve/serving-endpoints"
 
 
 def _entity_config(entities: tuple[str, ...], config_file: str | None) -> dict[str, Any]:
@@ -471,6 +491,27 @@ def endpoints_delete(ctx: click.Context, name: str) -> None:
     """Delete an endpoint; versions nothing else serves stop."""
     _client(ctx).call("DELETE", name, api=SERVING_ENDPOINTS)
     click.echo(f"endpoint {name} deleted")
+
+
+@endpoints.command("inference-table")
+@click.argument("name")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "parquet"]), default="jsonl", show_default=True)
+@click.option("--since-ms", type=click.IntRange(min=0), default=0, help="Rows of requests from this epoch ms on.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many rows (oldest first).")
+@click.option("--output", "-o", default=None, help="The file to write (default NAME_payload.FORMAT; - for stdout).")
+@click.pass_context
+def endpoints_inference_table(ctx: click.Context, name: str, fmt: str, since_ms: int, limit: int | None,
+                              output: str | None) -> None:
+    """Export an endpoint's inference table (needs CAN_MANAGE); pandas and DuckDB read either format."""
+    params: dict[str, Any] = {"format": fmt, "since_ms": since_ms, **({"limit": limit} if limit else {})}
+    op = f"{name}/inference-table"
+    if output == "-":
+        _client(ctx).download(op, INFERENCE_TABLES, sys.stdout.buffer, **params)
+        return
+    path = output or f"{name}_payload.{fmt}"
+    with open(path, "wb") as f:
+        written = _client(ctx).download(op, INFERENCE_TABLES, f, **params)
+    click.echo(f"wrote {path} ({written} bytes)")
 
 
 @main.group()

@@ -96,6 +96,7 @@ class Gateway:
             routes_path=str(routes_path),
             gate_socket=str(self.gate_socket),
             metrics_log=str(self.settings.metrics_log),
+            capture_log=str(self.settings.capture_log),
             auth=self.settings.auth,
             auth_cache_seconds=nginx_cache_seconds(self.settings.auth_cache_seconds),
             limits=nginx_limits(self.limits() if limits is None else limits),

@@ -205,7 +205,10 @@ def endpoint_routes(ep: ServingEndpoint, deps: Mapping[str, Sequence[Deployment]
         d = entity_deployment(deps.get(e.model, ()), e.ref)
         ready = d is not None and d.state == READY and bool(d.port)
         routes.append(EntityRoute(e.name, (e.model, d.version) if ready and d else None, e.percentage))
-    return EndpointRoutes(ep.name, tuple(routes))
+    capture = cfg.get("auto_capture_config") or {}
+    # The config serving decides: a pending config's capture starts when that config does.
+    fraction = float(capture["sampling_fraction"]) if capture.get("enabled") else None
+    return EndpointRoutes(ep.name, tuple(routes), capture=fraction)
 
 
 def model_routes(

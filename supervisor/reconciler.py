@@ -29,6 +29,7 @@ from typing import Any
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from supervisor import envsweep
+from supervisor.capture.ingester import Ingester
 from supervisor.deployer import Deployer, launches
 from supervisor.endpoints.ratelimits import limit_zones
 from supervisor.gateway import Gateway
@@ -395,6 +396,9 @@ class Reconciler:
         # The reconciler is the single reader of the gateway's metrics log (supervisor/metrics).
         collector = Collector(self.settings, self.store, self.gateway.reopen_logs, self.activity)
         threading.Thread(target=collector.run, args=(stop,), name="metrics", daemon=True).start()
+        # And of its capture log, with the versions' spools: the inference tables (supervisor/capture).
+        ingester = Ingester(self.settings, self.store, self.gateway.reopen_logs)
+        threading.Thread(target=ingester.run, args=(stop,), name="capture", daemon=True).start()
         self.scheduler.start()
         log.info("reconciler running (every %.1f s, runtime %s)", self.settings.reconcile_interval, self.runtime.name)
         stop.wait()

@@ -21,6 +21,11 @@ the endpoint's own URL a ``split_clients`` variable that draws one per request f
 ``$request_id``, i.e. at random with the configured weights), and the choice gives the upstream
 and the entity's name for the ``served-model-name`` header. An entity leads to the very upstream
 its version has for the legacy URIs: one scoring server, however many routes lead to it.
+
+An endpoint with an inference table (``capture``) gets a sampling draw of its own, a
+``split_clients`` on ``"${request_id}c"`` (independent of the traffic split's draw), mapped from
+the endpoint's name to ``$ms_capture``; ``nginx.conf.j2`` turns a drawn request into the
+``X-Modelserve-Capture`` header and a line of the capture log (``supervisor/capture/``).
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ class EndpointRoutes:
     name: str
     entities: tuple[EntityRoute, ...]
     pending: bool = False  # no config serving yet, the first one is rolling out: 503 + Retry-After
+    capture: float | None = None  # inference table on: the fraction of requests sampled
 
 
 @dataclass(frozen=True)
@@ -145,6 +151,9 @@ class _EndpointMaps:
     target: list[tuple[str, str]] = field(default_factory=list)  # choice -> upstream or "pending"
     entity: list[tuple[str, str]] = field(default_factory=list)  # choice -> entity name (the header)
     splits: list[tuple[str, list[tuple[str, str]]]] = field(default_factory=list)  # var -> (share, choice)
+    capture: list[tuple[str, str]] = field(default_factory=list)  # endpoint -> "1" or its draw's $variable
+    fraction: list[tuple[str, str]] = field(default_factory=list)  # endpoint -> its fraction (logged)
+    capture_draws: list[tuple[str, str]] = field(default_factory=list)  # $variable -> its percentage
 
 
 def _endpoint_maps(endpoints: Sequence[EndpointRoutes]) -> _EndpointMaps:
@@ -178,7 +187,25 @@ def _endpoint_maps(endpoints: Sequence[EndpointRoutes]) -> _EndpointMaps:
             out.choice.append((quote(key), quote(choices[0][0])))
         elif ep.pending:
             out.choice.append((quote(key), quote(PENDING_TARGET)))
+        if ep.capture is not None:
+            _capture(out, ep.name, ep.capture)
     return out
+
+
+def capture_percentage(fraction: float) -> str:
+    """``split_clients`` takes at most two decimals of a percent: the fraction as one, never 0."""
+    return f"{max(0.01, round(fraction * 100, 2)):.2f}%"
+
+
+def _capture(out: _EndpointMaps, name: str, fraction: float) -> None:
+    # The draw hashes "${request_id}c", not the traffic split's "${request_id}": the two are independent.
+    if fraction >= 1:
+        out.capture.append((quote(name), quote("1")))
+    else:
+        var = "$ms_capture_" + url_digest(name, "capture")
+        out.capture_draws.append((var, capture_percentage(fraction)))
+        out.capture.append((quote(name), var))
+    out.fraction.append((quote(name), quote(repr(float(fraction)))))
 
 
 def render_routes(models: Sequence[ModelRoutes], templates_dir: Path,

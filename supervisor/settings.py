@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     # A served entity with scale_to_zero_enabled that had no request for this long has its scoring
     # server stopped (environment and files kept); its first request starts it again.
     scale_to_zero_idle_seconds: float = 1800.0
+    # Inference tables (auto_capture_config): rows of requests older than this many days are
+    # deleted by the ingester; 0 keeps every row.
+    inference_table_retention_days: float = 30.0
     build_timeout: float = 900.0
     max_body_mb: int = 16
     nginx_bin: str = "nginx"
@@ -160,6 +163,16 @@ class Settings(BaseSettings):
     def metrics_log(self) -> Path:
         """Nginx's one-line-per-scoring-request log, read by the reconciler (supervisor/metrics)."""
         return self.nginx_dir / "metrics.log"
+
+    @property
+    def capture_log(self) -> Path:
+        """Nginx's line per sampled request of an endpoint with capture on (supervisor/capture)."""
+        return self.nginx_dir / "capture.log"
+
+    @property
+    def spool_dir(self) -> Path:
+        """The versions' capture spools (the response bodies; supervisor/scoring/spool.py)."""
+        return self.data_dir / "capture"
 
     @property
     def run_dir(self) -> Path:

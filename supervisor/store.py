@@ -178,6 +178,46 @@ endpoint_rate_limits = Table(
     Column("limits", Text, nullable=False),
 )
 
+# Inference tables (supervisor/capture/): one row per sampled request of an endpoint with
+# auto_capture_config on. The gateway's request id is the key, so a line read twice (an ingester
+# killed before it saved its offset) is refused by the constraint, whatever the database.
+inference_rows = Table(
+    "inference_rows",
+    metadata,
+    Column("request_id", String(32), primary_key=True),
+    Column("endpoint_id", String(32), nullable=False, index=True),
+    Column("endpoint", String(63), nullable=False),
+    Column("served_entity", String(63), nullable=False),
+    Column("model", String(512), nullable=False),
+    Column("version", String(64), nullable=False),
+    Column("date", String(10), nullable=False),
+    Column("timestamp_ms", BigInteger, nullable=False, index=True),
+    Column("status_code", Integer, nullable=False),
+    Column("execution_time_ms", BigInteger, nullable=True),
+    Column("sampling_fraction", Float, nullable=False),
+    Column("client_request_id", Text, nullable=True),
+    Column("request", Text, nullable=True),  # NULL: over 1 MB (request_truncated) or none
+    Column("request_size", BigInteger, nullable=False),
+    Column("request_truncated", Boolean, nullable=False),
+    Column("response", Text, nullable=True),  # NULL: over 1 MB, or the model gave none (a 502)
+    Column("response_size", BigInteger, nullable=True),
+    Column("response_truncated", Boolean, nullable=False),
+)
+INFERENCE_COLUMNS = tuple(c.name for c in inference_rows.columns if c.name != "endpoint_id")
+
+# Spool records read before the gateway's line of their request (it is written when the answer
+# has been sent, the record before): kept here, not only in memory, because the spool file they
+# came from is deleted once this is committed.
+capture_pending = Table(
+    "capture_pending",
+    metadata,
+    Column("upstream", String(128), primary_key=True),
+    Column("request_id", String(32), primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("body", Text, nullable=True),
+    Column("seen", BigInteger, nullable=False),
+)
+
 # Config update states of an endpoint, exactly as the Databricks clients' enums spell them.
 NOT_UPDATING = "NOT_UPDATING"
 IN_PROGRESS = "IN_PROGRESS"
@@ -669,6 +709,7 @@ class Store:
                 return False
             c.execute(delete(endpoint_grants).where(endpoint_grants.c.endpoint_id == row[0]))
             c.execute(delete(endpoint_rate_limits).where(endpoint_rate_limits.c.endpoint_id == row[0]))
+            c.execute(delete(inference_rows).where(inference_rows.c.endpoint_id == row[0]))
             c.execute(delete(serving_endpoints).where(serving_endpoints.c.id == row[0]))
             return True
 
@@ -715,6 +756,67 @@ class Store:
     def is_served(self, model: str) -> bool:
         """Legacy serving is enabled for the model, or an endpoint needs one of its versions."""
         return self.is_enabled(model) or model in self.endpoint_models()
+
+    # --- inference tables (supervisor/capture/) -------------------------------------------
+    def commit_capture(self, rows: list[dict[str, Any]], pending_add: list[tuple[str, str, int, str | None]],
+                       pending_drop: list[tuple[str, str]], meta_key: str, meta_value: str) -> int:
+        """In one transaction: the rows not stored yet (a request id already there is skipped),
+        the spool records still waiting for their line (upstream, id, size, body) added and the
+        used or expired ones dropped, and the ingester's position. Returns the rows added. Only the
+        ingester (in the reconciler, a singleton) writes here, so reading the ids first is exact."""
+        at = now_ms()
+        with self._tx() as c:
+            ids = [r["request_id"] for r in rows]
+            have: set[str] = set()
+            for i in range(0, len(ids), 500):
+                have |= {x[0] for x in c.execute(select(inference_rows.c.request_id)
+                                                  .where(inference_rows.c.request_id.in_(ids[i:i + 500])))}
+            fresh = [r for r in rows if r["request_id"] not in have]
+            if fresh:
+                c.execute(insert(inference_rows), fresh)
+            t = capture_pending.c
+            for upstream, rid in pending_drop:
+                c.execute(delete(capture_pending).where(and_(t.upstream == upstream, t.request_id == rid)))
+            for upstream, rid, size, body in pending_add:
+                c.execute(delete(capture_pending).where(and_(t.upstream == upstream, t.request_id == rid)))
+                c.execute(insert(capture_pending).values(upstream=upstream, request_id=rid, size=size, body=body,
+                                                         seen=at))
+            c.execute(delete(meta).where(meta.c.key == meta_key))
+            c.execute(insert(meta).values(key=meta_key, value=meta_value))
+        return len(fresh)
+
+    def capture_pending(self) -> list[tuple[str, str, int, str | None, int]]:
+        """(upstream, request id, size, body, seen) of every spool record waiting for its line."""
+        with self._tx() as c:
+            return [(r.upstream, r.request_id, r.size, r.body, r.seen) for r in c.execute(select(capture_pending))]
+
+    def inference_rows(self, endpoint_id: str, since_ms: int = 0, limit: int | None = None
+                       ) -> Iterator[dict[str, Any]]:
+        """An endpoint's rows from ``since_ms`` on, oldest first, in pages (an export of millions
+        of rows never sits in memory)."""
+        t = inference_rows.c
+        after: tuple[int, str] = (since_ms, "")
+        left = limit
+        while left is None or left > 0:
+            page = 500 if left is None else min(500, left)
+            with self._tx() as c:
+                got = c.execute(select(*[getattr(t, n) for n in INFERENCE_COLUMNS])
+                                .where(and_(t.endpoint_id == endpoint_id,
+                                            (t.timestamp_ms > after[0]) | and_(t.timestamp_ms == after[0],
+                                                                               t.request_id > after[1])))
+                                .order_by(t.timestamp_ms, t.request_id).limit(page)).all()
+            for r in got:
+                yield dict(r._mapping)
+            if len(got) < page:
+                return
+            after = (got[-1].timestamp_ms, got[-1].request_id)
+            if left is not None:
+                left -= len(got)
+
+    def delete_inference_rows(self, before_ms: int) -> int:
+        """Retention: rows of requests older than ``before_ms`` go."""
+        with self._tx() as c:
+            return c.execute(delete(inference_rows).where(inference_rows.c.timestamp_ms < before_ms)).rowcount
 
     # --- meta ----------------------------------------------------------------------------
     def set_meta(self, key: str, value: str | None) -> None:

@@ -20,7 +20,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 
 from supervisor.api.auth import access, caller
 from supervisor.api.body import json_body
@@ -28,7 +28,9 @@ from supervisor.api.errors import ApiError
 from supervisor.api.openapi import document as openapi_document
 from supervisor.api.params import ctx, no_such_model, sign_in_first
 from supervisor.auth.access import ENDPOINT_LEVELS, EndpointLevel, Principal
+from supervisor.capture.export import FORMATS, jsonl, parquet
 from supervisor.deployer import build_log_path
+from supervisor.endpoints.capture import check_change
 from supervisor.endpoints.config import (
     ConfigError,
     check_name,
@@ -47,6 +49,7 @@ from supervisor.store import Deployment, ServingEndpoint, now_ms
 
 PREFIX = "/api/2.0/serving-endpoints"
 PERMISSIONS_PREFIX = "/api/2.0/permissions/serving-endpoints"
+INFERENCE_TABLE = "/api/2.0/modelserve/serving-endpoints/<name>/inference-table"
 MAX_LOG_BYTES = 200_000
 LEVEL_TEXT = {"CAN_VIEW": "Can view the endpoint, its logs and its permissions",
               "CAN_QUERY": "Can view and query the endpoint",
@@ -188,6 +191,10 @@ def update_config(name: str) -> Response:
     settings, store, _, _ = ctx()
     ep, level = _endpoint(name, "CAN_MANAGE")
     cfg = _body_config(json_body(), name, caller())
+    try:
+        check_change((ep.config or ep.pending_config or {}).get("auto_capture_config"), cfg.get("auto_capture_config"))
+    except ConfigError as exc:
+        raise _invalid(exc) from None
     if not store.begin_config_update(name, cfg):
         if store.endpoint(name) is None:
             raise _not_found(name)
@@ -281,6 +288,29 @@ def export_metrics(name: str) -> Response:
     prefix = f"serving-endpoints/{ep.name}/"
     state.routes = {k: v for k, v in state.routes.items() if k.route.startswith(prefix)}
     return Response(prometheus_text(state, [], {}), content_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+@bp.get(INFERENCE_TABLE)
+def inference_table(name: str) -> Response:
+    """The endpoint's inference table (``auto_capture_config``) as JSON Lines (streamed) or
+    Parquet. Needs CAN_MANAGE: the rows hold whatever callers sent and the model answered."""
+    ep, _ = _endpoint(name, "CAN_MANAGE")
+    fmt = request.args.get("format", "jsonl")
+    if fmt not in FORMATS:
+        raise ApiError("INVALID_PARAMETER_VALUE", f"format must be one of {', '.join(FORMATS)}")
+    try:
+        since = int(request.args.get("since_ms", "0"))
+        limit = int(request.args["limit"]) if "limit" in request.args else None
+    except ValueError:
+        raise ApiError("INVALID_PARAMETER_VALUE", "since_ms and limit must be integers") from None
+    if since < 0 or (limit is not None and limit < 1):
+        raise ApiError("INVALID_PARAMETER_VALUE", "since_ms must be >= 0 and limit >= 1")
+    rows = ctx()[1].inference_rows(ep.id, since, limit)
+    filename = f'attachment; filename="{ep.name}_payload.{fmt}"'
+    if fmt == "parquet":
+        return Response(parquet(rows), content_type=FORMATS[fmt], headers={"Content-Disposition": filename})
+    return Response(stream_with_context(jsonl(rows)), content_type=FORMATS[fmt],
+                    headers={"Content-Disposition": filename})
 
 
 @bp.get(PREFIX + "/<name>/openapi")

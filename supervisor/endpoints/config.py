@@ -3,9 +3,9 @@
 Both clients' shapes are accepted (``served_entities`` or the deprecated ``served_models``, a
 route named by ``served_model_name`` or ``served_entity_name``, a percentage as a number or a
 numeric string, unknown keys ignored) and one form is kept, so nothing downstream needs to know
-which client wrote it. What the clone cannot honour (environment variables, external models,
-inference tables) is refused with INVALID_PARAMETER_VALUE rather than silently dropped: a model
-that needed them would otherwise serve wrongly. Registry lookups stay outside (the API does them),
+which client wrote it. What the clone cannot honour (environment variables, external models) is
+refused with INVALID_PARAMETER_VALUE rather than silently dropped: a model that needed them would
+otherwise serve wrongly. ``auto_capture_config`` is validated by ``capture.py``. Registry lookups stay outside (the API does them),
 so this module is pure and unit tested with plain dicts.
 """
 
@@ -16,21 +16,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from supervisor.endpoints.capture import parse_capture
+from supervisor.endpoints.errors import ConfigError
 from supervisor.registry import RegistryModel, RegistryVersion
+
+__all__ = ["ConfigError", "Entity", "parse_config"]
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
 MAX_ENTITIES = 15
 STAGES = {"staging": "Staging", "production": "Production"}
 _NOT_NAME_CHAR = re.compile(r"[^A-Za-z0-9_-]+")
-
-
-class ConfigError(Exception):
-    """Bad input: the ``error_code`` and message the API answers with."""
-
-    def __init__(self, message: str, error_code: str = "INVALID_PARAMETER_VALUE") -> None:
-        super().__init__(message)
-        self.error_code = error_code
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -136,9 +131,7 @@ def parse_config(body: Any, endpoint_name: str) -> dict[str, Any]:
         raise ConfigError("'config' must be a JSON object")
     if body.get("name") not in (None, endpoint_name):
         raise ConfigError(f"config.name {body.get('name')!r} differs from the endpoint's name {endpoint_name!r}"[:300])
-    capture = body.get("auto_capture_config")
-    if isinstance(capture, dict) and capture.get("enabled"):
-        raise ConfigError("Inference tables (auto_capture_config) are not supported")
+    capture = parse_capture(body.get("auto_capture_config"), endpoint_name)
     entities_raw, models_raw = body.get("served_entities"), body.get("served_models")
     if entities_raw and models_raw:
         raise ConfigError("Give served_entities or served_models, not both")
@@ -154,7 +147,10 @@ def parse_config(body: Any, endpoint_name: str) -> dict[str, Any]:
     pairs = [(e["entity_name"], e["entity_version"]) for e in entities]
     if len(set(pairs)) != len(pairs):
         raise ConfigError("Cannot create 2+ served entities with the same model and version")
-    return {"served_entities": entities, "traffic_config": {"routes": _routes(body.get("traffic_config"), names)}}
+    out = {"served_entities": entities, "traffic_config": {"routes": _routes(body.get("traffic_config"), names)}}
+    if capture is not None:
+        out["auto_capture_config"] = capture
+    return out
 
 
 def entities(config: dict[str, Any]) -> tuple[Entity, ...]:

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from supervisor.endpoints.capture import capture_json
 from supervisor.plan import entity_deployment
 from supervisor.store import ASLEEP, FAILED, READY, Deployment, ServingEndpoint
 
@@ -38,8 +39,11 @@ def config_json(cfg: dict[str, Any], version: int | None, deps: DeploymentsByMod
                "scale_to_zero_enabled": e["scale_to_zero_enabled"], "state": e["state"],
                **({"creator": e["creator"], "creation_timestamp": e["creation_timestamp"]} if "creator" in e else {})}
               for e in served]
-    return {"served_entities": served, "served_models": models, "traffic_config": cfg["traffic_config"],
-            "config_version": version}
+    out = {"served_entities": served, "served_models": models, "traffic_config": cfg["traffic_config"],
+           "config_version": version}
+    if cfg.get("auto_capture_config") is not None:
+        out["auto_capture_config"] = capture_json(cfg["auto_capture_config"])
+    return out
 
 
 def ready(ep: ServingEndpoint, deps: DeploymentsByModel) -> bool:

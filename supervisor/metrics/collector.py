@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Callable
 
 from supervisor import naming
+from supervisor.logpoller import poll_until
 from supervisor.metrics.accesslog import LogTail, parse_line
 from supervisor.metrics.activity import Activity
 from supervisor.metrics.exposition import load_state, save_state
@@ -60,10 +61,9 @@ class Collector:
         save_state(self.store, self.state)
         return counted
 
+    def forget(self) -> None:
+        """Start again from what was committed."""
+        self.state = None
+
     def run(self, stop: threading.Event, every: float = 1.0) -> None:
-        while not stop.wait(every):
-            try:
-                self.poll()
-            except Exception:
-                log.exception("reading the metrics log failed; retrying")
-                self.state = None  # start again from what was saved
+        poll_until(stop, every, self.poll, self.forget, log, "reading the metrics log")

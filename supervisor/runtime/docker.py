@@ -41,6 +41,7 @@ import json
 import os
 import shutil
 import socket
+import stat
 import threading
 import time
 from collections import defaultdict
@@ -50,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from supervisor import naming
+from supervisor.capture.spool import spool_folder, spool_path
 from supervisor.envs import EnvBuilder, EnvBuildError, EnvSpec
 from supervisor.isolation import boxfiles
 from supervisor.isolation.box import Box, MiB
@@ -57,6 +59,7 @@ from supervisor.isolation.cgroups import ModelCgroups
 from supervisor.runtime import hoststatus, sockets
 from supervisor.runtime.base import HostState, VersionLaunch
 from supervisor.runtime.images import (
+    CONTAINER_SPOOL_DIR,
     CONTAINER_STATE_DIR,
     MODELS_ROOT,
     ImageBuildError,
@@ -399,7 +402,8 @@ class DockerRuntime:
                              "--socket", in_box(v.version),
                              "--workers", str(self.settings.scoring_workers),
                              "--batching", v.batching or self.settings.batching,
-                             "--handoff-dir", f"{CONTAINER_STATE_DIR}/versions/{v.version}.handoff"],
+                             "--handoff-dir", f"{CONTAINER_STATE_DIR}/versions/{v.version}.handoff",
+                             "--capture-spool", f"{CONTAINER_SPOOL_DIR}/{spool_path(Path(), model, v.version).name}"],
                     "env": {"PYTHONUNBUFFERED": "1"},
                     "log": f"{CONTAINER_STATE_DIR}/versions/{v.version}.log",
                     "liveness": {"socket": in_box(v.version), "seconds": self.settings.liveness_seconds},
@@ -434,12 +438,15 @@ class DockerRuntime:
                 socket_dir.mkdir(mode=0o700)
                 for d in (state_dir, socket_dir):
                     own(d, user)
+                spools = spool_folder(self.settings.spool_dir.resolve(), model)
+                own_folder(spools, user)
                 container = self.client.containers.run(
                     image, name=name, detach=True,
                     labels=container_labels(model, mid, self.instance, desired, [v.version for v in versions])
                     | {"modelserve.image": image} | self._stack_labels(),
                     volumes={str(state_dir.resolve()): {"bind": CONTAINER_STATE_DIR, "mode": "rw"},
-                             str(socket_dir.resolve()): {"bind": sockets.IN_BOX_DIR, "mode": "rw"}},
+                             str(socket_dir.resolve()): {"bind": sockets.IN_BOX_DIR, "mode": "rw"},
+                             str(spools): {"bind": CONTAINER_SPOOL_DIR, "mode": "rw"}},
                     **hardening(box, user),
                 )
             self._unrouted_since.pop(container.id, None)
@@ -623,6 +630,19 @@ def own(path: Path, user: tuple[int, int]) -> None:
         for root, dirs, files in os.walk(path):
             for entry in (root, *(os.path.join(root, n) for n in dirs + files)):
                 os.chown(entry, *user)
+    path.chmod(0o700)
+
+
+def own_folder(path: Path, user: tuple[int, int]) -> None:
+    """The model's spool folder, kept across containers (unread spools must survive a switch), so
+    unlike ``own`` nothing inside is touched: it is the model's, and a symlink it left there must
+    not hand its target over. Whatever is in the folder's place and is not a directory goes."""
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            path.unlink()
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        os.chown(path, *user, follow_symlinks=False)
     path.chmod(0o700)
 
 

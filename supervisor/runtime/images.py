@@ -41,6 +41,7 @@ SCORING_DIR = PACKAGE_DIR / "scoring"  # server.py imports its siblings: the who
 ENVS_ROOT = "/opt/envs"
 MODELS_ROOT = "/opt/models"
 CONTAINER_STATE_DIR = "/state"
+CONTAINER_SPOOL_DIR = "/capture"  # the model's capture spools (supervisor/capture), bind-mounted rw
 _EXACT_VERSION_RE = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
 _SAFE_VERSION_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 _ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")

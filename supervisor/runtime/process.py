@@ -39,6 +39,7 @@ from typing import Any
 
 from supervisor import naming
 from supervisor.auth.bootstrap import without_secrets
+from supervisor.capture.spool import spool_folder, spool_path
 from supervisor.envs import EnvBuilder, EnvSpec, interpreter_prefix
 from supervisor.host.modelhost import cmdline, process_groups, serves_from
 from supervisor.isolation import boxfiles, cgroups, netguard, pidns, sandbox
@@ -113,6 +114,13 @@ class ProcessRuntime:
     def socket_path(self, model: str, version: str) -> Path:
         return self.socket_dir(model) / sockets.socket_name(version)
 
+    def spool_dir(self, model: str) -> Path:
+        return spool_folder(self.settings.spool_dir.resolve(), model)
+
+    def spool_path(self, model: str, version: str) -> Path:
+        """A version's inference-table spool, in a folder of the model's own (the box writes it)."""
+        return spool_path(self.settings.spool_dir.resolve(), model, version)
+
     def _version_log(self, model: str, version: str) -> Path:
         return self.state_dir(model) / "versions" / f"{version}.log"
 
@@ -132,7 +140,8 @@ class ProcessRuntime:
                              "--socket", str(self.socket_path(model, v.version)),
                              "--workers", str(self.settings.scoring_workers),
                              "--batching", v.batching or self.settings.batching,
-                             "--handoff-dir", str(d / "versions" / f"{v.version}.handoff")],
+                             "--handoff-dir", str(d / "versions" / f"{v.version}.handoff"),
+                             "--capture-spool", str(self.spool_path(model, v.version))],
                     "env": {"PYTHONUNBUFFERED": "1"},
                     "log": str(self._version_log(model, v.version)),
                     "liveness": {"socket": str(self.socket_path(model, v.version)),
@@ -171,10 +180,12 @@ class ProcessRuntime:
         self._start(model, versions, box)
 
     def _box_dirs(self, model: str, box: Box) -> None:
-        """The two dirs the box writes, owned by its uid and closed to everyone else. An earlier box
-        may have left a symlink (or anything) in their place: that is removed first, never
-        followed (chown through it would hand its target to the model). No box runs meanwhile."""
-        for path in (self.state_dir(model), self.state_dir(model) / "versions", self.socket_dir(model)):
+        """The dirs the box writes (state, sockets, capture spools), owned by its uid and closed to
+        everyone else. An earlier box may have left a symlink (or anything) in their place: that is
+        removed first, never followed (chown through it would hand its target to the model). No
+        box runs meanwhile."""
+        for path in (self.state_dir(model), self.state_dir(model) / "versions", self.socket_dir(model),
+                     self.spool_dir(model)):
             with contextlib.suppress(FileNotFoundError):
                 if not stat.S_ISDIR(os.lstat(path).st_mode):
                     path.unlink()
@@ -250,7 +261,7 @@ class ProcessRuntime:
                 if path != models and models not in path.parents and envs not in path.parents:
                     readonly.add(path)  # a version from elsewhere (tests, a custom layout)
         argv = sandbox.command(box, root=root, readonly=sorted(readonly),
-                               writable=[self.state_dir(model), self.socket_dir(model)],
+                               writable=[self.state_dir(model), self.socket_dir(model), self.spool_dir(model)],
                                workdir=self.state_dir(model), argv=keeper,
                                bwrap=shutil.which("bwrap") or "bwrap")
         groups = self.cgroups(model)

@@ -48,12 +48,13 @@ except ImportError:  # pragma: no cover - depends on the environment
 # Run as a script inside the model's environment (the usual way) or imported as part of the
 # supervisor package (tests): the sibling modules are found either way.
 if __package__:
-    from . import handoff, v2
+    from . import handoff, spool, v2
     from .batching import ROW_INDEPENDENT, Batcher
     from .direct import DirectPredict, loader_module
     from .frames import column_index, float_frame, records_frame
 else:  # pragma: no cover - exercised by the real server processes
     import handoff  # type: ignore[import-not-found,no-redef]
+    import spool  # type: ignore[import-not-found,no-redef]
     import v2  # type: ignore[import-not-found,no-redef]
     from batching import ROW_INDEPENDENT, Batcher  # type: ignore[import-not-found,no-redef]
     from direct import DirectPredict, loader_module  # type: ignore[import-not-found,no-redef]
@@ -405,6 +406,9 @@ class Handler(BaseHTTPRequestHandler):
     # for the peer's delayed ACK (~40 ms per request on a kept-alive connection).
     disable_nagle_algorithm = True
     scorer: Scorer
+    # The version's capture spool (--capture-spool): the response of a request the gateway sampled
+    # for its endpoint's inference table is appended there before it is sent (spool.py).
+    capture: spool.SpoolWriter | None = None
 
     def setup(self) -> None:
         if self.request.family == socket.AF_UNIX:
@@ -434,6 +438,10 @@ class Handler(BaseHTTPRequestHandler):
             # This generation is leaving: the gateway closes the connection after this answer,
             # so nothing is ever sent on a connection that is about to close.
             self.close_connection = True
+        if self.capture is not None and self.command != "HEAD":
+            sampled = self.headers.get(spool.HEADER, "") if getattr(self, "headers", None) else ""
+            if len(sampled) == 32:
+                self.capture.append(sampled, body)
         phrase = self.responses.get(status, ("",))[0]
         head = (f"{self.protocol_version} {status} {phrase}\r\nServer: {self.server_version}\r\nDate: {_http_date()}\r\n"
                 f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
@@ -800,6 +808,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="micro-batching of concurrent requests; auto: on for row-independent flavors")
     parser.add_argument("--handoff-dir", help="where workers offer the listening socket to the next generation "
                         "(set by the model host)")
+    parser.add_argument("--capture-spool", help="the version's inference-table spool (set by the model host)")
     parser.add_argument("--max-batch-rows", type=int, default=1000)
     parser.add_argument("--batch-window-ms", type=float, default=2.0,
                         help="longest wait for requests still being parsed before a batch is predicted")
@@ -817,6 +826,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"modelserve scoring server: cannot load the model from {args.model_dir}", flush=True)
         return 3
     Handler.scorer = scorer
+    if args.capture_spool:
+        Handler.capture = spool.SpoolWriter(args.capture_spool)
     settle_heap()
     handoff_dir = Path(args.handoff_dir) if args.handoff_dir else None
     address: Any = args.socket if args.socket else (args.host, args.port)

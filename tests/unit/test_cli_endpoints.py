@@ -58,3 +58,41 @@ def test_get_list_delete_and_bad_entities(calls: list[Any]) -> None:
     assert [c[:2] for c in calls] == [("GET", "ep"), ("GET", ""), ("DELETE", "ep")]
     assert "MODEL:VERSION" in run("create", "ep", "--entity", "no-version", code=2)
     assert "give --entity" in run("create", "ep", code=2)
+
+
+class FakeResponse:
+    def __init__(self, status: int, content: bytes) -> None:
+        self.status_code, self.content, self.text = status, content, content.decode()
+
+    def __enter__(self) -> FakeResponse:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def json(self) -> Any:
+        import json
+        return json.loads(self.content)
+
+    def iter_content(self, size: int) -> list[bytes]:
+        return [self.content[i:i + size] for i in range(0, len(self.content), size)]
+
+
+def test_inference_table_is_downloaded_to_a_file_or_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    asked: list[tuple[str, dict[str, Any]]] = []
+    answers = [FakeResponse(200, b'{"request_id": "a"}\n'),
+               FakeResponse(403, b'{"error_code": "PERMISSION_DENIED", "message": "needs CAN_MANAGE"}')]
+
+    def get(self: Any, url: str, params: dict[str, Any], timeout: float, stream: bool) -> FakeResponse:
+        asked.append((url, params))
+        return answers.pop(0)
+
+    monkeypatch.setattr(cli.requests.Session, "get", get)
+    monkeypatch.setattr(cli, "credentials", lambda settings: None)
+    out = tmp_path / "t.parquet"
+    assert "wrote" in run("inference-table", "ep", "--format", "parquet", "--since-ms", "5", "-o", str(out))
+    assert out.read_bytes() == b'{"request_id": "a"}\n'
+    assert asked == [("http://gw/api/2.0/modelserve/serving-endpoints/ep/inference-table",
+                      {"format": "parquet", "since_ms": 5})]
+    assert "PERMISSION_DENIED: needs CAN_MANAGE" in run("inference-table", "ep", "-o", str(out), code=1)
+    run("inference-table", "ep", "--format", "csv", code=2)

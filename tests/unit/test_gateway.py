@@ -25,7 +25,9 @@ class Echo(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        body = json.dumps({"path": self.path, "port": Path(self.server.server_address).stem}).encode()
+        self.reply(json.dumps({"path": self.path, "port": Path(self.server.server_address).stem}).encode())
+
+    def reply(self, body: bytes) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))

@@ -146,6 +146,22 @@ def test_a_pending_config_fails_on_a_failed_entity_or_a_missing_version_but_not_
     assert compute_plan([], {}, {}, [], endpoints=[ep]).endpoint_changes == ()
 
 
+def test_capture_follows_the_config_serving() -> None:
+    deps = {"m": [dep("1")]}
+    ep = endpoint("e", ("a", "m", "1", 100))
+    assert endpoint_routes(ep, deps).capture is None
+    assert ep.config is not None
+    ep.config["auto_capture_config"] = {"enabled": True, "sampling_fraction": 0.25}
+    assert endpoint_routes(ep, deps).capture == 0.25
+    ep.config["auto_capture_config"] = {"enabled": False, "sampling_fraction": 0.25}
+    assert endpoint_routes(ep, deps).capture is None
+    first = endpoint("n", ("a", "m", "1", 100), pending=True)
+    assert first.pending_config is not None
+    first.pending_config["auto_capture_config"] = {"enabled": True, "sampling_fraction": 1.0}
+    assert endpoint_routes(first, deps).capture is None  # not serving yet
+    assert endpoint_routes(first, deps, promoted=True).capture == 1.0
+
+
 def test_endpoint_routes_follow_the_deployments() -> None:
     deps = {"m": [dep("1"), dep("2", PENDING, aliases=["champion"])]}
     ep = endpoint("e", ("a", "m", "1", 50), ("b", "m", "@champion", 50))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import docker
 import pytest
 
+from supervisor.capture.spool import spool_folder, spool_path
 from supervisor.isolation.box import Box
 from supervisor.runtime import sockets
 from supervisor.runtime.base import VersionLaunch
@@ -215,3 +217,21 @@ def test_what_the_container_wrote_is_read_as_untrusted(rt: DockerRuntime, tmp_pa
     assert state is not None and set(state.versions) == {"1"}  # only the versions it was asked to run
     v1 = state.versions["1"]
     assert v1.pid is None and v1.restarts == 0 and len(v1.last_exit or "") <= 300
+
+
+def test_the_models_spool_folder_is_mounted_kept_and_named_to_each_version(rt: DockerRuntime, tmp_path: Path) -> None:
+    engine: FakeEngine = rt._client
+    folder = spool_folder(rt.settings.spool_dir.resolve(), "m")
+    folder.mkdir(parents=True)
+    unread = folder / "ms_unread.spool.retired-1"
+    unread.write_text("{}\n")
+    rt.apply_host("m", [launch(tmp_path, "1")], BOX)
+    [run] = engine.runs
+    assert run["volumes"][str(folder)] == {"bind": "/capture", "mode": "rw"}
+    assert unread.read_text() == "{}\n"  # a new container never costs unread rows
+    uid, gid = container_user(BOX)
+    assert (folder.stat().st_mode & 0o777, folder.stat().st_uid) == (0o700, uid)
+    spec = json.loads(next(Path(h) for h, m in run["volumes"].items() if m["bind"] == "/state")
+                      .joinpath("spec.json").read_text())
+    argv = spec["versions"]["1"]["argv"]
+    assert argv[argv.index("--capture-spool") + 1] == "/capture/" + spool_path(folder.parent, "m", "1").name

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from supervisor.capture.spool import spool_path
 from supervisor.isolation.box import Box
 from supervisor.runtime import process, sockets
 from supervisor.runtime.base import VersionLaunch
@@ -27,7 +28,7 @@ BOX = Box(uid=None, gid=None, memory_bytes=1 << 30, cpus=2.0, pids=512, tmp_byte
 
 STAND_IN = '''
 import argparse, http.server, os, socketserver, time
-p = argparse.ArgumentParser(); p.add_argument("--model-dir"); p.add_argument("--socket"); p.add_argument("--workers"); p.add_argument("--batching"); p.add_argument("--handoff-dir")
+p = argparse.ArgumentParser(); p.add_argument("--model-dir"); p.add_argument("--socket"); p.add_argument("--workers"); p.add_argument("--batching"); p.add_argument("--handoff-dir"); p.add_argument("--capture-spool")
 a = p.parse_args()
 if "slow" in a.model_dir:
     time.sleep(3)  # a model that takes long to load
@@ -227,3 +228,10 @@ def test_groups_named_by_a_stale_status_file_are_left_alone_unless_they_serve_th
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_each_version_is_told_its_capture_spool_in_a_folder_of_its_model(runtime: ProcessRuntime) -> None:
+    argv = runtime.spec("iris", [launch("1")])["versions"]["1"]["argv"]
+    spool = Path(argv[argv.index("--capture-spool") + 1])
+    assert spool == spool_path(runtime.settings.spool_dir.resolve(), "iris", "1")
+    assert spool.parent == runtime.spool_dir("iris") != runtime.spool_dir("other")

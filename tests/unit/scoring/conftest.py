@@ -27,7 +27,13 @@ SERVER = Path(server.__file__)
 
 
 @pytest.fixture(scope="session")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]]:
+def spool(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The capture spool of the shared server (written only for requests with the capture header)."""
+    return tmp_path_factory.mktemp("capture") / "v.spool"
+
+
+@pytest.fixture(scope="session")
+def model(tmp_path_factory: pytest.TempPathFactory, spool: Path) -> Iterator[tuple[str, Any]]:
     """(base URL, the fitted classifier) of a running scoring server; checked alive at the end."""
     import mlflow.sklearn
     from sklearn.linear_model import LogisticRegression
@@ -41,7 +47,8 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]]
     port = free_port()
     log_path = path.parent / "server.log"
     with log_path.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, str(SERVER), "--model-dir", str(path), "--port", str(port)],
+        proc = subprocess.Popen([sys.executable, str(SERVER), "--model-dir", str(path), "--port", str(port),
+                                 "--capture-spool", str(spool)],
                                 stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:

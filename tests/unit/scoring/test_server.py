@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -10,6 +11,7 @@ import pandas as pd
 import pytest
 import requests
 
+from supervisor.capture.spool import SpoolRecord, read_records
 from supervisor.scoring import server
 from supervisor.scoring.server import ClientError, jsonable, parse_content_type, parse_request
 from tests.unit.scoring.conftest import COLS, v2_request
@@ -188,3 +190,24 @@ def test_the_loaded_heap_is_frozen_out_of_the_collectors_sight() -> None:
                          capture_output=True, text=True, timeout=120, check=True).stdout.split()
     before, after, young = (int(v) for v in out)
     assert before == 0 and after > 10000 and young == server.GC_YOUNG_THRESHOLD
+
+
+# The capture spool lives here, beside the shared server (a file of its own could start a second
+# one on another CI worker).
+def test_only_requests_the_gateway_sampled_are_spooled(model: tuple[str, Any], spool: Path) -> None:
+    url, _ = model
+    body = {"dataframe_split": pd.DataFrame(ROWS[:1], columns=COLS).to_dict(orient="split")}
+    before = spool.stat().st_size if spool.exists() else 0
+    sampled = "ab" * 16
+    r = requests.post(f"{url}/invocations", json=body, headers={"X-Modelserve-Capture": sampled}, timeout=10)
+    assert r.status_code == 200
+    # By the time the answer is here, the record is in the file (written before the answer left).
+    assert read_records(spool, before)[0] == [SpoolRecord(sampled, len(r.content), r.text)]
+    after = spool.stat().st_size
+    requests.post(f"{url}/invocations", json=body, timeout=10)  # not sampled
+    requests.post(f"{url}/invocations", json=body, headers={"X-Modelserve-Capture": "short"}, timeout=10)
+    bad = requests.post(f"{url}/invocations", json={"nope": 1}, headers={"X-Modelserve-Capture": "cd" * 16},
+                        timeout=10)
+    assert bad.status_code == 400
+    records, _ = read_records(spool, after)
+    assert [(x.request_id, x.body) for x in records] == [("cd" * 16, bad.text)]  # errors are captured too

@@ -1,0 +1,72 @@
+"""Rows from the gateway's line and the version's spool record: the gateway's facts, the model's response only."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from supervisor.capture.rows import COLUMNS, join, parse_logged
+from supervisor.capture.spool import SpoolRecord
+from supervisor.scoring.spool import MAX_BODY
+
+
+def rid(n: int) -> str:
+    return f"{n:032x}"
+
+
+def line(n: int, **over: Any) -> str:
+    raw = {"i": rid(n), "t": 1764806400.250, "s": 200, "d": 0.050, "m": "0.040", "e": "ep", "n": "iris-1",
+           "x": "ms_up_iris_1", "l": "", "b": '{"inputs": [[1]], "client_request_id": "c-7"}', "f": "0.5"}
+    raw.update(over)
+    return json.dumps(raw)
+
+
+VERSIONS = {"ms_up_iris_1": ("iris", "1"), "ms_up_iris_2": ("iris", "2")}
+IDS = {"ep": "id-ep"}
+
+
+def test_a_row_has_the_gateways_facts_and_the_models_response() -> None:
+    logged = parse_logged(line(1))
+    assert logged is not None
+    rows, used = join([logged], {("ms_up_iris_1", rid(1)): SpoolRecord(rid(1), 21, '{"predictions": [0]}')},
+                      VERSIONS, IDS)
+    assert used == {("ms_up_iris_1", rid(1))}
+    (r,) = rows
+    assert set(COLUMNS) | {"endpoint_id"} == set(r)
+    assert r == {**r, "request_id": rid(1), "client_request_id": "c-7", "endpoint": "ep", "endpoint_id": "id-ep",
+                 "served_entity": "iris-1", "model": "iris", "version": "1", "timestamp_ms": 1764806400200,
+                 "date": "2025-12-04", "status_code": 200, "execution_time_ms": 40, "sampling_fraction": 0.5,
+                 "request": '{"inputs": [[1]], "client_request_id": "c-7"}', "request_truncated": False,
+                 "response": '{"predictions": [0]}', "response_size": 21, "response_truncated": False}
+
+
+def test_a_record_from_another_versions_spool_is_not_used() -> None:
+    logged = parse_logged(line(1))
+    assert logged is not None
+    rows, used = join([logged], {("ms_up_iris_2", rid(1)): SpoolRecord(rid(1), 6, "forged")}, VERSIONS, IDS)
+    assert used == set() and rows[0]["response"] is None and rows[0]["response_size"] is None
+
+
+def test_failures_large_bodies_and_repeats() -> None:
+    lines = [parse_logged(x) for x in (
+        line(1, s=502, m="-", x="ms_up_iris_1", b=""),  # the model died: no response, no time
+        line(2, l=str(MAX_BODY + 1), b=""),  # Nginx kept a large body in a file: not logged
+        line(2, s=500),  # the same request id again: the first line wins
+        line(3, e="deleted-endpoint"),
+        line(4, m="0.010, 0.030", b="not json"),  # two tries: the last one's time
+    )]
+    rows, _ = join([x for x in lines if x is not None],
+                   {("ms_up_iris_1", rid(2)): SpoolRecord(rid(2), MAX_BODY + 9, None)}, VERSIONS, IDS)
+    assert [r["request_id"] for r in rows] == [rid(1), rid(2), rid(4)]
+    assert rows[0]["status_code"] == 502 and rows[0]["execution_time_ms"] is None and rows[0]["response"] is None
+    assert rows[1]["request"] is None and rows[1]["request_truncated"] and rows[1]["request_size"] == MAX_BODY + 1
+    assert rows[1]["response"] is None and rows[1]["response_truncated"] and rows[1]["response_size"] == MAX_BODY + 9
+    assert rows[2]["execution_time_ms"] == 30 and rows[2]["client_request_id"] is None
+
+
+def test_malformed_lines_are_skipped() -> None:
+    assert parse_logged("not json") is None
+    assert parse_logged(line(1, i="short")) is None
+    assert parse_logged(line(1, s="x")) is None
+    logged = parse_logged(line(1, f="7"))
+    assert logged is not None and logged.fraction == 1.0
