@@ -31,6 +31,7 @@ SECONDS = {
     # A three-node swarm with a registry (about 3 s), then a whole system: 403-453 s (RELIABILITY.md).
     "e2e/test_swarm.py": 430,
     "e2e/test_endpoints.py": 380,
+    "e2e/test_capture.py": 200,
     "e2e/test_access.py": 200,
     "e2e/test_recovery.py": 200,
     "e2e/test_whole_restart.py": 180,

@@ -124,6 +124,17 @@ class Stack:
                 raise AssertionError(f"the stack is not healthy after {timeout:.0f} s: {states}\n{logs[-6000:]}")
             time.sleep(1)
 
+    def explain(self, system: System) -> str:
+        """Why a model container was made: each one's versions and desired-state hash, and the
+        reconciler's last lines (a failure message, for a CI log that is all there is)."""
+        labels = "{{.ID}} {{.CreatedAt}} {{.Status}} versions={{index .Labels \"modelserve.versions\"}} " \
+                 "desired={{index .Labels \"modelserve.desired-hash\"}}"
+        out = self.docker("ps", "-a", "--format", labels, "--filter", f"label=com.docker.compose.project={self.project}",
+                          "--filter", "label=modelserve.model")
+        log = system.data_dir / "logs" / "reconciler.log"
+        tail = log.read_text(errors="replace")[-6000:] if log.exists() else "(no reconciler.log)"
+        return f"model containers:\n{out}\n--- reconciler.log ---\n{tail}"
+
     def model_containers(self) -> list[str]:
         return self.docker("ps", "-a", "-q", "--filter", f"label=com.docker.compose.project={self.project}",
                            "--filter", "label=modelserve.model").split()
@@ -246,7 +257,7 @@ def test_restarting_the_supervisor_loses_no_request(csystem: System, stack: Stac
         csystem.wait_for("load after the restart", lambda: load.ok > served + 3, timeout=60)
     assert load.failures == [], load.failures[:5]
     # Adopted, not replaced.
-    assert stack.model_containers() == [container]
+    assert stack.model_containers() == [container], stack.explain(csystem)
 
 
 def test_down_and_up_keep_models_tokens_and_scoring(csystem: System, stack: Stack, iris: pd.DataFrame) -> None:
