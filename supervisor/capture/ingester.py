@@ -88,6 +88,19 @@ def _is_dir(path: Path) -> bool:
         return False
 
 
+# Ingesting is bookkeeping: when scoring saturates the cores it waits, and catches up after (the
+# lines and spools wait on disk, nothing is lost). Not lower: a thread starved inside its short
+# store transaction would hold the store's write lock against the API.
+INGEST_NICE = 10
+
+
+def yield_to_scoring() -> None:
+    """Lower the calling thread's CPU priority (Linux: a thread's own nice value)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), INGEST_NICE)
+    except (OSError, AttributeError):
+        pass  # not Linux, or not allowed: ingest at the process's priority
+
 class Ingester:
     def __init__(self, settings: Settings, store: Store, reopen: Callable[[], bool]) -> None:
         self.settings = settings
@@ -169,4 +182,5 @@ class Ingester:
         self.position = None
 
     def run(self, stop: threading.Event, every: float = 1.0) -> None:
+        yield_to_scoring()
         poll_until(stop, every, self.poll, self.forget, log, "ingesting captured requests")
