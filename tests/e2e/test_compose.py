@@ -245,9 +245,20 @@ def test_a_new_version_deploys_by_itself_and_archive(csystem: System, iris: pd.D
 
 def test_restarting_the_supervisor_loses_no_request(csystem: System, stack: Stack, iris: pd.DataFrame) -> None:
     rows = iris.drop(columns=["target"]).head(3).to_dict(orient="records")
-    # The container of version 1's time is retired once the gateway no longer routes to it.
-    [container] = csystem.wait_for("one model container", lambda: len(stack.model_containers()) == 1
-                                   and stack.model_containers(), timeout=120)
+    # The container of version 1's time is retired once the gateway no longer routes to it. The
+    # restart comes once one container has stayed the only one for a few reconcile ticks (3 s
+    # each), so that it does not interrupt a switch still under way (which would rightly go on).
+    steady: dict[str, float] = {}
+
+    def one_for_a_while() -> list[str]:
+        found = stack.model_containers()
+        key = ",".join(found) if len(found) == 1 else ""
+        first = steady.setdefault(key, time.monotonic()) if key else 0.0
+        if not key:
+            steady.clear()
+        return found if key and time.monotonic() - first >= 10 else []
+
+    [container] = csystem.wait_for("one model container, steadily", one_for_a_while, timeout=180)
     with Load([uri(csystem, "2")], rows, max_seconds=300,
               headers={"Authorization": f"Bearer {csystem.token}"}) as load:
         csystem.wait_for("load running", lambda: load.ok > 3, timeout=60)
