@@ -101,6 +101,7 @@ def yield_to_scoring() -> None:
     except (OSError, AttributeError):
         pass  # not Linux, or not allowed: ingest at the process's priority
 
+
 class Ingester:
     def __init__(self, settings: Settings, store: Store, reopen: Callable[[], bool]) -> None:
         self.settings = settings
