@@ -148,7 +148,8 @@ class Ingester:
         rows, used = self._rows(logged, records)
         cutoff = int((now - PENDING_SECONDS) * 1000)
         drop = [k for k, (_, seen) in pending.items() if k in used or seen < cutoff]
-        keep = _within_bounds([k for k in pending if k not in set(drop)], records,
+        dropped = set(drop)
+        keep = _within_bounds([k for k in pending if k not in dropped], records,
                               [k for k in fresh if k not in used])
         if logged or drop or keep or files or pos != self.position:
             added = self.store.commit_capture(rows, keep, drop, STATE_KEY,
