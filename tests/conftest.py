@@ -24,7 +24,7 @@ SECONDS = {
     # Its images build first (about 5 minutes on an engine that has none of their layers).
     "e2e/test_compose.py": 600,
     "e2e/test_churn_docker.py": 480,
-    "e2e/test_churn.py": 320,
+    "e2e/test_churn.py": 480,
     "e2e/test_hostile_docker.py": 300,
     "e2e/test_hostile.py": 300,
     "e2e/test_docker.py": 280,
@@ -34,7 +34,7 @@ SECONDS = {
     "e2e/test_capture.py": 200,
     "e2e/test_access.py": 200,
     "e2e/test_recovery.py": 200,
-    "e2e/test_whole_restart.py": 180,
+    "e2e/test_whole_restart.py": 360,
     "e2e/test_registry_outage.py": 180,
     "e2e/test_pages.py": 150,
     "e2e/test_build_faults.py": 150,

@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,11 +54,15 @@ class Form:
     hold: float  # seconds every phase lasts at least (the load keeps running)
     moves: int  # stage + alias moves per cycle
     reloads: int
-    outage: float  # seconds the registry is frozen
+    outage: float  # seconds the registry is frozen at most
+    outage_after_said: float = 1e9  # once get-status says so, it thaws after this many more seconds
 
 
 FORMS = {
-    "short": Form(cycles=1, hold=0.0, moves=2, reloads=5, outage=40.0),
+    # The short form thaws 10 s after get-status said "registry unreachable": what it checks (the
+    # status, scoring on through the freeze, the registration made during it) needs no more, and
+    # CI runs it twice. The long form keeps its whole 90 s freeze.
+    "short": Form(cycles=1, hold=0.0, moves=2, reloads=5, outage=40.0, outage_after_said=10.0),
     "long": Form(cycles=3, hold=60.0, moves=10, reloads=40, outage=90.0),
 }
 
@@ -356,8 +360,9 @@ class Churn:
                 # the reconciler must then catch up with it.
                 thread = threading.Thread(target=lambda: box.append(self.register(A)), daemon=True)
                 thread.start()
-                said = False
-                while time.monotonic() - t0 < self.form.outage:
+                said_at: float | None = None
+                while time.monotonic() - t0 < self.form.outage and not (
+                        said_at is not None and time.monotonic() - said_at >= self.form.outage_after_said):
                     r = None
                     try:
                         r = self.system.api("GET", "get-status", registered_model_name=A)
@@ -365,10 +370,10 @@ class Churn:
                         pass
                     if r is not None and r.status_code == 200 and "registry unreachable" in \
                             r.json()["endpoint_status"].get("state_message", ""):
-                        said = True
+                        said_at = said_at or time.monotonic()
                     time.sleep(1)
             thread.join(timeout=180)
-            if not said:
+            if said_at is None:
                 p.problems.append(f"get-status never said 'registry unreachable' in {self.form.outage:.0f} s")
             if not box:
                 p.problems.append("the registration sent during the outage did not complete")
@@ -449,8 +454,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hold", type=float, help="override the form's seconds per phase")
     args = p.parse_args(argv)
     base = FORMS[args.form]
-    form = Form(cycles=args.cycles or base.cycles, hold=base.hold if args.hold is None else args.hold,
-                moves=base.moves, reloads=base.reloads, outage=base.outage)
+    form = replace(base, cycles=args.cycles or base.cycles,
+                   hold=base.hold if args.hold is None else args.hold)
     data = args.data_dir or Path(tempfile.mkdtemp(prefix=f"churn-{args.runtime}-"))
     result = run(args.runtime, args.form, data, form)
     print(result.report())
