@@ -50,6 +50,38 @@ class SpoolRecord:
 
 
 def parse_record(line: bytes) -> SpoolRecord | None:
+    """A record of either form ``supervisor/scoring/spool.py`` writes or wrote, or None."""
+    if line.startswith(b"{"):
+        return _parse_json_record(line)
+    parts = line.split(b" ", 3)
+    if len(parts) < 3 or not parts[1].isdigit():
+        return None
+    try:
+        rid = parts[0].decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    if not REQUEST_ID.match(rid):
+        return None
+    size, kind = int(parts[1]), parts[2]
+    if kind == b"T":
+        return SpoolRecord(rid, size, None) if size > MAX_BODY and len(parts) == 3 else None
+    if len(parts) != 4:
+        return None
+    if kind == b"R":
+        body: object = parts[3].decode("utf-8", errors="replace")
+    elif kind == b"J":
+        try:
+            body = json.loads(parts[3])
+        except ValueError:
+            return None
+    else:
+        return None
+    if not isinstance(body, str) or len(body) > MAX_BODY:
+        return None
+    return SpoolRecord(rid, size, body)
+
+
+def _parse_json_record(line: bytes) -> SpoolRecord | None:
     try:
         raw = json.loads(line)
     except ValueError:

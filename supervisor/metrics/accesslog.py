@@ -56,7 +56,9 @@ def _complete_lines(path: Path, offset: int) -> tuple[list[str], int]:
         f.seek(offset)
         data = f.read(MAX_READ_BYTES)
     end = data.rfind(b"\n") + 1
-    return data[:end].decode("utf-8", errors="replace").splitlines(), offset + end
+    # Split on "\n" only: str.splitlines() also breaks at U+2028, U+0085 and the like, which
+    # Nginx's escape=json passes through raw inside a logged body, and a line cut there is lost.
+    return data[:end].decode("utf-8", errors="replace").split("\n")[:-1], offset + end
 
 
 class LogTail:

@@ -66,13 +66,15 @@ def system(tmp_path: Path) -> Iterator[tuple[Gateway, Store]]:
 
 
 def post(gw: Gateway, endpoint: str, body: dict[str, object], **headers: str) -> requests.Response:
-    return requests.post(f"{gw.settings.gateway_url}/serving-endpoints/{endpoint}/invocations", json=body,
-                         headers=headers, timeout=30)
+    # Sent unescaped (ensure_ascii off): the line must carry any character a body can hold.
+    return requests.post(f"{gw.settings.gateway_url}/serving-endpoints/{endpoint}/invocations",
+                         data=json.dumps(body, ensure_ascii=False).encode(),
+                         headers={"Content-Type": "application/json", **headers}, timeout=30)
 
 
 def test_drawn_requests_become_rows_and_a_client_cannot_ask_for_capture(system: tuple[Gateway, Store]) -> None:
     gw, store = system
-    first = post(gw, "cap", {"inputs": [[1]], "client_request_id": "mine"})
+    first = post(gw, "cap", {"inputs": [[1]], "client_request_id": "mine", "note": "tab\t\"q\" \\ \u2028 \u00e9 \x85"})
     assert first.status_code == 200 and len(first.json()["capture"]) == 32
     forged = post(gw, "plain", {"inputs": [[2]]}, **{HEADER: "f" * 32})
     assert forged.status_code == 200 and forged.json()["capture"] is None
@@ -91,7 +93,8 @@ def test_drawn_requests_become_rows_and_a_client_cannot_ask_for_capture(system: 
     (row,) = store.inference_rows("cap-id")
     assert (row["client_request_id"], row["status_code"], row["model"], row["version"], row["served_entity"]) == (
         "mine", 200, "m", "1", "m-1")
-    assert json.loads(row["request"]) == {"inputs": [[1]], "client_request_id": "mine"}
+    assert json.loads(row["request"]) == {"inputs": [[1]], "client_request_id": "mine",
+                                          "note": "tab\t\"q\" \\ \u2028 \u00e9 \x85"}
     assert json.loads(row["response"])["capture"] == row["request_id"] and row["sampling_fraction"] == 1.0
     half = list(store.inference_rows("half-id"))
     assert len(half) == drawn and {r["sampling_fraction"] for r in half} == {0.5}

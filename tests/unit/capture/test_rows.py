@@ -14,11 +14,26 @@ def rid(n: int) -> str:
     return f"{n:032x}"
 
 
-def line(n: int, **over: Any) -> str:
+def fields(n: int, **over: Any) -> dict[str, Any]:
     raw = {"i": rid(n), "t": 1764806400.250, "s": 200, "d": 0.050, "m": "0.040", "e": "ep", "n": "iris-1",
-           "x": "ms_up_iris_1", "l": "", "b": '{"inputs": [[1]], "client_request_id": "c-7"}', "f": "0.5"}
+           "x": "ms_up_iris_1", "l": "", "f": "0.5", "b": '{"inputs": [[1]], "client_request_id": "c-7"}'}
     raw.update(over)
-    return json.dumps(raw)
+    return raw
+
+
+def nginx_line(raw: dict[str, Any]) -> str:
+    """What ``log_format ms_capture escape=json`` writes: the values tab-separated, each escaped
+    as inside a JSON string (quotes, backslashes and control characters; the rest as it is)."""
+    return "\t".join(json.dumps(str(raw[k]), ensure_ascii=False)[1:-1] for k in "itsdmenxlfb")
+
+
+def line(n: int, **over: Any) -> str:
+    return nginx_line(fields(n, **over))
+
+
+def json_line(n: int, **over: Any) -> str:
+    """The JSON form of the line, which the gateway wrote before 2026-12-04."""
+    return json.dumps(fields(n, **over))
 
 
 VERSIONS = {"ms_up_iris_1": ("iris", "1"), "ms_up_iris_2": ("iris", "2")}
@@ -64,8 +79,18 @@ def test_failures_large_bodies_and_repeats() -> None:
     assert rows[2]["execution_time_ms"] == 30 and rows[2]["client_request_id"] is None
 
 
+def test_both_forms_of_the_line_give_the_same_row_and_any_body_comes_back_whole() -> None:
+    for body in ('{"a": "tab\there, quote \\" and backslash \\\\"}', "plain", "", "line\u2028sep \u00e9 \x01"):
+        tab, old = parse_logged(line(1, b=body)), parse_logged(json_line(1, b=body))
+        assert tab is not None and tab == old and tab.request_body == body
+
+
 def test_malformed_lines_are_skipped() -> None:
     assert parse_logged("not json") is None
+    assert parse_logged("{not json") is None
+    assert parse_logged("\t".join(["x"] * 10)) is None  # one field short
+    assert parse_logged(line(1, b="") + "\\u12") is None  # not an escape Nginx writes
+    assert parse_logged(json_line(1, i="short")) is None
     assert parse_logged(line(1, i="short")) is None
     assert parse_logged(line(1, s="x")) is None
     logged = parse_logged(line(1, f="7"))

@@ -27,13 +27,28 @@ def test_whole_records_are_read_and_a_partial_line_waits(tmp_path: Path) -> None
     assert read_records(path, offset) == ([SpoolRecord(rid(3), 1, "b")], path.stat().st_size)
 
 
+def test_every_body_comes_back_as_written_and_the_older_json_form_is_still_read(tmp_path: Path) -> None:
+    path = tmp_path / "v.spool"
+    bodies = [b'{"predictions": [1]}', b"", b"two\nlines\r\n", "caf\u00e9 \u2603".encode(), b"bad \xff byte",
+              b"x" * MAX_BODY]
+    legacy = json.dumps({"id": rid(99), "size": 3, "body": "old"}).encode() + b"\n"
+    path.write_bytes(b"".join(record(rid(n), b) for n, b in enumerate(bodies)) + legacy)
+    got, _ = read_records(path, 0)
+    assert got == [SpoolRecord(rid(n), len(b), b.decode("utf-8", errors="replace")) for n, b in enumerate(bodies)] \
+        + [SpoolRecord(rid(99), 3, "old")]
+
+
 def test_lines_a_model_could_forge_are_skipped(tmp_path: Path) -> None:
     path = tmp_path / "v.spool"
     bad = [b"not json", b"[1]", json.dumps({"id": "../etc", "size": 1, "body": "x"}).encode(),
            json.dumps({"id": RID, "size": -1, "body": "x"}).encode(),
            json.dumps({"id": RID, "size": 5, "truncated": True}).encode(),  # small but "truncated"
            json.dumps({"id": RID, "size": 1, "body": 7}).encode(),
-           json.dumps({"id": RID, "size": 1, "body": "y" * (MAX_BODY + 1)}).encode()]
+           json.dumps({"id": RID, "size": 1, "body": "y" * (MAX_BODY + 1)}).encode(),
+           b"../etc 1 R x", RID.encode() + b" -1 R x", RID.encode() + b" 5 T",  # small but "truncated"
+           RID.encode() + b" 1 Q x", RID.encode() + b" 1 R", RID.encode() + b" 1 J not-json",
+           RID.encode() + b" 1 J 7", RID.encode() + b" 1 R " + b"y" * (MAX_BODY + 1),
+           RID.encode() + b" %d T extra" % (MAX_BODY + 1), b"\xff" * 32 + b" 1 R x", RID.encode()]
     path.write_bytes(b"\n".join(bad) + b"\n" + record(rid(9), b"ok"))
     assert read_records(path, 0) == ([SpoolRecord(rid(9), 2, "ok")], path.stat().st_size)
 
