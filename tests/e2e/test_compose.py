@@ -4,8 +4,9 @@ real engine under a project name of its own, then used only through its gateway 
 come from the layer cache after the first run; the model's environment image is the docker
 runtime's own, shared with test_docker), one model, two versions. In order: serve and score by
 version, stage and alias (the seed's curl and ``dataframe_split``) -> a new version deploys by
-itself, the old one is archived -> ``restart supervisor`` under load loses nothing -> ``down`` +
-``up`` keeps models, tokens and scoring -> disable and enable -> ``down -v`` leaves nothing.
+itself, the old one is archived -> a serving endpoint with an inference table stores every request
+in the stack's Postgres -> ``restart supervisor`` under load loses nothing -> ``down`` + ``up``
+keeps models, tokens, rows and scoring -> disable and enable -> ``down -v`` leaves nothing.
 """
 
 from __future__ import annotations
@@ -243,6 +244,49 @@ def test_a_new_version_deploys_by_itself_and_archive(csystem: System, iris: pd.D
         headers={"Authorization": f"Bearer {csystem.token}"}, timeout=30).status_code == 404, timeout=60)
 
 
+CAPTURED = "iris-compose-captured"
+
+
+def inference_rows(system: System) -> list[dict[str, Any]]:
+    r = system.raw.get(f"{system.url}/api/2.0/modelserve/serving-endpoints/{CAPTURED}/inference-table",
+                       params={"format": "jsonl"}, headers={"Authorization": f"Bearer {system.token}"}, timeout=120)
+    assert r.status_code == 200, r.text[:300]
+    return [json.loads(line) for line in r.text.splitlines()]
+
+
+def test_an_endpoint_captures_every_request_into_the_stacks_postgres(csystem: System, iris: pd.DataFrame) -> None:
+    """The inference table on the stack's own parts: the gateway container's capture line, the
+    model container's spool, the supervisor's ingester writing to Postgres. The endpoint stays
+    for the restart and down/up tests, which check that its rows do too."""
+    headers = {"Authorization": f"Bearer {csystem.token}"}
+    config = {"served_entities": [{"entity_name": NAME, "entity_version": "2", "workload_size": "Small",
+                                   "scale_to_zero_enabled": False}],
+              "auto_capture_config": {"enabled": True, "sampling_fraction": 1.0}}
+    r = csystem.raw.post(f"{csystem.url}/api/2.0/serving-endpoints", json={"name": CAPTURED, "config": config},
+                         headers=headers, timeout=30)
+    assert r.status_code == 200, r.text[:300]
+    csystem.wait_for(f"{CAPTURED} READY", lambda: csystem.raw.get(
+        f"{csystem.url}/api/2.0/serving-endpoints/{CAPTURED}", headers=headers, timeout=30
+    ).json()["state"]["ready"] == "READY", timeout=300)
+    x = iris.drop(columns=["target"]).head(2)
+    sent = {}
+    for n in range(12):
+        # A client_request_id with a tab, a quote and U+2028 sent raw: the line must carry them.
+        body = {"dataframe_split": {"columns": list(x.columns), "data": x.values.tolist()},
+                "client_request_id": f"c{n}\t\"\u2028"}
+        got = csystem.raw.post(f"{csystem.url}/serving-endpoints/{CAPTURED}/invocations",
+                               data=json.dumps(body, ensure_ascii=False).encode(),
+                               headers={**headers, "Content-Type": "application/json"}, timeout=60)
+        assert got.status_code == 200, got.text[:300]
+        sent[body["client_request_id"]] = got.json()
+    rows = csystem.wait_for("12 rows", lambda: (found := inference_rows(csystem)) and len(found) >= 12 and found,
+                            timeout=120)
+    assert len(rows) == 12 and {r["client_request_id"] for r in rows} == set(sent)
+    for row in rows:
+        assert row["status_code"] == 200 and row["version"] == "2"
+        assert json.loads(row["response"]) == sent[row["client_request_id"]]
+
+
 def test_restarting_the_supervisor_loses_no_request(csystem: System, stack: Stack, iris: pd.DataFrame) -> None:
     rows = iris.drop(columns=["target"]).head(3).to_dict(orient="records")
     # The container of version 1's time is retired once the gateway no longer routes to it. The
@@ -285,6 +329,8 @@ def test_down_and_up_keep_models_tokens_and_scoring(csystem: System, stack: Stac
     after = csystem.api("GET", "get-event-history", registered_model_name=NAME).json()["events"]
     assert after[-len(events):] == events
     csystem.wait_version(NAME, "2", "VERSION_STATE_READY", timeout=300)
+    # The inference table's rows live in Postgres too: none lost, none added twice.
+    assert len(inference_rows(csystem)) == 12
     # The token made before `down` still scores: tokens live in Postgres, not in a container.
     assert csystem.wait_for("old token scores", lambda: split_score(csystem, uri(csystem, "2"), rows),
                             timeout=300) == before
@@ -292,6 +338,9 @@ def test_down_and_up_keep_models_tokens_and_scoring(csystem: System, stack: Stac
 
 
 def test_disable_then_down_v_leaves_nothing(csystem: System, stack: Stack) -> None:
+    # The endpoint serves the model too: deleted first, so that disabling stops its container.
+    assert csystem.raw.delete(f"{csystem.url}/api/2.0/serving-endpoints/{CAPTURED}",
+                              headers={"Authorization": f"Bearer {csystem.token}"}, timeout=30).status_code == 200
     assert csystem.api("POST", "disable", registered_model_name=NAME).status_code == 200
     csystem.wait_for("model container removed", lambda: stack.model_containers() == [], timeout=120)
     # Enabled again, so that `down -v` has a model container to remove.
