@@ -2,14 +2,17 @@
 
 The gateway's line is the authority (``nginx.conf.j2``, ``log_format ms_capture``): it says that
 the request was sampled, when it came, what it answered, how long the model took, which endpoint,
-entity and upstream it went to, and the request body. The spool record, written inside the
-model's box, only adds the response body, and only when its request id matches a line routed to
-that very upstream (``join``): a model can neither create rows nor attribute them elsewhere.
+entity and upstream it went to, and the request body. The model's side only adds the response
+body: carried on the answer itself (a small one, in a header the gateway logs on that line), or
+a spool record written inside the model's box, used only when its request id matches a line
+routed to that very upstream (``join``): a model can neither create rows nor attribute them
+elsewhere.
 Pure functions; unit tested.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import functools
 import json
@@ -18,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from supervisor.capture.spool import REQUEST_ID, SpoolRecord
-from supervisor.scoring.spool import MAX_BODY
+from supervisor.scoring.spool import INLINE_MAX, MAX_BODY
 
 MAX_CLIENT_REQUEST_ID = 256
 COLUMNS = ("request_id", "client_request_id", "endpoint", "served_entity", "model", "version", "date",
@@ -41,6 +44,9 @@ class Logged:
     content_length: int
     request_body: str
     fraction: float  # the endpoint's sampling fraction when the gateway drew this request
+    # The answer's body when the scoring server carried it on the answer itself (small ones):
+    # then no spool record is needed; None: look for the record.
+    response: SpoolRecord | None = None
 
 
 def _seconds(value: Any) -> float | None:
@@ -54,7 +60,7 @@ def _seconds(value: Any) -> float | None:
 # The gateway's fields in the order ``log_format ms_capture`` writes them, tab-separated. Nginx's
 # escape=json escapes every control character inside a value, so a tab only ever separates: the
 # request body, last, is the one field that needs unescaping, and only when it holds a backslash.
-FIELDS = 11
+FIELDS = 12
 
 
 def parse_logged(line: str) -> Logged | None:
@@ -66,7 +72,7 @@ def parse_logged(line: str) -> Logged | None:
     fields = line.split("\t", FIELDS - 1)
     if len(fields) != FIELDS:
         return None
-    rid, end, status, took, upstream, endpoint, entity, target, length, fraction, body = fields
+    rid, end, status, took, upstream, endpoint, entity, target, length, fraction, carried, body = fields
     if not REQUEST_ID.match(rid):
         return None
     try:
@@ -74,9 +80,22 @@ def parse_logged(line: str) -> Logged | None:
         return Logged(request_id=rid, end_ms=int(float(end) * 1000), status=int(status),
                       request_seconds=float(took), upstream_seconds=_seconds(upstream), endpoint=endpoint,
                       entity=entity, target=target, content_length=int(length) if length.isdigit() else 0,
-                      request_body=request_body, fraction=_fraction(fraction))
+                      request_body=request_body, fraction=_fraction(fraction), response=_carried(rid, carried))
     except (ValueError, TypeError):
         return None
+
+
+def _carried(request_id: str, value: str) -> SpoolRecord | None:
+    """The answer's body the scoring server sent back in its capture header (base64; "-" or ""
+    when it sent none). The model's own word, like a spool record, and bounded by the header
+    buffer the gateway allows; one that is not base64 counts as none."""
+    if value in ("", "-") or len(value) > 4 * (INLINE_MAX + 2) // 3 + 4:
+        return None
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except ValueError:
+        return None
+    return SpoolRecord(request_id, len(raw), raw.decode("utf-8", errors="replace"))
 
 
 def _parse_json_line(line: str) -> Logged | None:
@@ -165,6 +184,8 @@ def join(lines: list[Logged], records: Mapping[tuple[str, str], SpoolRecord],
         record = records.get(key)
         if record is not None:
             used.add(key)
+        if logged.response is not None:  # carried on the answer itself: the gateway saw it there
+            record = logged.response
         model, version = versions.get(logged.target, ("", ""))
         rows.append({**row(logged, record, model, version), "endpoint_id": endpoint_ids[logged.endpoint]})
     return rows, used

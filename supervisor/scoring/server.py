@@ -438,13 +438,18 @@ class Handler(BaseHTTPRequestHandler):
             # This generation is leaving: the gateway closes the connection after this answer,
             # so nothing is ever sent on a connection that is about to close.
             self.close_connection = True
+        carried = ""
         if self.capture is not None and self.command != "HEAD":
             sampled = self.headers.get(spool.HEADER, "") if getattr(self, "headers", None) else ""
             if len(sampled) == 32:
-                self.capture.append(sampled, body)
+                value = spool.inline(body)
+                if value is None:
+                    self.capture.append(sampled, body)
+                else:
+                    carried = f"{spool.INLINE_HEADER}: {value}\r\n"
         phrase = self.responses.get(status, ("",))[0]
         head = (f"{self.protocol_version} {status} {phrase}\r\nServer: {self.server_version}\r\nDate: {_http_date()}\r\n"
-                f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+                f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n{carried}"
                 + ("Connection: close\r\n" if self.close_connection else "") + "\r\n")
         try:
             self.wfile.write(head.encode("latin-1") + (body if self.command != "HEAD" else b""))

@@ -17,7 +17,7 @@ from supervisor.capture.ingester import Ingester
 from supervisor.capture.spool import spool_path
 from supervisor.gateway import Gateway
 from supervisor.routing import EndpointRoutes, EntityRoute, ModelRoutes, VersionRoute
-from supervisor.scoring.spool import HEADER, SpoolWriter
+from supervisor.scoring.spool import HEADER, INLINE_HEADER, INLINE_MAX, SpoolWriter, inline
 from supervisor.settings import Settings
 from supervisor.store import READY, Store
 from tests.support import free_port
@@ -25,16 +25,28 @@ from tests.unit.test_gateway import Echo, UnixEcho
 
 
 class Scoring(Echo):
-    """A scoring server stand-in: answers with the capture header it got, spooling as the real one."""
+    """A scoring server stand-in: answers with the capture header it got (padded as the request
+    asks) and hands a sampled answer's body over as the real one does: small ones in the answer's
+    capture header, larger ones to the spool."""
 
     spool: SpoolWriter
 
     def do_POST(self) -> None:  # noqa: N802
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        body = json.dumps({"predictions": [1], "capture": self.headers.get(HEADER)}).encode()
+        asked = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+        body = json.dumps({"predictions": [1], "capture": self.headers.get(HEADER),
+                           "pad": "x" * asked.get("pad", 0)}).encode()
+        carried = None
         if self.headers.get(HEADER):
-            self.spool.append(self.headers[HEADER], body)
-        self.reply(body)
+            carried = inline(body)
+            if carried is None:
+                self.spool.append(self.headers[HEADER], body)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        if carried is not None:
+            self.send_header(INLINE_HEADER, carried)
+        self.end_headers()
+        self.wfile.write(body)
 
 
 @pytest.fixture()
@@ -76,6 +88,9 @@ def test_drawn_requests_become_rows_and_a_client_cannot_ask_for_capture(system: 
     gw, store = system
     first = post(gw, "cap", {"inputs": [[1]], "client_request_id": "mine", "note": "tab\t\"q\" \\ \u2028 \u00e9 \x85"})
     assert first.status_code == 200 and len(first.json()["capture"]) == 32
+    assert INLINE_HEADER not in first.headers  # the gateway keeps the carried body to itself
+    large = post(gw, "cap", {"inputs": [[9]], "client_request_id": "large", "pad": INLINE_MAX})
+    assert large.status_code == 200 and len(large.content) > INLINE_MAX and INLINE_HEADER not in large.headers
     forged = post(gw, "plain", {"inputs": [[2]]}, **{HEADER: "f" * 32})
     assert forged.status_code == 200 and forged.json()["capture"] is None
     drawn = sum(post(gw, "half", {"inputs": [[n]]}).json()["capture"] is not None for n in range(200))
@@ -86,11 +101,12 @@ def test_drawn_requests_become_rows_and_a_client_cannot_ask_for_capture(system: 
     added = 0
     for _ in range(100):  # Nginx writes a line just after the answer left: a client may be quicker
         added += ingester.poll()
-        if added >= 2 + drawn:
+        if added >= 3 + drawn:
             break
         time.sleep(0.1)
-    assert added == 2 + drawn
-    (row,) = store.inference_rows("cap-id")
+    assert added == 3 + drawn
+    row, big = sorted(store.inference_rows("cap-id"), key=lambda r: r["client_request_id"] != "mine")
+    assert big["client_request_id"] == "large" and big["response"] == large.text  # from the spool
     assert (row["client_request_id"], row["status_code"], row["model"], row["version"], row["served_entity"]) == (
         "mine", 200, "m", "1", "m-1")
     assert json.loads(row["request"]) == {"inputs": [[1]], "client_request_id": "mine",

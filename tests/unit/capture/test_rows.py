@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
 from supervisor.capture.rows import COLUMNS, join, parse_logged
 from supervisor.capture.spool import SpoolRecord
-from supervisor.scoring.spool import MAX_BODY
+from supervisor.scoring.spool import INLINE_MAX, MAX_BODY
 
 
 def rid(n: int) -> str:
@@ -16,7 +17,7 @@ def rid(n: int) -> str:
 
 def fields(n: int, **over: Any) -> dict[str, Any]:
     raw = {"i": rid(n), "t": 1764806400.250, "s": 200, "d": 0.050, "m": "0.040", "e": "ep", "n": "iris-1",
-           "x": "ms_up_iris_1", "l": "", "f": "0.5", "b": '{"inputs": [[1]], "client_request_id": "c-7"}'}
+           "x": "ms_up_iris_1", "l": "", "f": "0.5", "r": "", "b": '{"inputs": [[1]], "client_request_id": "c-7"}'}
     raw.update(over)
     return raw
 
@@ -24,7 +25,7 @@ def fields(n: int, **over: Any) -> dict[str, Any]:
 def nginx_line(raw: dict[str, Any]) -> str:
     """What ``log_format ms_capture escape=json`` writes: the values tab-separated, each escaped
     as inside a JSON string (quotes, backslashes and control characters; the rest as it is)."""
-    return "\t".join(json.dumps(str(raw[k]), ensure_ascii=False)[1:-1] for k in "itsdmenxlfb")
+    return "\t".join(json.dumps(str(raw[k]), ensure_ascii=False)[1:-1] for k in "itsdmenxlfrb")
 
 
 def line(n: int, **over: Any) -> str:
@@ -32,8 +33,10 @@ def line(n: int, **over: Any) -> str:
 
 
 def json_line(n: int, **over: Any) -> str:
-    """The JSON form of the line, which the gateway wrote before 2026-12-04."""
-    return json.dumps(fields(n, **over))
+    """The JSON form of the line, which the gateway wrote before 2026-12-04 (no carried answer)."""
+    raw = fields(n, **over)
+    raw.pop("r")
+    return json.dumps(raw)
 
 
 VERSIONS = {"ms_up_iris_1": ("iris", "1"), "ms_up_iris_2": ("iris", "2")}
@@ -85,10 +88,22 @@ def test_both_forms_of_the_line_give_the_same_row_and_any_body_comes_back_whole(
         assert tab is not None and tab == old and tab.request_body == body
 
 
+def test_an_answer_carried_on_the_line_is_the_response_and_a_bad_one_is_none() -> None:
+    answer = '{"predictions": ["caf\u00e9"]}'.encode()
+    carried = base64.b64encode(answer).decode()
+    spooled = {("ms_up_iris_1", rid(1)): SpoolRecord(rid(1), 3, "old")}
+    rows, used = join([parse_logged(line(1, r=carried))], spooled, VERSIONS, IDS)  # type: ignore[list-item]
+    assert (rows[0]["response"], rows[0]["response_size"]) == (answer.decode(), len(answer))
+    assert used == {("ms_up_iris_1", rid(1))}  # a record of the same id is done with too
+    for bad in ("not base64!", "-", "A" * (4 * INLINE_MAX)):
+        logged = parse_logged(line(2, r=bad))
+        assert logged is not None and logged.response is None
+
+
 def test_malformed_lines_are_skipped() -> None:
     assert parse_logged("not json") is None
     assert parse_logged("{not json") is None
-    assert parse_logged("\t".join(["x"] * 10)) is None  # one field short
+    assert parse_logged("\t".join(["x"] * 11)) is None  # one field short
     assert parse_logged(line(1, b="") + "\\u12") is None  # not an escape Nginx writes
     assert parse_logged(json_line(1, i="short")) is None
     assert parse_logged(line(1, i="short")) is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import socket
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import requests
 from supervisor.capture.spool import SpoolRecord, read_records
 from supervisor.scoring import server
 from supervisor.scoring.server import ClientError, jsonable, parse_content_type, parse_request
+from supervisor.scoring.spool import INLINE_HEADER, INLINE_MAX
 from tests.unit.scoring.conftest import COLS, v2_request
 
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
@@ -194,20 +196,26 @@ def test_the_loaded_heap_is_frozen_out_of_the_collectors_sight() -> None:
 
 # The capture spool lives here, beside the shared server (a file of its own could start a second
 # one on another CI worker).
-def test_only_requests_the_gateway_sampled_are_spooled(model: tuple[str, Any], spool: Path) -> None:
+def test_only_requests_the_gateway_sampled_are_captured_small_on_the_answer_large_in_the_spool(
+        model: tuple[str, Any], spool: Path) -> None:
     url, _ = model
     body = {"dataframe_split": pd.DataFrame(ROWS[:1], columns=COLS).to_dict(orient="split")}
     before = spool.stat().st_size if spool.exists() else 0
     sampled = "ab" * 16
     r = requests.post(f"{url}/invocations", json=body, headers={"X-Modelserve-Capture": sampled}, timeout=10)
     assert r.status_code == 200
+    assert base64.b64decode(r.headers[INLINE_HEADER]) == r.content  # carried on the answer itself
+    many = {"dataframe_split": pd.DataFrame(ROWS * (3000 // len(ROWS)), columns=COLS).to_dict(orient="split")}
+    big = requests.post(f"{url}/invocations", json=many, headers={"X-Modelserve-Capture": "ef" * 16}, timeout=30)
+    assert big.status_code == 200 and len(big.content) > INLINE_MAX and INLINE_HEADER not in big.headers
     # By the time the answer is here, the record is in the file (written before the answer left).
-    assert read_records(spool, before)[0] == [SpoolRecord(sampled, len(r.content), r.text)]
+    assert read_records(spool, before)[0] == [SpoolRecord("ef" * 16, len(big.content), big.text)]
     after = spool.stat().st_size
-    requests.post(f"{url}/invocations", json=body, timeout=10)  # not sampled
-    requests.post(f"{url}/invocations", json=body, headers={"X-Modelserve-Capture": "short"}, timeout=10)
+    for headers in ({}, {"X-Modelserve-Capture": "short"}):  # not sampled
+        plain = requests.post(f"{url}/invocations", json=body, headers=headers, timeout=10)
+        assert plain.status_code == 200 and INLINE_HEADER not in plain.headers
     bad = requests.post(f"{url}/invocations", json={"nope": 1}, headers={"X-Modelserve-Capture": "cd" * 16},
                         timeout=10)
-    assert bad.status_code == 400
-    records, _ = read_records(spool, after)
-    assert [(x.request_id, x.body) for x in records] == [("cd" * 16, bad.text)]  # errors are captured too
+    assert bad.status_code == 400  # errors are captured too
+    assert base64.b64decode(bad.headers[INLINE_HEADER]) == bad.content
+    assert read_records(spool, after) == ([], after)
