@@ -21,9 +21,15 @@ FORMATS = {"jsonl": "application/x-ndjson", "parquet": "application/vnd.apache.p
 GROUP_ROWS = 5000
 
 
+# Valid raw inside a JSON string, but line breaks to str.splitlines() and to JavaScript: escaped,
+# so that a reader splitting the file into lines by any rule gets one row per line.
+LINE_BREAKS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\u0085": "\\u0085"})
+
+
 def jsonl(rows: Iterable[dict[str, Any]]) -> Iterator[bytes]:
     for r in rows:
-        yield json.dumps({c: r[c] for c in INFERENCE_COLUMNS}, ensure_ascii=False).encode("utf-8") + b"\n"
+        line = json.dumps({c: r[c] for c in INFERENCE_COLUMNS}, ensure_ascii=False).translate(LINE_BREAKS)
+        yield line.encode("utf-8") + b"\n"
 
 
 def _schema() -> Any:

@@ -35,6 +35,14 @@ def test_json_lines_read_back_with_pandas() -> None:
     assert frame["request_truncated"].tolist() == [False, False, True]
 
 
+def test_a_json_line_holds_one_row_by_any_rule_of_what_a_line_is() -> None:
+    body = '{"note": "a\u2028b\u2029c\u0085d"}'
+    text = b"".join(jsonl([row(1, request=body), row(2)])).decode("utf-8")
+    assert len(text.splitlines()) == 2  # str.splitlines() also breaks at U+2028, U+2029, U+0085
+    frame = pd.read_json(io.StringIO(text), lines=True, dtype=False)
+    assert frame["request"].tolist()[0] == body
+
+
 def test_parquet_reads_back_with_pandas_with_types() -> None:
     frame = pd.read_parquet(io.BytesIO(parquet(ROWS)))
     assert list(frame.columns) == list(INFERENCE_COLUMNS)
