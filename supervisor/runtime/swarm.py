@@ -26,8 +26,9 @@ Why it is built this way:
   Each task runs as a non-root uid, with no capabilities, a read-only root and a private tmpfs
   ``/tmp``, and the box's memory, CPU and process limits (reservations: a quarter of them, so the
   scheduler does not pack a node beyond what it can hold). Each model has an overlay network of
-  its own (Docker's gateway bridge, which publishes the ports, keeps containers from reaching
-  one another), so replicas of different models cannot reach each other.
+  its own, but a port published in host mode is open to every task: a replica of another model
+  can connect to it through its node's address (checked on the test swarm; docs/DESIGN.md, the
+  swarm runtime's network row). Models are not yet kept from one another here.
 * **Found again from labels**: a restarted supervisor lists the services labelled with its
   instance and adopts them when their desired hash matches.
 """
