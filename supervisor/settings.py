@@ -84,6 +84,10 @@ class Settings(BaseSettings):
     swarm_max_replicas_per_node: int = 1
     swarm_constraints: str = ""
     swarm_spread: str = ""
+    # The address(es) the gateway's connections reach the nodes from (comma-separated): a scoring
+    # server takes connections from these and loopback only. Empty: this machine's own source
+    # address towards the manager node; "any": from anywhere (models not kept apart).
+    swarm_gateway_address: str = ""
     # Where the scoring servers' Unix sockets live (one directory per model); empty: <data_dir>/sock.
     # Socket paths must fit in 108 bytes, so a long data dir needs a shorter one here.
     socket_dir: Path | None = None

@@ -100,15 +100,31 @@ def network_name(model: str) -> str:
     return f"ms-{naming.model_id(model)}"[:60]
 
 
-def task_spec(settings: Settings, launch: VersionLaunch, box: Box, image: str, network: str) -> dict[str, Any]:
+def source_address_towards(address: str) -> str:
+    """This machine's own address on the route to ``address`` (what a connection from here to it
+    comes from); "" when there is no route. A UDP socket's connect sends nothing."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((address, 9))
+            return str(s.getsockname()[0])
+    except OSError:
+        return ""
+
+
+def task_spec(settings: Settings, launch: VersionLaunch, box: Box, image: str, network: str,
+              gateway: tuple[str, ...] = ()) -> dict[str, Any]:
     """The service's task template, as the Engine API takes it: the version's scoring server in the
-    model's box."""
+    model's box, taking connections from ``gateway``'s addresses (and loopback) only, when given."""
     from docker import types
 
     user = container_user(box)
     command = [str(launch.python), "/opt/modelserve/server.py", "--model-dir", f"{MODELS_ROOT}/{launch.version}",
                "--host", "0.0.0.0", "--port", str(SCORING_PORT), "--workers", str(settings.scoring_workers),
                "--batching", launch.batching or settings.batching]
+    if gateway:
+        command += ["--allow-from", ",".join(gateway)]
     container = types.ContainerSpec(
         image, command=command, user=f"{user[0]}:{user[1]}", env=[f"{k}={v}" for k, v in CONTAINER_ENV.items()],
         read_only=True, cap_drop=["ALL"], stop_grace_period=10 * SECOND,
@@ -163,6 +179,7 @@ class SwarmRuntime(DockerRuntime):
         self._unrouted: dict[str, float] = {}
         self._restarts: dict[str, int] = {}
         self._swarm_lock = threading.Lock()
+        self._gateway: tuple[str, ...] | None = None
 
     @property
     def manager(self) -> Any:
@@ -223,8 +240,24 @@ class SwarmRuntime(DockerRuntime):
                 "box": dataclasses.asdict(box), "user": container_user(box), "workers": self.settings.scoring_workers,
                 "launch": [str(launch.python), launch.batching, launch.port], "batching": self.settings.batching,
                 "placement": [self.settings.swarm_max_replicas_per_node, self.settings.swarm_constraints,
-                              self.settings.swarm_spread], "health": self.settings.health_timeout}
+                              self.settings.swarm_spread], "health": self.settings.health_timeout,
+                "gateway": list(self.gateway_addresses())}
         return short_hash(json.dumps(data, sort_keys=True), 16)
+
+    def gateway_addresses(self) -> tuple[str, ...]:
+        """Where the gateway's connections reach the replicas from: the setting, else this
+        machine's source address towards the manager node (the gateway runs beside the
+        supervisor), found once. Empty: taken from anywhere ("any", or no route found)."""
+        configured = self.settings.swarm_gateway_address.strip()
+        if configured.lower() == "any":
+            return ()
+        if configured:
+            return tuple(a.strip() for a in configured.split(",") if a.strip())
+        if self._gateway is None:
+            node = (self.manager.info().get("Swarm") or {}).get("NodeAddr", "")
+            found = source_address_towards(node) if node else ""
+            self._gateway = (found,) if found else ()
+        return self._gateway
 
     def apply_host(self, model: str, versions: list[VersionLaunch], box: Box) -> None:
         self._wanted[model] = {v.version for v in versions}
@@ -237,7 +270,7 @@ class SwarmRuntime(DockerRuntime):
             if service is not None and service.attrs["Spec"].get("Labels", {}).get(LABEL_DESIRED) == desired:
                 continue
             image = self._push(model, launch, self.image_hash(model, launch))
-            template = task_spec(self.settings, launch, box, image, network)
+            template = task_spec(self.settings, launch, box, image, network, self.gateway_addresses())
             labels = {LABEL_INSTANCE: self.instance, LABEL_MODEL: model, LABEL_MODEL_ID: naming.model_id(model),
                       LABEL_VERSION: launch.version, LABEL_DESIRED: desired, LABEL_PORT: str(launch.port)}
             options = service_options(max(1, box.replicas), launch.port)

@@ -562,11 +562,24 @@ class Server(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 512
 
+    # On TCP (the swarm runtime), the addresses a connection may come from: the gateway's, and
+    # loopback (Swarm's health check runs in the task). Empty: any (a port opened by hand).
+    allowed_peers: frozenset[str] = frozenset()
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.retiring = False
         self.open_connections = 0
         self._open_lock = threading.Lock()
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """A host-mode port is open to every task on the swarm, other models' among them: a
+        connection from anywhere but the gateway is closed before a byte is read."""
+        if not self.allowed_peers or not isinstance(client_address, tuple):
+            return True
+        peer = str(client_address[0])
+        peer = peer[7:] if peer.startswith("::ffff:") else peer  # an IPv4 peer on a dual-stack socket
+        return peer in self.allowed_peers or peer.startswith("127.") or peer == "::1"
 
     def process_request(self, request: Any, client_address: Any) -> None:
         # Counted in the accepting thread, before the handler's thread exists, so a drain that
@@ -814,6 +827,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--handoff-dir", help="where workers offer the listening socket to the next generation "
                         "(set by the model host)")
     parser.add_argument("--capture-spool", help="the version's inference-table spool (set by the model host)")
+    parser.add_argument("--allow-from", default="",
+                        help="with --port: the only addresses (comma-separated) a connection is taken from, "
+                             "besides loopback (the swarm runtime: the gateway's)")
     parser.add_argument("--max-batch-rows", type=int, default=1000)
     parser.add_argument("--batch-window-ms", type=float, default=2.0,
                         help="longest wait for requests still being parsed before a batch is predicted")
@@ -837,6 +853,7 @@ def main(argv: list[str] | None = None) -> int:
     handoff_dir = Path(args.handoff_dir) if args.handoff_dir else None
     address: Any = args.socket if args.socket else (args.host, args.port)
     server = (UnixServer if args.socket else Server)(address, Handler, bind_and_activate=False)
+    server.allowed_peers = frozenset(a.strip() for a in args.allow_from.split(",") if a.strip())
     listener, previous = handoff.take(handoff_dir, address) if handoff_dir else (None, [])
     if listener is not None:
         server.socket.close()

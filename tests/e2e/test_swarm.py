@@ -4,7 +4,8 @@ registry on the bridge). The supervisor and its gateway run on the host, as a ma
 would: images are built on the shared engine (its cached environment images), pushed to the
 registry once, pulled by the nodes; the gateway reaches each replica at its node's address.
 
-The tests run in order and build on each other: two replicas on two nodes -> a new version under
+The tests run in order and build on each other: two replicas on two nodes -> a container on any
+node (another model's task) reaches a replica's port but gets no answer -> a new version under
 load -> a drained node and a SIGKILLed engine under load -> a restarted supervisor adopts ->
 disabling removes the services.
 """
@@ -203,6 +204,45 @@ def test_two_replicas_on_two_nodes_both_serve(swarm: Swarm, ssystem: System, sre
                      {f"{n}:{port}" for n in nodes}, timeout=30)
     status = ssystem.api("GET", "get-status", registered_model_name=NAME).json()["endpoint_status"]
     assert status["state"] == "ENDPOINT_STATE_READY"
+
+
+# Run in a container on a node, as another model's task would be: connect, ask for /ping, print
+# what came back. "CONNECTED" shows the port itself is reachable (the hole the check closes).
+PROBE = """
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), 5)
+print("CONNECTED", flush=True)
+s.settimeout(5)
+try:
+    s.sendall(b"GET /ping HTTP/1.1\\r\\nHost: probe\\r\\nConnection: close\\r\\n\\r\\n")
+    print(s.recv(64))
+except OSError as exc:
+    print(repr(exc))
+"""
+
+
+def test_another_task_reaches_a_replicas_port_but_only_the_gateway_is_answered(swarm: Swarm, ssystem: System) -> None:
+    import requests
+
+    v1 = services(swarm)["1"]
+    image = swarm.manager.docker("service", "inspect", v1, "--format", "{{.Spec.TaskTemplate.ContainerSpec.Image}}")
+    port = json.loads(swarm.manager.docker("service", "inspect", v1, "--format", "{{json .Spec.Labels}}"))[
+        "modelserve.port"]
+    replicas = running_nodes(swarm, v1)
+    assert len(replicas) == 2
+    for addr in replicas:  # from the gateway's machine
+        assert requests.get(f"http://{addr}:{port}/ping", timeout=10).status_code == 200
+    # The nodes' engines have no default bridge: the probes join an overlay of their own, as a
+    # task of another model would (its own overlay, out through the node's gateway bridge).
+    swarm.manager.docker("network", "create", "--driver", "overlay", "--attachable", "ms-probe")
+    try:
+        for node in swarm.nodes:  # from every node: the replica's own and the others
+            for addr in replicas:
+                out = node.docker("run", "--rm", "--network", "ms-probe", "--entrypoint", "python3", image,
+                                  "-c", PROBE, addr, str(port), timeout=180)
+                assert "CONNECTED" in out and "HTTP/1." not in out, (node.address, addr, out)
+    finally:
+        swarm.manager.docker("network", "rm", "ms-probe", check=False)
 
 
 def test_a_new_version_rolls_out_under_load_without_a_failure(swarm: Swarm, ssystem: System,

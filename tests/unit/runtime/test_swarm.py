@@ -57,6 +57,34 @@ def test_the_task_is_the_models_box(tmp_path: Path) -> None:
     assert spec["Networks"] == [{"Target": "ms-net"}]
 
 
+def test_the_scoring_server_takes_connections_from_the_gateway_only(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    command = task_spec(settings, LAUNCH, BOX, "img", "net", ("10.0.0.1", "10.0.0.2"))["ContainerSpec"]["Command"]
+    assert command[command.index("--allow-from") + 1] == "10.0.0.1,10.0.0.2"
+    assert "--allow-from" not in task_spec(settings, LAUNCH, BOX, "img", "net")["ContainerSpec"]["Command"]
+
+
+class InfoManager:
+    def __init__(self, addr: str) -> None:
+        self.addr, self.asked = addr, 0
+
+    def info(self) -> dict[str, Any]:
+        self.asked += 1
+        return {"Swarm": {"NodeAddr": self.addr}}
+
+
+def test_the_gateways_address_is_the_setting_or_this_machines_towards_the_manager(tmp_path: Path) -> None:
+    rt = SwarmRuntime.__new__(SwarmRuntime)
+    rt._gateway, rt._manager = None, InfoManager("127.0.0.1")
+    rt.settings = Settings(data_dir=tmp_path, swarm_gateway_address=" 10.0.0.1, 10.0.0.2 ")
+    assert rt.gateway_addresses() == ("10.0.0.1", "10.0.0.2")
+    rt.settings = Settings(data_dir=tmp_path, swarm_gateway_address="any")
+    assert rt.gateway_addresses() == ()
+    rt.settings = Settings(data_dir=tmp_path)
+    assert rt.gateway_addresses() == ("127.0.0.1",)  # the route to the manager's node address
+    assert rt.gateway_addresses() == ("127.0.0.1",) and rt._manager.asked == 1  # found once
+
+
 def test_updates_start_first_and_roll_back() -> None:
     options = service_options(3, 20017)
     assert options["mode"]["replicated"]["Replicas"] == 3
@@ -186,8 +214,11 @@ def test_replicas_or_limits_change_the_service_but_not_its_image(tmp_path: Path)
     from dataclasses import replace
 
     rt = SwarmRuntime.__new__(SwarmRuntime)
-    rt.settings, rt.instance, rt.registry = Settings(data_dir=tmp_path), "inst", "r:5000"
+    rt.settings, rt.instance, rt.registry = Settings(data_dir=tmp_path, swarm_gateway_address="10.0.0.9"), "inst", "r:5000"
     scaled, bigger = replace(BOX, replicas=3), replace(BOX, memory_bytes=1 << 30)
     assert len({rt.version_hash("m", LAUNCH, b) for b in (BOX, scaled, bigger)}) == 3
     assert rt.version_hash("m", LAUNCH, BOX) == rt.version_hash("m", LAUNCH, replace(BOX))  # adoption: stable
+    before = rt.version_hash("m", LAUNCH, BOX)
+    rt.settings = Settings(data_dir=tmp_path, swarm_gateway_address="10.0.0.8")
+    assert rt.version_hash("m", LAUNCH, BOX) != before  # a gateway that moved rolls the services out
     assert rt.image_hash("m", LAUNCH) != rt.image_hash("m", replace(LAUNCH, version="4"))

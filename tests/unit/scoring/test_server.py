@@ -219,3 +219,16 @@ def test_only_requests_the_gateway_sampled_are_captured_small_on_the_answer_larg
     assert bad.status_code == 400  # errors are captured too
     assert base64.b64decode(bad.headers[INLINE_HEADER]) == bad.content
     assert read_records(spool, after) == ([], after)
+
+
+def test_a_server_with_allowed_peers_closes_connections_from_anyone_else() -> None:
+    srv = server.Server(("127.0.0.1", 0), server.Handler)
+    try:
+        assert srv.verify_request(None, ("10.9.9.9", 5))  # none set: a port opened by hand takes anyone
+        srv.allowed_peers = frozenset({"10.1.1.1"})
+        assert srv.verify_request(None, ("10.1.1.1", 5)) and srv.verify_request(None, ("::ffff:10.1.1.1", 5, 0, 0))
+        assert srv.verify_request(None, ("127.0.0.1", 5)) and srv.verify_request(None, ("::1", 5, 0, 0))  # health check
+        for other in ("10.1.1.2", "172.17.0.1", "::ffff:10.1.1.2"):  # another node's task, a same-node one
+            assert not srv.verify_request(None, (other, 5))
+    finally:
+        srv.server_close()
