@@ -27,8 +27,10 @@ Why it is built this way:
   ``/tmp``, and the box's memory, CPU and process limits (reservations: a quarter of them, so the
   scheduler does not pack a node beyond what it can hold). Each model has an overlay network of
   its own, but a port published in host mode is open to every task: a replica of another model
-  can connect to it through its node's address (checked on the test swarm; docs/DESIGN.md, the
-  swarm runtime's network row). Models are not yet kept from one another here.
+  can connect to it through its node's address (checked on the test swarm). So the scoring
+  server takes connections from the gateway's address only (``--allow-from``, and loopback for
+  the health check); what reaches it from anywhere else is closed unread (docs/DESIGN.md,
+  "Keeping models apart").
 * **Found again from labels**: a restarted supervisor lists the services labelled with its
   instance and adopts them when their desired hash matches.
 """
