@@ -6,8 +6,9 @@ registry once, pulled by the nodes; the gateway reaches each replica at its node
 
 The tests run in order and build on each other: two replicas on two nodes -> a container on any
 node (another model's task) reaches a replica's port but gets no answer -> a new version under
-load -> a drained node and a SIGKILLed engine under load -> a restarted supervisor adopts ->
-disabling removes the services.
+load -> a drained node and a SIGKILLed engine under load -> a restarted supervisor adopts -> a
+version registered while the registry is down fails with the registry's reason, the running one
+untouched -> disabling removes the services.
 """
 
 from __future__ import annotations
@@ -328,6 +329,21 @@ def test_a_restarted_supervisor_adopts_its_services(swarm: Swarm, ssystem: Syste
     time.sleep(4)
     assert services(swarm) == before  # the same service, not updated: adopted
     assert swarm.manager.docker("service", "inspect", before["2"], "--format", "{{.Version.Index}}") == spec_before
+    assert answer(f"{ssystem.url}/model/{NAME}/2/invocations", rows) is not None
+
+
+def test_a_registry_that_is_down_fails_a_new_version_and_leaves_the_running_one(
+        swarm: Swarm, ssystem: System, sregister: Callable[..., str], iris: pd.DataFrame) -> None:
+    rows = iris.drop(columns=["target"]).head(2).to_dict(orient="records")
+    before = services(swarm)
+    assert swarm.registry is not None
+    swarm.registry.terminate()  # by its pid: the registry this module started
+    swarm.registry.wait(timeout=30)
+    version = sregister(NAME, label_shift=2)
+    failed = ssystem.wait_version(NAME, version, "VERSION_STATE_FAILED", timeout=600)
+    print(f"\nregistry down: version {version} FAILED: {failed['state_message'][:200]}")
+    assert "registry" in failed["state_message"].lower() and swarm.push_address in failed["state_message"]
+    assert services(swarm) == before  # no service made for it, the running one untouched
     assert answer(f"{ssystem.url}/model/{NAME}/2/invocations", rows) is not None
 
 
