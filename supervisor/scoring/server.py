@@ -33,6 +33,7 @@ import threading
 import time
 import traceback
 import urllib.parse
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -652,14 +653,20 @@ RETIRE_DRAIN = 15.0
 STOP_DRAIN = 5.0
 
 
-def serve(server: Server) -> None:
-    """Serve until SIGTERM/SIGINT (or, in a worker, until a new generation retires it), then
-    finish the requests in flight."""
+def _stopper(server: Server) -> Callable[..., None]:
+    """A signal handler that stops ``server``: serve_forever() returns (at once, if it has not
+    started yet) and the requests in flight are finished."""
     def _stop(*_: Any) -> None:
         threading.Thread(target=server.shutdown, daemon=True).start()
 
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    return _stop
+
+
+def serve(server: Server) -> None:
+    """Serve until SIGTERM/SIGINT (or, in a worker, until a new generation retires it), then
+    finish the requests in flight."""
+    signal.signal(signal.SIGTERM, _stopper(server))
+    signal.signal(signal.SIGINT, _stopper(server))
     server.serve_forever(poll_interval=0.5)
     server.drain(RETIRE_DRAIN if server.retiring else STOP_DRAIN)
     server.server_close()
@@ -723,9 +730,12 @@ def prefork(server: Server, workers: int, handoff_dir: Path | None = None,
         try:
             pid = os.fork()
             if pid == 0:
-                # The parent's handler is not the worker's: serve() installs the worker's own.
+                # The parent's handler is not the worker's: the worker's own stop (serve()'s) from
+                # the start, so a stop that meets a worker still making its handoff offer ends
+                # it the way serve() does, and the offer is withdrawn (the default action killed
+                # it on the spot and left its <pid>.sock behind).
                 for signum in STOP_SIGNALS:
-                    signal.signal(signum, signal.SIG_DFL)
+                    signal.signal(signum, _stopper(server))
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
                 _work(server, handoff_dir)
             children[pid] = time.monotonic()
