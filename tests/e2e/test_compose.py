@@ -256,8 +256,9 @@ def inference_rows(system: System) -> list[dict[str, Any]]:
 
 
 def test_an_endpoint_captures_every_request_into_the_stacks_postgres(csystem: System, iris: pd.DataFrame) -> None:
-    """The inference table on the stack's own parts: the gateway container's capture line, the
-    model container's spool, the supervisor's ingester writing to Postgres. The endpoint stays
+    """The inference table on the stack's own parts: the gateway container's capture line (with
+    the answer the model container carried back on it), the supervisor's ingester writing to
+    Postgres. The endpoint stays
     for the restart and down/up tests, which check that its rows do too."""
     headers = {"Authorization": f"Bearer {csystem.token}"}
     config = {"served_entities": [{"entity_name": NAME, "entity_version": "2", "workload_size": "Small",
