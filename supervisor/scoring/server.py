@@ -665,8 +665,9 @@ def _stopper(server: Server) -> Callable[..., None]:
 def serve(server: Server) -> None:
     """Serve until SIGTERM/SIGINT (or, in a worker, until a new generation retires it), then
     finish the requests in flight."""
-    signal.signal(signal.SIGTERM, _stopper(server))
-    signal.signal(signal.SIGINT, _stopper(server))
+    stop = _stopper(server)
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     server.serve_forever(poll_interval=0.5)
     server.drain(RETIRE_DRAIN if server.retiring else STOP_DRAIN)
     server.server_close()
@@ -734,8 +735,9 @@ def prefork(server: Server, workers: int, handoff_dir: Path | None = None,
                 # the start, so a stop that meets a worker still making its handoff offer ends
                 # it the way serve() does, and the offer is withdrawn (the default action killed
                 # it on the spot and left its <pid>.sock behind).
+                stop = _stopper(server)
                 for signum in STOP_SIGNALS:
-                    signal.signal(signum, _stopper(server))
+                    signal.signal(signum, stop)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
                 _work(server, handoff_dir)
             children[pid] = time.monotonic()

@@ -251,7 +251,7 @@ def inference_rows(system: System) -> list[dict[str, Any]]:
     r = system.raw.get(f"{system.url}/api/2.0/modelserve/serving-endpoints/{CAPTURED}/inference-table",
                        params={"format": "jsonl"}, headers={"Authorization": f"Bearer {system.token}"}, timeout=120)
     assert r.status_code == 200, r.text[:300]
-    # Split on newlines alone: a client_request_id below holds U+2028, which splitlines() cuts at.
+    # JSON Lines' own rule: one row per "\n" (the export also escapes the U+2028 sent below).
     return [json.loads(line) for line in r.text.split("\n") if line]
 
 
