@@ -117,6 +117,12 @@ def up(detach: bool, no_auth: bool) -> None:
     if no_auth:
         os.environ["MODELSERVE_AUTH"] = "off"
     settings = Settings()
+    if settings.compose:
+        # compose.yaml and a swarm stack start every service at once: wait for the ones we need.
+        from supervisor.stack import wait_for_parts
+
+        wait_for_parts(settings, settings.start_timeout, store_url=settings.resolved_store_url,
+                       tracking_uri=settings.resolved_tracking_uri)
     if settings.auth:
         # Made here, not in the launcher, so that it is shown on this terminal and in no log file.
         password, created = ensure_admin_password(settings)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import jinja2
 
+from supervisor import gatewaycontrol
 from supervisor.endpoints.ratelimits import LimitZone, nginx_limits
 from supervisor.routing import EndpointRoutes, ModelRoutes, render_routes
 from supervisor.settings import Settings
@@ -74,6 +75,9 @@ class Gateway:
         # one file, so a zone and the lines using it are always swapped in together. They are kept
         # beside it too, so the launcher's (re)start of Nginx renders the reconciler's limits.
         self.limits_file = self.prefix / "limits.json"
+        # compose.yaml's (and a swarm stack's) supervisor: Nginx runs in the gateway container, in
+        # a PID namespace of its own; that container's control socket reloads it (gatewaycontrol.py).
+        self.control = self.prefix / "control.sock" if settings.compose else None
 
     def _render_main(self, routes_path: Path, limits: Sequence[LimitZone] | None = None) -> str:
         env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(self.settings.nginx_templates)),
@@ -90,7 +94,7 @@ class Gateway:
             host=self.settings.host,
             port=self.settings.port,
             ipv6=False,
-            api_port=self.settings.api_port,
+            api_upstream=self.settings.api_upstream,
             mlflow_upstream=self.mlflow_upstream,
             max_body_mb=self.settings.max_body_mb,
             routes_path=str(routes_path),
@@ -132,6 +136,12 @@ class Gateway:
             return None
 
     def is_running(self) -> bool:
+        if self.control is not None:
+            try:
+                gatewaycontrol.call(self.control, "ping", timeout=10)
+                return True
+            except gatewaycontrol.GatewayControlError:
+                return False
         return self.pid() is not None
 
     def start(self) -> None:
@@ -150,15 +160,15 @@ class Gateway:
             time.sleep(0.05)
 
     def attach(self, timeout: float, abort: Callable[[], bool] = lambda: False) -> None:
-        """Configure an Nginx this process did not start (compose.yaml's gateway container, in
-        our PID namespace): write the config, wait for that Nginx, then reload it into the config."""
+        """Configure an Nginx this process did not start (compose.yaml's gateway container): write
+        the config, wait for that Nginx's control socket, then have it reload into the config."""
         self.write_main()
         self._test(self.main_conf)
         deadline = time.monotonic() + timeout
         while not self.is_running():
             if abort() or time.monotonic() > deadline:
-                raise GatewayConfigError(f"no nginx answered at {self.pid_file} within {timeout:.0f} s: "
-                                         "is the gateway container running?")
+                raise GatewayConfigError(f"no nginx answered at {self.control or self.pid_file} within "
+                                         f"{timeout:.0f} s: is the gateway container running?")
             time.sleep(0.2)
         self.reload()
 
@@ -186,6 +196,12 @@ class Gateway:
         lets callers announce a route (e.g. a version READY), or stop what a removed route led
         to, only when the change really is live. The bound is generous (a loaded machine can take
         seconds to start workers) and, when reached, said in the log rather than passed over."""
+        if self.control is not None:
+            try:
+                gatewaycontrol.call(self.control, "reload", timeout=timeout + 30)
+            except gatewaycontrol.GatewayControlError as exc:
+                raise GatewayConfigError(f"nginx reload failed: {exc}") from exc
+            return
         master = self.pid()
         before = {w for w in self._workers(master) if self._accepting(w)} if master else set()
         result = self._nginx("-s", "reload")
@@ -204,9 +220,17 @@ class Gateway:
 
     def reopen_logs(self) -> bool:
         """Have Nginx flush and reopen its log files (after one was renamed); False if it could not."""
+        if self.control is not None:
+            try:
+                gatewaycontrol.call(self.control, "reopen", timeout=60)
+                return True
+            except gatewaycontrol.GatewayControlError:
+                return False
         return self.is_running() and self._nginx("-s", "reopen").returncode == 0
 
     def stop(self, timeout: float = 15.0) -> None:
+        if self.control is not None:
+            return  # the gateway container's: its engine stops it (`docker compose down`)
         pid = self.pid()
         if pid is None:
             return

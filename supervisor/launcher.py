@@ -165,6 +165,8 @@ class Launcher:
         out.append(Child(
             "api", [str(bindir / "gunicorn"), "--workers", str(s.api_workers), "--threads", str(s.api_threads),
                     "--bind", f"127.0.0.1:{s.api_port}",
+                    # compose: the gateway container reaches the API here (no shared network).
+                    *(["--bind", f"unix:{s.api_socket}"] if s.compose else []),
                     "--timeout", "60", "--graceful-timeout", "10", "supervisor.api.wsgi:app"],
             s.logs_dir / "api.log", f"http://127.0.0.1:{s.api_port}/api/2.0/modelserve/health"))
         return out

@@ -112,10 +112,12 @@ class Settings(BaseSettings):
     # Where the admin password, MLflow's Flask secret and its auth config are kept; empty:
     # <data_dir>/auth. compose.yaml points it at the "secrets" volume.
     secrets_dir: Path | None = None
-    # Run as compose.yaml's supervisor service: Nginx runs in the gateway container (whose network
-    # and PID namespaces this one shares), so `up` renders and reloads its config but neither
-    # starts nor stops it, and a stop (a restart of this container) leaves the gateway and the
-    # model containers serving. `docker compose down` stops those (supervisor/runtime/docker.py).
+    # Run as compose.yaml's supervisor service: Nginx runs in the gateway container, which shares
+    # only the data dir with this one, so `up` renders its config and has it reloaded through the
+    # gateway's control socket (gatewaycontrol.py) but neither starts nor stops it; the API also
+    # listens on a Unix socket there for it. A stop (a restart of this container) leaves the
+    # gateway and the model containers serving. `docker compose down` stops those
+    # (supervisor/runtime/docker.py).
     compose: bool = False
     # How long Nginx and each API worker may reuse an access decision (a revoked token or a
     # removed permission stops working within this time). 0 asks MLflow every time.
@@ -202,6 +204,17 @@ class Settings(BaseSettings):
             return self.admin_password_file.read_text().strip()
         except OSError:
             return ""
+
+    @property
+    def api_socket(self) -> Path:
+        """Where the gateway container reaches the API in compose (and a swarm stack): a Unix
+        socket in the data dir, the one thing the two containers share."""
+        return self.run_dir / "api.sock"
+
+    @property
+    def api_upstream(self) -> str:
+        """The API as Nginx's upstream names it."""
+        return f"unix:{self.api_socket}" if self.compose else f"127.0.0.1:{self.api_port}"
 
     @property
     def wake_socket(self) -> Path:

@@ -12,23 +12,32 @@ helpers, modes and refusals as the embedded system's (``auth/bootstrap.py``).
 * ``mlflow [ARGS...]``: ``mlflow server ARGS --app-name basic-auth`` with the auth app's config
   (its user database in Postgres, our token plugin), the Flask secret and the admin's credentials.
 * ``gateway``: Nginx in the foreground with the config the supervisor renders in the data dir.
-  It waits for the first config; after that it keeps serving while the supervisor restarts.
+  It waits for the first config; after that it keeps serving while the supervisor restarts, and
+  reloads Nginx when the supervisor asks on its control socket (gatewaycontrol.py).
 * ``ping URL [--any-status]``: the healthchecks (no curl in the images).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from supervisor.settings import Settings
 
 # bootstrap (and through it MLflow) is imported by the roles that need it only: ``ping`` runs every
 # few seconds as a healthcheck and must stay light.
+
+# How long a role waits for the parts it needs (wait_for_parts): a first start builds nothing, but
+# Postgres initialises its data dir and MLflow migrates its databases.
+WAIT_SECONDS = 600.0
 
 # The official postgres image's uid and gid; images/postgres.Dockerfile uses the same.
 POSTGRES_UID = 999
@@ -64,11 +73,63 @@ def make_secrets(root: Path, postgres_uid: int | None = POSTGRES_UID) -> None:
     kept_secret(ours / "flask_secret_key")
 
 
+def wait_for(what: str, ready: Callable[[], object], timeout: float, poll: float = 1.0) -> None:
+    """Return once ``ready()`` gives something true without raising; SystemExit after ``timeout``.
+
+    Why each role waits for the parts it needs instead of compose's ``depends_on`` conditions:
+    ``docker stack deploy`` knows no conditions (nor order), and restarts by the engine back off
+    for up to a minute each. Said once when it has to wait, with the last reason when it gives up."""
+    deadline = time.monotonic() + timeout
+    said = False
+    while True:
+        try:
+            if ready():
+                return
+            why = "not yet"
+        except Exception as exc:  # anything the probe raises means "not yet"
+            why = " ".join(str(exc).split())[:300] or type(exc).__name__
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{what}: not ready after {timeout:.0f} s ({why})")
+        if not said:
+            print(f"waiting for {what} ({why})", flush=True)
+            said = True
+        time.sleep(poll)
+
+
+def wait_for_parts(settings: Settings, timeout: float, store_url: str = "", tracking_uri: str = "") -> None:
+    """What a role needs from the others before it starts: the secrets the one-shot makes (the
+    admin password, the libpq password file), then the databases, then the tracking server."""
+    if settings.auth and not settings.admin_password:
+        wait_for(f"the admin password in {settings.admin_password_file} (the secrets service makes it)",
+                 settings.resolved_admin_password, timeout)
+    pgpass = os.environ.get("PGPASSFILE", "")
+    if pgpass:
+        wait_for(f"the Postgres password file {pgpass} (the secrets service makes it)",
+                 lambda: Path(pgpass).read_text().strip(), timeout)
+    if store_url:
+        import sqlalchemy
+
+        def connects() -> bool:
+            engine = sqlalchemy.create_engine(store_url)
+            try:
+                with engine.connect():
+                    return True
+            finally:
+                engine.dispose()
+
+        wait_for(f"the database {store_url.rsplit('@', 1)[-1]}", connects, timeout)
+    if tracking_uri:
+        wait_for(f"the tracking server {tracking_uri}", lambda: ping(f"{tracking_uri.rstrip('/')}/health"), timeout)
+
+
 def mlflow_server(args: list[str]) -> None:
     """Replaces this process with ``mlflow server`` running MLflow's basic-auth app."""
     from supervisor.auth import bootstrap
 
     settings = Settings()
+    auth_db = os.environ.get("MODELSERVE_MLFLOW_AUTH_DB", "")
+    if auth_db:
+        wait_for_parts(settings, WAIT_SECONDS, store_url=auth_db)
     password, _ = bootstrap.ensure_admin_password(settings)
     auth_db = os.environ.get("MODELSERVE_MLFLOW_AUTH_DB", "")
     if not auth_db:
@@ -82,9 +143,17 @@ def mlflow_server(args: list[str]) -> None:
     os.execvpe("mlflow", ["mlflow", "server", *args, "--app-name", "basic-auth"], env)
 
 
-def gateway(poll: float = 0.5) -> None:
-    """Replaces this process with Nginx in the foreground, once the supervisor wrote its config."""
+def gateway(poll: float = 0.5) -> int:
+    """Nginx in the foreground, once the supervisor wrote its config; this process stays its parent.
+
+    It answers the supervisor's reloads on the control socket (gatewaycontrol.py: the two
+    containers share no PID namespace), passes the engine's stop signals on to Nginx, and ends
+    with Nginx's own exit code."""
+    from supervisor.gateway import Gateway
+    from supervisor.gatewaycontrol import ControlServer
+
     settings = Settings()
+    local = Gateway(settings)  # not compose: this is the process that can signal Nginx
     prefix = settings.nginx_dir
     conf = prefix / "nginx.conf"
     # A config from an earlier run is good enough to start with: the supervisor reloads it.
@@ -94,13 +163,42 @@ def gateway(poll: float = 0.5) -> None:
             print(f"gateway: waiting for the supervisor to write {conf}", flush=True)
             announced = True
         time.sleep(poll)
-    # Left by a gateway that was killed: a stale pid would be signalled by the supervisor, and
-    # the socket file would keep Nginx from binding it.
+    # Left by a gateway that was killed: a stale pid would be signalled, and the socket file
+    # would keep Nginx from binding it.
     for name in ("nginx.pid", "gate.sock"):
         (prefix / name).unlink(missing_ok=True)
     argv = [settings.nginx_bin, "-p", f"{prefix}/", "-c", str(conf), "-g", "daemon off;"]
     print(f"gateway: {' '.join(argv)}", flush=True)
-    os.execvp(argv[0], argv)
+    nginx = subprocess.Popen(argv)
+
+    def forward(signum: int, _frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            nginx.send_signal(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+        signal.signal(signum, forward)
+
+    def ping() -> str:
+        pid = local.pid()
+        if pid is None:
+            raise RuntimeError("nginx is not running (yet)")
+        return str(pid)
+
+    def reopen() -> str:
+        if not local.reopen_logs():
+            raise RuntimeError("nginx did not reopen its logs")
+        return ""
+
+    def reload() -> str:
+        local.reload()
+        return ""
+
+    control = ControlServer(settings.nginx_dir / "control.sock",
+                            {"ping": ping, "reload": reload, "reopen": reopen}).start()
+    try:
+        return nginx.wait()
+    finally:
+        control.close()
 
 
 def ping(url: str, any_status: bool = False) -> bool:
@@ -129,7 +227,7 @@ def main(argv: list[str]) -> int:
     if role == "mlflow":
         mlflow_server(rest)
     if role == "gateway" and not rest:
-        gateway()
+        return gateway()
     if role == "ping" and rest and set(rest[1:]) <= {"--any-status"}:
         return 0 if ping(rest[0], "--any-status" in rest[1:]) else 1
     print(USAGE, file=sys.stderr)

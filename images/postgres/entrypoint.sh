@@ -7,6 +7,16 @@ PGDATA="${PGDATA:-/var/lib/postgresql/data}"
 POSTGRES_USER="${POSTGRES_USER:-postgres}"
 POSTGRES_DB="${POSTGRES_DB:-$POSTGRES_USER}"
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
+  # The stack's secrets service may not have written it yet: `docker stack deploy` starts every
+  # service at once. Bounded: after 10 minutes the engine's restart policy takes over.
+  if [ -n "${POSTGRES_PASSWORD_FILE:-}" ]; then
+    waited=0
+    while [ ! -s "$POSTGRES_PASSWORD_FILE" ] && [ "$waited" -lt 600 ]; do
+      [ "$waited" -eq 0 ] && echo "postgres: waiting for $POSTGRES_PASSWORD_FILE (the secrets service makes it)"
+      sleep 1
+      waited=$((waited + 1))
+    done
+  fi
   password="${POSTGRES_PASSWORD:-}"
   if [ -n "${POSTGRES_PASSWORD_FILE:-}" ]; then
     password="$(cat "$POSTGRES_PASSWORD_FILE")"

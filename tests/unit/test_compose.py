@@ -43,7 +43,7 @@ def test_compose_file_has_the_whole_stack(compose: dict[str, Any]) -> None:
     assert services["mlflow"]["environment"]["MODELSERVE_MLFLOW_AUTH_DB"].startswith("postgresql://")
     sup = services["supervisor"]
     env = sup["environment"]
-    assert env["MODELSERVE_RUNTIME"] == "docker" and env["MODELSERVE_COMPOSE"] == "true"
+    assert env["MODELSERVE_COMPOSE"] == "true"
     assert env["MODELSERVE_STORE_URL"].startswith("postgresql+psycopg://")
     assert env["MODELSERVE_TRACKING_URI"] == "http://mlflow:5000"
     assert "/var/run/docker.sock:/var/run/docker.sock" in sup["volumes"]
@@ -53,9 +53,30 @@ def test_compose_file_has_the_whole_stack(compose: dict[str, Any]) -> None:
     assert env["MODELSERVE_DATA_DIR"] == data
     for name in ("supervisor", "gateway"):
         assert f"{data}:{data}" in services[name]["volumes"]
-    # The supervisor lives in the gateway's namespaces: its restart leaves the gateway serving.
-    assert sup["network_mode"] == "service:gateway" and sup["pid"] == "service:gateway"
+    # The supervisor shares only the data dir with the gateway (a swarm service can share nothing
+    # else): Nginx reaches the API on a Unix socket there, and reloads through its control socket.
+    assert "network_mode" not in sup and "pid" not in sup
+    assert sup["networks"] == ["modelserve"]
     assert services["gateway"]["init"] is True
+    assert env["MODELSERVE_RUNTIME"] == "${MODELSERVE_RUNTIME:-docker}"
+
+
+def test_the_stack_keys_keep_every_part_on_the_control_node(compose: dict[str, Any]) -> None:
+    """`docker stack deploy` reads the deploy keys: each service on the labelled manager (its
+    volumes and the shared data dir are that node's), names resolved without IPVS (dnsrr), and the
+    one-shot not restarted once done; depends_on in the list form the stack's loader accepts."""
+    for name, service in compose["services"].items():
+        deploy = service["deploy"]
+        assert "node.labels.modelserve.control == true" in deploy["placement"]["constraints"], name
+        assert "node.role == manager" in deploy["placement"]["constraints"], name
+        if name == "secrets":
+            assert deploy["restart_policy"] == {"condition": "on-failure"}
+        else:
+            assert deploy["endpoint_mode"] == "dnsrr", name
+        assert isinstance(service.get("depends_on", []), list), name
+    stack = yaml.safe_load((ROOT / "images" / "stack.yaml").read_text())
+    assert stack["services"]["gateway"]["ports"] == [
+        {"target": 8080, "published": "${MODELSERVE_GATEWAY_PORT:-8080}", "mode": "host"}]
 
 
 def test_no_password_in_the_file(compose: dict[str, Any]) -> None:
@@ -65,7 +86,7 @@ def test_no_password_in_the_file(compose: dict[str, Any]) -> None:
     assert not re.search(r"postgres(ql)?(\+\w+)?://[^@\s]*:[^@\s]*@", text), "a password in a database URL"
     postgres = compose["services"]["postgres"]
     assert postgres["environment"]["POSTGRES_PASSWORD_FILE"].startswith("/run/modelserve-secrets/")
-    assert postgres["depends_on"]["secrets"]["condition"] == "service_completed_successfully"
+    assert postgres["depends_on"] == ["secrets"]  # and it waits for the password file itself
 
 
 def test_the_gateway_is_the_only_published_port_and_on_loopback(compose: dict[str, Any]) -> None:
