@@ -102,10 +102,10 @@ def running_system(data: Path, extra_env: dict[str, str] | None = None) -> Itera
 
 
 @contextlib.contextmanager
-def acting_as_admin(password: str, netrc: Path) -> Iterator[dict[str, str]]:
-    """MLflow's client, the CLI and requests (through a netrc for 127.0.0.1) act as the admin
+def acting_as_admin(password: str, netrc: Path, host: str = "127.0.0.1") -> Iterator[dict[str, str]]:
+    """MLflow's client, the CLI and requests (through a netrc for ``host``) act as the admin
     with ``password`` until the end of the block; the environment is restored after."""
-    netrc.write_text(f"machine 127.0.0.1 login admin password {password}\n")
+    netrc.write_text(f"machine {host} login admin password {password}\n")
     netrc.chmod(0o600)
     with environ({"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": password,
                   "NETRC": str(netrc)}) as admin_env:

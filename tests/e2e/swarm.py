@@ -37,8 +37,8 @@ from tests.support import wait_until
 TMPFS_SIZE = "6g"  # three engines with one model image each (about 0.9 GB), the registry, headroom
 
 
-def run(*args: str, check: bool = True, timeout: float = 120) -> str:
-    out = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout)
+def run(*args: str, check: bool = True, timeout: float = 120, env: dict[str, str] | None = None) -> str:
+    out = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, env=env)
     if check and out.returncode != 0:
         raise RuntimeError(f"{' '.join(args)}: exit {out.returncode}: {out.stderr.strip()[-2000:]}")
     return out.stdout.strip()
@@ -75,8 +75,8 @@ class Node:
     def docker_host(self) -> str:
         return f"unix://{self.socket}"
 
-    def docker(self, *args: str, check: bool = True, timeout: float = 120) -> str:
-        return run("docker", "-H", self.docker_host, *args, check=check, timeout=timeout)
+    def docker(self, *args: str, check: bool = True, timeout: float = 120, env: dict[str, str] | None = None) -> str:
+        return run("docker", "-H", self.docker_host, *args, check=check, timeout=timeout, env=env)
 
     def engine_pid(self) -> int | None:
         return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
@@ -90,6 +90,14 @@ class Swarm:
     registry_port: int
     nodes: list[Node] = field(default_factory=list)
     registry: subprocess.Popen[bytes] | None = None
+    # The manager's engine also on TCP at its bridge address (the stack test's supervisor, in a
+    # container, makes services through it); None: Unix socket only.
+    manager_tcp_port: int | None = None
+
+    @property
+    def manager_tcp(self) -> str:
+        assert self.manager_tcp_port is not None
+        return f"tcp://{self.nodes[0].address}:{self.manager_tcp_port}"
 
     @property
     def bridge(self) -> str:
@@ -140,9 +148,7 @@ class Swarm:
         for node in self.nodes:
             # `docker info` prints the client's half even when no engine answers: ask for the
             # server's version, which is empty until the engine is up (CI failed on `swarm init`).
-            wait_until(f"engine {node.name}", lambda n=node: n.docker("version", "--format", "{{.Server.Version}}",
-                                                                    check=False, timeout=10) != "",
-                       timeout=180, every=0.5)
+            wait_until(f"engine {node.name}", lambda n=node: _engine_answers(n), timeout=180, every=0.5)
         m = self.manager
         # A node that stops answering is declared down after a few heartbeats (5 s by default):
         # 2 s here, so the test waits less for Swarm to reschedule a lost node's tasks.
@@ -196,7 +202,9 @@ class Swarm:
              "--pidfile", str(node.root / "dockerd.pid"), "-H", node.docker_host,
              "--containerd-namespace", node.name, "--containerd-plugins-namespace", f"{node.name}p",
              "--cgroup-parent", node.name, "--bridge", "none",
-             "--insecure-registry", self.registry_address],
+             "--insecure-registry", self.registry_address,
+             *(["-H", f"tcp://{node.address}:{self.manager_tcp_port}"]
+               if self.manager_tcp_port is not None and node.name.endswith("n0") else [])],
             stdout=log, stderr=log, start_new_session=True)
 
     def kill_engine(self, node: Node) -> None:
@@ -255,6 +263,14 @@ class Swarm:
             time.sleep(0.25)
 
 
+def _engine_answers(node: Node) -> bool:
+    # A starting engine may hold the client past its timeout (a busy machine): "not yet".
+    try:
+        return node.docker("version", "--format", "{{.Server.Version}}", check=False, timeout=10) != ""
+    except subprocess.TimeoutExpired:
+        return False
+
+
 def _answers(host: str, port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
         return True
@@ -295,9 +311,10 @@ def _unmount_under(root: Path) -> None:
 
 
 @contextlib.contextmanager
-def three_node_swarm(root: Path) -> Iterator[Swarm]:
-    prefix = f"mssw{os.getpid() % 100000}"
-    swarm = Swarm(prefix, free_subnet(), root / prefix, free_tcp_port())
+def three_node_swarm(root: Path, manager_tcp: bool = False, prefix: str = "mssw") -> Iterator[Swarm]:
+    prefix = f"{prefix}{os.getpid() % 100000}"
+    swarm = Swarm(prefix, free_subnet(), root / prefix, free_tcp_port(),
+                  manager_tcp_port=2375 if manager_tcp else None)
     try:
         swarm.start()
         yield swarm

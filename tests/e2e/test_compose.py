@@ -96,6 +96,15 @@ class Stack:
         assert result.returncode == 0, f"{' '.join(cmd)}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
         return result.stdout
 
+    def build(self) -> None:
+        """The stack's images, once per engine: the swarm stack's test (test_stack.py) builds the
+        same ones, maybe at the same time in another worker; the second finds the layer cache."""
+        import fcntl
+
+        with open("/tmp/modelserve-compose-build.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.compose("build", timeout=1800)
+
     def docker(self, *args: str) -> str:
         return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=120,
                               check=True).stdout.strip()
@@ -149,7 +158,7 @@ def stack() -> Iterator[Stack]:
     data_dir = Path(tempfile.mkdtemp(prefix="msc-", dir="/tmp"))
     st = Stack(data_dir)
     try:
-        st.compose("build", timeout=1800)
+        st.build()
         print(f"\ncompose: images built in {time.monotonic() - started:.0f} s")
         st.compose("up", "-d")
         st.wait_healthy()

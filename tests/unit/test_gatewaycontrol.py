@@ -23,7 +23,7 @@ from supervisor.gateway import Gateway, GatewayConfigError
 from supervisor.routing import ModelRoutes, VersionRoute
 from supervisor.settings import Settings
 from tests.support import free_port, wait_until
-from tests.unit.test_gateway import UnixEcho, Echo
+from tests.unit.test_gateway import Echo, UnixEcho
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
