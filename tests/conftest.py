@@ -30,6 +30,9 @@ SECONDS = {
     "e2e/test_docker.py": 280,
     # A three-node swarm with a registry (about 3 s), then a whole system: 403-453 s (RELIABILITY.md).
     "e2e/test_swarm.py": 430,
+    # The stack on a three-node swarm: 253 s with the images already built (it waits for
+    # test_compose.py's build, which it shares, when that one runs at the same time).
+    "e2e/test_stack.py": 320,
     "e2e/test_endpoints.py": 380,
     "e2e/test_capture.py": 200,
     "e2e/test_access.py": 200,

@@ -110,37 +110,43 @@ def deployed() -> Iterator[Deployed]:
     started = time.monotonic()
     # Short: the scoring servers' Unix socket paths live below it (108 bytes at most).
     data_dir = Path(tempfile.mkdtemp(prefix="mss-", dir="/tmp"))
-    builder = Stack(data_dir)
-    builder.build()
-    tag = builder.env["MODELSERVE_IMAGE_TAG"]
-    print(f"\nstack: images built in {time.monotonic() - started:.0f} s")
-    with three_node_swarm(Path("/tmp"), manager_tcp=True, prefix="msst") as swarm:
-        load_images(swarm, tag)
-        manager = swarm.manager
-        manager.docker("node", "update", "--label-add", "modelserve.control=true",
-                       manager.docker("info", "--format", "{{.Swarm.NodeID}}"))
-        port = 18080
-        env = {**builder.env,
-               "MODELSERVE_GATEWAY_PORT": str(port),
-               "MODELSERVE_RUNTIME": "swarm",
-               "MODELSERVE_DOCKER_BASE_IMAGE": BASE_IMAGE,
-               "MODELSERVE_REGISTRY": swarm.registry_address,
-               "MODELSERVE_REGISTRY_PUSH": swarm.push_address,
-               "MODELSERVE_SWARM_MANAGER": swarm.manager_tcp,
-               # The control node runs no model; the gateway's connections leave it from its address.
-               "MODELSERVE_SWARM_CONSTRAINTS": "node.role==worker",
-               "MODELSERVE_SWARM_GATEWAY_ADDRESS": manager.address}
-        d = Deployed(swarm, f"ms{int(time.time()) % 100000}", env, f"http://{manager.address}:{port}", data_dir)
-        try:
-            d.deploy()
-            d.wait_healthy()
-            print(f"stack: healthy on the swarm after {time.monotonic() - started:.0f} s")
-            yield d
-        finally:
-            with contextlib.suppress(Exception):
-                manager.docker("stack", "rm", d.name, check=False, timeout=120)
-            shutil.rmtree(data_dir, ignore_errors=True)
-            print(f"\nstack: the module took {time.monotonic() - started:.0f} s")
+    try:
+        builder = Stack(data_dir)
+        builder.build()
+        print(f"\nstack: images built in {time.monotonic() - started:.0f} s")
+        with three_node_swarm(Path("/tmp"), manager_tcp=True, prefix="msst") as swarm:
+            yield from _deployed(swarm, builder, started)
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+        print(f"\nstack: the module took {time.monotonic() - started:.0f} s")
+
+
+def _deployed(swarm: Swarm, builder: Stack, started: float) -> Iterator[Deployed]:
+    load_images(swarm, builder.env["MODELSERVE_IMAGE_TAG"])
+    manager = swarm.manager
+    manager.docker("node", "update", "--label-add", "modelserve.control=true",
+                   manager.docker("info", "--format", "{{.Swarm.NodeID}}"))
+    port = 18080  # on the manager's own address, in its own network namespace
+    env = {**builder.env,
+           "MODELSERVE_GATEWAY_PORT": str(port),
+           "MODELSERVE_RUNTIME": "swarm",
+           "MODELSERVE_DOCKER_BASE_IMAGE": BASE_IMAGE,
+           "MODELSERVE_REGISTRY": swarm.registry_address,
+           "MODELSERVE_REGISTRY_PUSH": swarm.push_address,
+           "MODELSERVE_SWARM_MANAGER": swarm.manager_tcp,
+           # The control node runs no model; the gateway's connections leave it from its address.
+           "MODELSERVE_SWARM_CONSTRAINTS": "node.role==worker",
+           "MODELSERVE_SWARM_GATEWAY_ADDRESS": manager.address}
+    d = Deployed(swarm, f"ms{int(time.time()) % 100000}", env, f"http://{manager.address}:{port}",
+                 builder.data_dir)
+    try:
+        d.deploy()
+        d.wait_healthy()
+        print(f"stack: healthy on the swarm after {time.monotonic() - started:.0f} s")
+        yield d
+    finally:
+        with contextlib.suppress(Exception):
+            manager.docker("stack", "rm", d.name, check=False, timeout=120)
 
 
 @pytest.fixture(scope="module")

@@ -158,3 +158,43 @@ def test_model_containers_join_the_compose_project_as_one_offs() -> None:
     assert compose_labels(own) == {"com.docker.compose.project": "ms", "com.docker.compose.service": COMPOSE_SERVICE,
                                    "com.docker.compose.oneoff": "True"}
     assert compose_labels({}) == {}
+
+
+def test_a_role_waits_for_its_parts_bounded_and_says_why(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`docker stack deploy` starts every service at once: a role waits for what it needs (said
+    once), and gives up after its bound with the last reason, for the engine to restart it."""
+    calls = []
+
+    def ready_on_third() -> bool:
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionRefusedError("connection refused")
+        return True
+
+    stack.wait_for("the database", ready_on_third, timeout=30, poll=0.01)
+    assert len(calls) == 3
+    assert capsys.readouterr().out.count("waiting for the database (connection refused)") == 1
+    with pytest.raises(SystemExit, match=r"the tracking server: not ready after 0 s \(not yet\)"):
+        stack.wait_for("the tracking server", lambda: False, timeout=0.05, poll=0.01)
+
+
+def test_the_parts_waited_for_are_the_secrets_then_the_database_then_mlflow(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from supervisor.settings import Settings
+
+    secrets_dir = tmp_path / "secrets"
+    monkeypatch.setenv("PGPASSFILE", str(secrets_dir / "pgpass"))
+    settings = Settings(data_dir=tmp_path, secrets_dir=secrets_dir)
+    # Nothing made yet: the admin password is what it waits for first.
+    with pytest.raises(SystemExit, match="the admin password"):
+        stack.wait_for_parts(settings, timeout=0.05)
+    secrets_dir.mkdir()
+    (secrets_dir / "admin_password").write_text("not-the-default\n")
+    with pytest.raises(SystemExit, match="the Postgres password file"):
+        stack.wait_for_parts(settings, timeout=0.05)
+    (secrets_dir / "pgpass").write_text("*:*:*:modelserve:x\n")
+    # Nothing listens on port 1 (and this venv may lack the driver): either way, not ready.
+    with pytest.raises(SystemExit, match=r"the database 127\.0\.0\.1:1/x"):
+        stack.wait_for_parts(settings, timeout=0.05, store_url="postgresql+psycopg://u@127.0.0.1:1/x")
+    with pytest.raises(SystemExit, match=r"the tracking server http://127\.0\.0\.1:1"):
+        stack.wait_for_parts(settings, timeout=0.05, tracking_uri="http://127.0.0.1:1")
