@@ -75,6 +75,8 @@ def test_the_stack_keys_keep_every_part_on_the_control_node(compose: dict[str, A
             assert deploy["endpoint_mode"] == "dnsrr", name
         assert isinstance(service.get("depends_on", []), list), name
     stack = yaml.safe_load((ROOT / "images" / "stack.yaml").read_text())
+    # Debian's docker CLI (20.10) deploys no file without a version, nor two of different ones.
+    assert compose["version"] == stack["version"] == "3.8"
     assert stack["services"]["gateway"]["ports"] == [
         {"target": 8080, "published": "${MODELSERVE_GATEWAY_PORT:-8080}", "mode": "host"}]
 
