@@ -203,8 +203,8 @@ class Launcher:
     def start(self) -> None:
         """Start everything. Call ``signals.install()`` first so that Ctrl-C here stops cleanly."""
         s = self.settings
-        state = read_state(s)
-        if state and pid_alive(int(state["launcher_pid"])):  # type: ignore[call-overload]
+        state = already_running(s)
+        if state:
             raise SystemExit(f"modelserve is already running for {s.data_dir} (gateway {state['gateway']}); "
                              "stop it with `modelserve down`")
         for d in (s.data_dir, s.logs_dir, s.run_dir, s.nginx_dir):
@@ -358,6 +358,16 @@ def read_state(settings: Settings) -> dict[str, object] | None:
         return dict(json.loads(path.read_text()))
     except (OSError, ValueError):
         return None
+
+
+def already_running(settings: Settings) -> dict[str, object] | None:
+    """The state of a launcher that still runs for this data dir, if any.
+
+    In compose the container is the unit (the engine runs one supervisor per stack) and its PID
+    namespace is its own: the pid that a killed one left in up.json is likely this very process's
+    (1) in the next container, so it proves nothing there."""
+    state = None if settings.compose else read_state(settings)
+    return state if state and pid_alive(int(state["launcher_pid"])) else None  # type: ignore[call-overload]
 
 
 def stop_leftovers(settings: Settings, state: dict[str, object] | None) -> Leftovers:

@@ -128,12 +128,10 @@ def mlflow_server(args: list[str]) -> None:
 
     settings = Settings()
     auth_db = os.environ.get("MODELSERVE_MLFLOW_AUTH_DB", "")
-    if auth_db:
-        wait_for_parts(settings, WAIT_SECONDS, store_url=auth_db)
-    password, _ = bootstrap.ensure_admin_password(settings)
-    auth_db = os.environ.get("MODELSERVE_MLFLOW_AUTH_DB", "")
     if not auth_db:
         raise SystemExit("MODELSERVE_MLFLOW_AUTH_DB is not set: the URL of MLflow's user database")
+    wait_for_parts(settings, WAIT_SECONDS, store_url=auth_db)
+    password, _ = bootstrap.ensure_admin_password(settings)
     env = {**os.environ, **bootstrap.mlflow_server_env(settings, password, database_uri=auth_db)}
     # Each of the server's workers migrates the user database as it starts; on a new Postgres
     # database two at once would race on CREATE TABLE. Migrated here first, they find it done.

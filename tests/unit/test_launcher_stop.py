@@ -9,6 +9,7 @@ sent are real without starting the system.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -225,3 +226,13 @@ def test_in_compose_a_stop_leaves_the_gateway_and_the_models_serving(settings: S
     finally:
         nginx.kill()
         nginx.wait()
+
+
+def test_a_launcher_left_in_up_json_is_running_only_outside_compose(settings: Settings) -> None:
+    """Embedded: a live pid in up.json means another `up` serves this data dir. In compose a
+    container's pids are its own: the killed supervisor's pid 1 is the next container's own pid,
+    and `down` + `up` of the stack then refused to start (found by tests/e2e/test_compose.py)."""
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    (settings.run_dir / "up.json").write_text(json.dumps({"launcher_pid": os.getpid(), "gateway": "g"}))
+    assert launcher_mod.already_running(settings) is not None
+    assert launcher_mod.already_running(settings.model_copy(update={"compose": True})) is None
