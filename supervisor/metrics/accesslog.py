@@ -71,8 +71,10 @@ class LogTail:
     def read(self, pos: Position) -> tuple[list[str], Position]:
         lines: list[str] = []
         pos = Position(pos.inode, pos.offset)
-        # A rotation happened at the previous read: Nginx has reopened by now; finish the old file.
-        if self.old.exists() and os.stat(self.old).st_ino == pos.inode:
+        # A rotation happened at an earlier read: finish the old file once Nginx has reopened. Its
+        # master makes the new file when it does; until then (a loaded machine can take longer
+        # than a tick to get there) its workers still write to the old one, which must stay.
+        if self.old.exists() and os.stat(self.old).st_ino == pos.inode and self.path.exists():
             while True:
                 got, offset = _complete_lines(self.old, pos.offset)
                 lines += got

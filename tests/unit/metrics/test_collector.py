@@ -12,6 +12,7 @@ from supervisor.metrics.collector import Collector
 from supervisor.metrics.exposition import load_state, prometheus_text
 from supervisor.metrics.series import RouteKey
 from supervisor.store import PENDING, READY, Store
+from tests.support import wait_until
 from tests.unit.test_gateway import backends, gateway, post, table  # noqa: F401 - fixtures
 
 NAME = "my model"
@@ -82,7 +83,9 @@ def test_rotation_loses_nothing(gateway: Gateway, backends: list[int], tmp_path:
             assert post(gateway, "/model/my%20model/2/invocations").status_code == 200
         total += 4
         assert _poll_until(collector, 4) == 4
+    # `nginx -s reopen` only signals: on a loaded machine the master makes the fresh file a
+    # moment later, and only then is the rotated one drained and removed.
+    wait_until("Nginx to reopen a fresh file", gateway.settings.metrics_log.exists, timeout=30)
     collector.poll()  # drains and removes the rotated file
     assert load_state(store).routes[RouteKey(NAME, "2", "2")].count == total
     assert not collector.tail.old.exists()
-    assert gateway.settings.metrics_log.exists()  # Nginx reopened a fresh file
