@@ -199,8 +199,8 @@ class Gateway:
         if self.control is not None:
             try:
                 gatewaycontrol.call(self.control, "reload", timeout=timeout + 30)
-            except gatewaycontrol.GatewayControlError as exc:
-                raise GatewayConfigError(f"nginx reload failed: {exc}") from exc
+            except gatewaycontrol.GatewayControlError as exc:  # already "nginx reload failed: ..." or "did not answer"
+                raise GatewayConfigError(str(exc)) from exc
             return
         master = self.pid()
         before = {w for w in self._workers(master) if self._accepting(w)} if master else set()

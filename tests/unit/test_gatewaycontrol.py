@@ -75,8 +75,9 @@ def test_a_config_nginx_refuses_is_reported_and_the_gateway_keeps_serving(
         role: tuple[Gateway, subprocess.Popen[bytes]]) -> None:
     gateway, _ = role
     gateway.main_conf.write_text(gateway.main_conf.read_text().replace("worker_processes", "no_such_directive"))
-    with pytest.raises(GatewayConfigError, match="no_such_directive"):
+    with pytest.raises(GatewayConfigError, match="no_such_directive") as refused:
         gateway.reload()
+    assert str(refused.value).startswith("nginx reload failed:") and str(refused.value).count("reload failed") == 1
     r = requests.get(f"http://127.0.0.1:{gateway.settings.port}/model/m/1/invocations", timeout=10)
     assert r.status_code in (404, 405)
 
