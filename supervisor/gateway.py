@@ -135,13 +135,18 @@ class Gateway:
         except (OSError, ValueError):
             return None
 
+    def _asked(self, command: str, timeout: float) -> bool:
+        """Whether the gateway container's control socket carried out ``command``."""
+        assert self.control is not None
+        try:
+            gatewaycontrol.call(self.control, command, timeout=timeout)
+            return True
+        except gatewaycontrol.GatewayControlError:
+            return False
+
     def is_running(self) -> bool:
         if self.control is not None:
-            try:
-                gatewaycontrol.call(self.control, "ping", timeout=10)
-                return True
-            except gatewaycontrol.GatewayControlError:
-                return False
+            return self._asked("ping", timeout=10)
         return self.pid() is not None
 
     def start(self) -> None:
@@ -221,11 +226,7 @@ class Gateway:
     def reopen_logs(self) -> bool:
         """Have Nginx flush and reopen its log files (after one was renamed); False if it could not."""
         if self.control is not None:
-            try:
-                gatewaycontrol.call(self.control, "reopen", timeout=60)
-                return True
-            except gatewaycontrol.GatewayControlError:
-                return False
+            return self._asked("reopen", timeout=60)
         return self.is_running() and self._nginx("-s", "reopen").returncode == 0
 
     def stop(self, timeout: float = 15.0) -> None:

@@ -33,7 +33,6 @@ import threading
 import time
 import traceback
 import urllib.parse
-from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -653,21 +652,20 @@ RETIRE_DRAIN = 15.0
 STOP_DRAIN = 5.0
 
 
-def _stopper(server: Server) -> Callable[..., None]:
-    """A signal handler that stops ``server``: serve_forever() returns (at once, if it has not
-    started yet) and the requests in flight are finished."""
+def _stop_on_signals(server: Server) -> None:
+    """SIGTERM/SIGINT stop ``server``: serve_forever() returns (at once, if it has not started
+    yet) and the requests in flight are finished."""
     def _stop(*_: Any) -> None:
         threading.Thread(target=server.shutdown, daemon=True).start()
 
-    return _stop
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _stop)
 
 
 def serve(server: Server) -> None:
     """Serve until SIGTERM/SIGINT (or, in a worker, until a new generation retires it), then
     finish the requests in flight."""
-    stop = _stopper(server)
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    _stop_on_signals(server)
     server.serve_forever(poll_interval=0.5)
     server.drain(RETIRE_DRAIN if server.retiring else STOP_DRAIN)
     server.server_close()
@@ -735,9 +733,7 @@ def prefork(server: Server, workers: int, handoff_dir: Path | None = None,
                 # the start, so a stop that meets a worker still making its handoff offer ends
                 # it the way serve() does, and the offer is withdrawn (the default action killed
                 # it on the spot and left its <pid>.sock behind).
-                stop = _stopper(server)
-                for signum in STOP_SIGNALS:
-                    signal.signal(signum, stop)
+                _stop_on_signals(server)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
                 _work(server, handoff_dir)
             children[pid] = time.monotonic()
